@@ -1,0 +1,19 @@
+"""Where the project's shared, read-only metadata lives (../shared/data beside the repo, as in CI)."""
+from __future__ import annotations
+
+import os
+import pathlib
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+ASSETS_DIR = pathlib.Path(__file__).resolve().parent / "assets"
+
+
+def shared_data_dir() -> pathlib.Path:
+  """The shared data folder: $TRANSLOCATOR_SHARED_DATA, else ../shared/data beside the repo checkout."""
+  env = os.environ.get("TRANSLOCATOR_SHARED_DATA")
+  path = pathlib.Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+  if not path.is_dir():
+    raise FileNotFoundError(
+        f"shared data folder not found at {path}; set TRANSLOCATOR_SHARED_DATA to the folder holding "
+        "partitions/ and benchmarks/")
+  return path
