@@ -1,0 +1,198 @@
+"""TransLocator: two ViT streams (RGB photo, segmentation map) with CLS-token fusion after every layer.
+
+Params (top level):
+  rgb/...            a ViTEncoder in the original checkpoint layout (embedding, cls, Transformer/...)
+  seg/...            the same for the segmentation stream (absent with fusion='none')
+  seg_classes/embedding [K, E]   only with seg_input='classes': class index -> E-dim pixel feature
+  fusion/{f,g}/{LayerNorm_0,Dense_0}            shared f/g (default), or fusion_{i}/... per layer
+  head_{name}/{kernel,bias}      one classifier per entry of config.model.heads
+
+After block i: cls = g(f(cls_rgb) + f(cls_seg)) is written into both streams (patch tokens untouched), CrossViT
+style. The pre-logits are the final fused CLS, normalised by each stream's encoder_norm and averaged (the two
+norms see the same token, so both streams' final params are used and stay loadable). 'late_concat' skips the
+per-layer fusion and concatenates the two normalised final CLS tokens; 'none' runs the RGB stream alone.
+
+Intermediates: apply(..., mutable=['intermediates']) returns the RGB stream's CLS after each layer (after the
+fusion write-back) as intermediates/rgb_cls_{i}, and the pre-logits as intermediates/pre_logits.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from translocator_jax.models import vit
+
+FUSIONS = ("cls_sum", "late_concat", "none")
+SEG_INPUTS = ("palette", "classes")
+
+
+class Projection(nn.Module):
+  """LayerNorm -> GELU -> Linear (CrossViT's f and g)."""
+  dtype: Any = jnp.float32
+  ln_epsilon: float = 1e-6
+  gelu_approximate: bool = True
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = nn.LayerNorm(epsilon=self.ln_epsilon, dtype=jnp.float32, param_dtype=jnp.float32, name="LayerNorm_0")(x)
+    y = vit.gelu(y, self.gelu_approximate)
+    y = vit._Dense(x.shape[-1], dtype=self.dtype, bias_init=nn.initializers.zeros, name="Dense_0")(y)  # pylint: disable=protected-access
+    return y.astype(jnp.float32)
+
+
+class CLSFusion(nn.Module):
+  """cls = g(f(cls_a) + f(cls_b)), one f shared by both streams."""
+  dtype: Any = jnp.float32
+  ln_epsilon: float = 1e-6
+  gelu_approximate: bool = True
+
+  @nn.compact
+  def __call__(self, cls_a: jax.Array, cls_b: jax.Array) -> jax.Array:
+    kw = dict(dtype=self.dtype, ln_epsilon=self.ln_epsilon, gelu_approximate=self.gelu_approximate)
+    f = Projection(name="f", **kw)
+    g = Projection(name="g", **kw)
+    return g(f(cls_a) + f(cls_b))
+
+
+class TransLocator(nn.Module):
+  """The dual-stream model. __call__(image, seg, train) -> dict head name -> logits [B, classes] float32."""
+  heads: tuple[tuple[str, int], ...]
+  width: int
+  depth: int
+  mlp_dim: int
+  num_heads: int
+  patch_size: int
+  fusion: str = "cls_sum"
+  fusion_per_layer: bool = False
+  seg_input: str = "palette"
+  num_seg_classes: int = 150
+  seg_embed_dim: int = 16
+  dtype: Any = jnp.float32
+  dropout: float = 0.0
+  ln_epsilon: float = 1e-6
+  gelu_approximate: bool = True
+  remat: bool = False
+  head_zeroinit: bool = True
+
+  def setup(self):
+    if self.fusion not in FUSIONS:
+      raise ValueError(f"config.model.fusion={self.fusion!r}; expected one of {FUSIONS}")
+    if self.seg_input not in SEG_INPUTS:
+      raise ValueError(f"config.model.seg_input={self.seg_input!r}; expected one of {SEG_INPUTS}")
+    enc = dict(width=self.width, depth=self.depth, mlp_dim=self.mlp_dim, num_heads=self.num_heads,
+               patch_size=self.patch_size, dtype=self.dtype, dropout=self.dropout, ln_epsilon=self.ln_epsilon,
+               gelu_approximate=self.gelu_approximate, remat=self.remat)
+    self.rgb = vit.ViTEncoder(**enc)
+    if self.fusion != "none":
+      self.seg = vit.ViTEncoder(**enc)
+      if self.seg_input == "classes":
+        self.seg_classes = nn.Embed(self.num_seg_classes, self.seg_embed_dim,
+                                    embedding_init=nn.initializers.normal(stddev=1.0))
+    if self.fusion == "cls_sum":
+      kw = dict(dtype=self.dtype, ln_epsilon=self.ln_epsilon, gelu_approximate=self.gelu_approximate)
+      if self.fusion_per_layer:
+        for i in range(self.depth):
+          setattr(self, f"fusion_{i}", CLSFusion(**kw))
+      else:
+        self.fusion_shared = CLSFusion(name="fusion", **kw)
+    init = nn.initializers.zeros if self.head_zeroinit else nn.initializers.xavier_uniform()
+    for name, n in self.heads:
+      setattr(self, f"head_{name}", vit._Dense(n, dtype=self.dtype, kernel_init=init,  # pylint: disable=protected-access
+                                               bias_init=nn.initializers.zeros))
+
+  def _fuse(self, i: int, cls_rgb: jax.Array, cls_seg: jax.Array) -> jax.Array:
+    fuse = getattr(self, f"fusion_{i}") if self.fusion_per_layer else self.fusion_shared
+    return fuse(cls_rgb, cls_seg)
+
+  def _seg_features(self, seg: jax.Array) -> jax.Array:
+    if self.seg_input == "palette":
+      if seg.ndim != 4:
+        raise ValueError(f"seg_input='palette' expects seg float32 [B,S,S,3]; got shape {seg.shape}")
+      return seg.astype(jnp.float32)
+    if seg.ndim != 3 or not jnp.issubdtype(seg.dtype, jnp.integer):
+      raise ValueError(f"seg_input='classes' expects seg int32 [B,S,S] class indices; got {seg.dtype} {seg.shape}")
+    return self.seg_classes(seg)
+
+  def encode(self, image: jax.Array, seg: jax.Array | None, train: bool = False) -> jax.Array:
+    """The pre-logits: [B, D] (or [B, 2D] for late_concat), float32."""
+    x = self.rgb.embed(image, train)
+    if self.fusion == "none":
+      for i in range(self.depth):
+        x = self.rgb.block(i, x, train)
+        self.sow("intermediates", f"rgb_cls_{i}", x[:, 0])
+      rep = self.rgb.norm(x[:, 0])
+    else:
+      if seg is None:
+        raise ValueError(f"fusion={self.fusion!r} needs a segmentation input; got seg=None")
+      y = self.seg.embed(self._seg_features(seg), train)
+      for i in range(self.depth):
+        x = self.rgb.block(i, x, train)
+        y = self.seg.block(i, y, train)
+        if self.fusion == "cls_sum":
+          cls = self._fuse(i, x[:, 0], y[:, 0])[:, None]
+          x = jnp.concatenate([cls, x[:, 1:]], axis=1)
+          y = jnp.concatenate([cls, y[:, 1:]], axis=1)
+        self.sow("intermediates", f"rgb_cls_{i}", x[:, 0])
+      # Only the CLS token feeds the heads, so normalise just that row.
+      if self.fusion == "cls_sum":
+        rep = 0.5 * (self.rgb.norm(x[:, 0]) + self.seg.norm(y[:, 0]))
+      else:
+        rep = jnp.concatenate([self.rgb.norm(x[:, 0]), self.seg.norm(y[:, 0])], axis=-1)
+    self.sow("intermediates", "pre_logits", rep)
+    return rep
+
+  def __call__(self, image: jax.Array, seg: jax.Array | None, train: bool = False) -> dict[str, jax.Array]:
+    rep = self.encode(image, seg, train)
+    return {name: getattr(self, f"head_{name}")(rep).astype(jnp.float32) for name, _ in self.heads}
+
+
+def _get(cfg: Mapping[str, Any], key: str, default: Any) -> Any:
+  value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+  return default if value is None else value
+
+
+def model_kwargs(model_config: Mapping[str, Any]) -> dict[str, Any]:
+  """TransLocator constructor arguments from config.model (missing optional fields take defaults)."""
+  shape = vit.decode_variant(
+      model_config["variant"], width=_get(model_config, "width", None) or None,
+      depth=_get(model_config, "depth", None) or None, mlp_dim=_get(model_config, "mlp_dim", None) or None,
+      num_heads=_get(model_config, "num_heads", None) or None,
+      patch_size=_get(model_config, "patch_size", None) or None)
+  heads = model_config["heads"]
+  heads = tuple((str(k), int(v)) for k, v in (heads.items() if hasattr(heads, "items") else heads))
+  if not heads:
+    raise ValueError("config.model.heads is empty: give at least one head, e.g. {'fine': 12893}")
+  dtype = _get(model_config, "dtype", "float32")
+  if str(dtype) not in ("float32", "bfloat16"):
+    raise ValueError(f"config.model.dtype={dtype!r}; expected 'float32' or 'bfloat16'")
+  return dict(
+      heads=heads, width=shape.width, depth=shape.depth, mlp_dim=shape.mlp_dim, num_heads=shape.num_heads,
+      patch_size=shape.patch_size,
+      fusion=_get(model_config, "fusion", "cls_sum"),
+      fusion_per_layer=bool(_get(model_config, "fusion_per_layer", False)),
+      seg_input=_get(model_config, "seg_input", "palette"),
+      num_seg_classes=int(_get(model_config, "num_seg_classes", 150)),
+      seg_embed_dim=int(_get(model_config, "seg_embed_dim", 16)),
+      dtype=jnp.dtype(str(dtype)),
+      dropout=float(_get(model_config, "dropout", 0.0)),
+      ln_epsilon=float(_get(model_config, "ln_epsilon", 1e-6)),
+      gelu_approximate=bool(_get(model_config, "gelu_approximate", True)),
+      remat=bool(_get(model_config, "remat", False)),
+      head_zeroinit=bool(_get(model_config, "head_zeroinit", True)),
+  )
+
+
+def build_model(model_config: Mapping[str, Any]) -> TransLocator:
+  """The TransLocator for config.model (a ConfigDict or a plain dict)."""
+  return TransLocator(**model_kwargs(model_config))
+
+
+def build_encoder(model_config: Mapping[str, Any]) -> vit.ViTEncoder:
+  """A single ViT stream with the sizes and options of config.model (for weight checks and feature use)."""
+  kw = model_kwargs(model_config)
+  return vit.ViTEncoder(width=kw["width"], depth=kw["depth"], mlp_dim=kw["mlp_dim"], num_heads=kw["num_heads"],
+                        patch_size=kw["patch_size"], dtype=kw["dtype"], dropout=kw["dropout"],
+                        ln_epsilon=kw["ln_epsilon"], gelu_approximate=kw["gelu_approximate"], remat=kw["remat"])

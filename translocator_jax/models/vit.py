@@ -1,0 +1,281 @@
+"""ViT encoder whose parameter names match the original ViT checkpoints (google-research/vision_transformer).
+
+Layout of one encoder's params (so ViT-B_16.npz and the augreg files load by name):
+  embedding/{kernel [p,p,C,D], bias}
+  cls [1,1,D]
+  Transformer/posembed_input/pos_embedding [1,N+1,D]
+  Transformer/encoderblock_{i}/LayerNorm_0, MultiHeadDotProductAttention_1/{query,key,value,out},
+    LayerNorm_2, MlpBlock_3/{Dense_0,Dense_1}
+  Transformer/encoder_norm
+
+Speed notes (CPU): the patch embedding is a reshape + one matmul (same maths as the stride-p conv), and q/k/v
+are fused into one matmul at apply time from the three checkpoint kernels, with the 1/sqrt(d) scale folded into
+the query weights. The encoder exposes `embed`, `block` and `norm` so TransLocator can interleave two streams.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+
+# Width, depth, MLP width and heads of the published ViT variants (Dosovitskiy et al.; Ti/S from DeiT/augreg).
+VARIANTS: dict[str, dict[str, int]] = {
+    "Ti": dict(width=192, depth=12, mlp_dim=768, num_heads=3),
+    "S": dict(width=384, depth=12, mlp_dim=1536, num_heads=6),
+    "B": dict(width=768, depth=12, mlp_dim=3072, num_heads=12),
+    "L": dict(width=1024, depth=24, mlp_dim=4096, num_heads=16),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTShape:
+  """The sizes of one encoder."""
+  width: int
+  depth: int
+  mlp_dim: int
+  num_heads: int
+  patch_size: int
+
+
+def decode_variant(variant: str, **overrides: int | None) -> ViTShape:
+  """'B/16' -> ViTShape; `overrides` (width=..., depth=..., ...) replace fields when not None (tiny tests)."""
+  try:
+    name, patch = variant.split("/")
+    sizes = dict(VARIANTS[name], patch_size=int(patch))
+  except (ValueError, KeyError) as e:
+    raise ValueError(f"unknown ViT variant {variant!r}; expected one of "
+                     f"{[f'{v}/{p}' for v in VARIANTS for p in (16, 32)]} (any patch size works)") from e
+  sizes.update({k: v for k, v in overrides.items() if v is not None})
+  shape = ViTShape(**sizes)
+  if shape.width % shape.num_heads:
+    raise ValueError(f"width {shape.width} is not divisible by num_heads {shape.num_heads}")
+  return shape
+
+
+def gelu(x: jax.Array, approximate: bool) -> jax.Array:
+  # Original ViT (flax nn.gelu) uses the tanh form; HF ViT uses exact erf.
+  return nn.gelu(x, approximate=approximate)
+
+
+def _dot(x: jax.Array, w: jax.Array, dtype: Dtype) -> jax.Array:
+  """x @ w over the last axis of x in `dtype` (params stay float32 in storage)."""
+  return jnp.dot(x.astype(dtype), w.astype(dtype))
+
+
+class _Dense(nn.Module):
+  """A Dense layer whose params are float32 and whose matmul runs in `dtype`; names kernel/bias like nn.Dense."""
+  features: int
+  dtype: Dtype = jnp.float32
+  kernel_init: Any = nn.initializers.xavier_uniform()
+  bias_init: Any = nn.initializers.normal(stddev=1e-6)
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
+    bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+    return _dot(x, kernel, self.dtype) + bias.astype(self.dtype)
+
+
+class _Params(nn.Module):
+  """Holds a kernel and bias of given shapes (checkpoint layout) and returns them; the caller does the maths."""
+  kernel_shape: tuple[int, ...]
+  bias_shape: tuple[int, ...]
+  kernel_init: Any = nn.initializers.xavier_uniform()
+  bias_init: Any = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self) -> tuple[jax.Array, jax.Array]:
+    kernel = self.param("kernel", self.kernel_init, self.kernel_shape, jnp.float32)
+    bias = self.param("bias", self.bias_init, self.bias_shape, jnp.float32)
+    return kernel, bias
+
+
+def _attention_kernel_init(key, shape, dtype=jnp.float32):
+  # xavier_uniform over the flattened [D, H*Dh] (or [H*Dh, D]) matrix, as nn.MultiHeadDotProductAttention does.
+  if len(shape) == 3 and shape[0] * shape[1] != shape[2]:  # query/key/value: [D, H, Dh]
+    flat = (shape[0], shape[1] * shape[2])
+  else:  # out: [H, Dh, D]
+    flat = (shape[0] * shape[1], shape[2])
+  return nn.initializers.xavier_uniform()(key, flat, dtype).reshape(shape)
+
+
+class MultiHeadDotProductAttention(nn.Module):
+  """Self-attention with checkpoint-layout params: query/key/value kernel [D,H,Dh], out kernel [H,Dh,D]."""
+  num_heads: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, n, d = x.shape
+    h = self.num_heads
+    dh = d // h
+    init = dict(kernel_init=_attention_kernel_init)
+    wq, bq = _Params((d, h, dh), (h, dh), name="query", **init)()
+    wk, bk = _Params((d, h, dh), (h, dh), name="key", **init)()
+    wv, bv = _Params((d, h, dh), (h, dh), name="value", **init)()
+    wo, bo = _Params((h, dh, d), (d,), name="out", **init)()
+    scale = 1.0 / np.sqrt(dh).astype(np.float32)
+    # One [D, 3*D] matmul instead of three; the softmax scale goes into the (small) query weights.
+    w_qkv = jnp.concatenate([wq * scale, wk, wv], axis=1).reshape(d, 3 * d)
+    b_qkv = jnp.concatenate([bq * scale, bk, bv], axis=0).reshape(3 * d)
+    qkv = (_dot(x, w_qkv, self.dtype) + b_qkv.astype(self.dtype)).reshape(b, n, 3, h, dh)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
+    ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, n, d)
+    return _dot(ctx, wo.reshape(d, d), self.dtype) + bo.astype(self.dtype)
+
+
+class MlpBlock(nn.Module):
+  """Dense_0 -> GELU -> Dense_1, as in the original ViT."""
+  mlp_dim: int
+  dtype: Dtype = jnp.float32
+  dropout: float = 0.0
+  gelu_approximate: bool = True
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    d = x.shape[-1]
+    y = _Dense(self.mlp_dim, dtype=self.dtype, name="Dense_0")(x)
+    y = gelu(y, self.gelu_approximate)
+    y = nn.Dropout(self.dropout)(y, deterministic=not train)
+    y = _Dense(d, dtype=self.dtype, name="Dense_1")(y)
+    return nn.Dropout(self.dropout)(y, deterministic=not train)
+
+
+class Encoder1DBlock(nn.Module):
+  """Pre-LN transformer block: x + Attn(LN(x)), then + MLP(LN(.)). LayerNorms run in float32."""
+  mlp_dim: int
+  num_heads: int
+  dtype: Dtype = jnp.float32
+  dropout: float = 0.0
+  ln_epsilon: float = 1e-6
+  gelu_approximate: bool = True
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    ln = dict(epsilon=self.ln_epsilon, dtype=jnp.float32, param_dtype=jnp.float32)
+    y = nn.LayerNorm(name="LayerNorm_0", **ln)(x)
+    y = MultiHeadDotProductAttention(self.num_heads, dtype=self.dtype, name="MultiHeadDotProductAttention_1")(y)
+    y = nn.Dropout(self.dropout)(y, deterministic=not train)
+    x = x + y.astype(jnp.float32)
+    y = nn.LayerNorm(name="LayerNorm_2", **ln)(x)
+    y = MlpBlock(self.mlp_dim, dtype=self.dtype, dropout=self.dropout, gelu_approximate=self.gelu_approximate,
+                 name="MlpBlock_3")(y, train)
+    return x + y.astype(jnp.float32)
+
+
+class AddPositionEmbs(nn.Module):
+  """Learned position embedding, named posembed_input/pos_embedding as in the checkpoints."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    pe = self.param("pos_embedding", nn.initializers.normal(stddev=0.02), (1,) + x.shape[1:], jnp.float32)
+    return x + pe
+
+
+class Transformer(nn.Module):
+  """The `Transformer` scope: position embedding, the blocks and the final norm, callable piece by piece."""
+  depth: int
+  mlp_dim: int
+  num_heads: int
+  dtype: Dtype = jnp.float32
+  dropout: float = 0.0
+  ln_epsilon: float = 1e-6
+  gelu_approximate: bool = True
+  remat: bool = False
+
+  def setup(self):
+    self.posembed_input = AddPositionEmbs()
+    # static_argnums counts self: (x=1, train=2).
+    block_cls = nn.remat(Encoder1DBlock, static_argnums=(2,)) if self.remat else Encoder1DBlock
+    for i in range(self.depth):
+      setattr(self, f"encoderblock_{i}", block_cls(
+          mlp_dim=self.mlp_dim, num_heads=self.num_heads, dtype=self.dtype, dropout=self.dropout,
+          ln_epsilon=self.ln_epsilon, gelu_approximate=self.gelu_approximate))
+    self.encoder_norm = nn.LayerNorm(epsilon=self.ln_epsilon, dtype=jnp.float32, param_dtype=jnp.float32)
+    self.dropout_layer = nn.Dropout(self.dropout)
+
+  def add_posemb(self, x: jax.Array, train: bool) -> jax.Array:
+    return self.dropout_layer(self.posembed_input(x), deterministic=not train)
+
+  def block(self, i: int, x: jax.Array, train: bool) -> jax.Array:
+    return getattr(self, f"encoderblock_{i}")(x, train)
+
+  def norm(self, x: jax.Array) -> jax.Array:
+    return self.encoder_norm(x)
+
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    x = self.add_posemb(x, train)
+    for i in range(self.depth):
+      x = self.block(i, x, train)
+    return self.norm(x)
+
+
+class ViTEncoder(nn.Module):
+  """One ViT stream without a head: image [B,S,S,C] -> tokens [B,1+N,D] (CLS first), after encoder_norm.
+
+  Use `embed`, `block(i, ...)` and `norm` to run it layer by layer (TransLocator does, to fuse CLS tokens).
+  """
+  width: int
+  depth: int
+  mlp_dim: int
+  num_heads: int
+  patch_size: int
+  dtype: Dtype = jnp.float32
+  dropout: float = 0.0
+  ln_epsilon: float = 1e-6
+  gelu_approximate: bool = True
+  remat: bool = False
+
+  def setup(self):
+    self.embedding = _PatchEmbed(self.width, self.patch_size, dtype=self.dtype)
+    self.cls = self.param("cls", nn.initializers.zeros, (1, 1, self.width), jnp.float32)
+    self.Transformer = Transformer(  # pylint: disable=invalid-name  (checkpoint scope name)
+        depth=self.depth, mlp_dim=self.mlp_dim, num_heads=self.num_heads, dtype=self.dtype,
+        dropout=self.dropout, ln_epsilon=self.ln_epsilon, gelu_approximate=self.gelu_approximate,
+        remat=self.remat)
+
+  def embed(self, image: jax.Array, train: bool = False) -> jax.Array:
+    """Patch tokens with CLS prepended and position embedding added: [B, 1+N, D] float32."""
+    x = self.embedding(image)
+    cls = jnp.broadcast_to(self.cls, (x.shape[0], 1, self.width))
+    return self.Transformer.add_posemb(jnp.concatenate([cls, x], axis=1), train)
+
+  def block(self, i: int, x: jax.Array, train: bool = False) -> jax.Array:
+    return self.Transformer.block(i, x, train)
+
+  def norm(self, x: jax.Array) -> jax.Array:
+    return self.Transformer.norm(x)
+
+  def __call__(self, image: jax.Array, train: bool = False) -> jax.Array:
+    x = self.embed(image, train)
+    for i in range(self.depth):
+      x = self.block(i, x, train)
+    return self.norm(x)
+
+
+class _PatchEmbed(nn.Module):
+  """Stride-p patch embedding with conv-layout params (kernel [p,p,C,D]) computed as reshape + one matmul."""
+  width: int
+  patch_size: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, image: jax.Array) -> jax.Array:
+    b, hh, ww, c = image.shape
+    p = self.patch_size
+    if hh % p or ww % p:
+      raise ValueError(f"image size {hh}x{ww} is not a multiple of the patch size {p}")
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (p, p, c, self.width), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (self.width,), jnp.float32)
+    x = image.reshape(b, hh // p, p, ww // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+    x = x.reshape(b, (hh // p) * (ww // p), p * p * c)
+    y = _dot(x, kernel.reshape(p * p * c, self.width), self.dtype) + bias.astype(self.dtype)
+    return y.astype(jnp.float32)
