@@ -1,0 +1,194 @@
+"""Checkpoints: orbax CheckpointManager holding the train state, the grain iterator state and the config.
+
+Layout of a workdir:
+  config.json                 the run's config (also inside every checkpoint: a step directory is self-describing)
+  checkpoints/<step>/state    train state {'step', 'params', 'opt_state'}
+  checkpoints/<step>/data     the data iterator's state (grain checkpoint handler, one JSON file per process)
+  checkpoints/<step>/config   the config as JSON
+Saves are asynchronous. The last `keep` checkpoints are kept, plus the best one on validation when a metric
+is given. On restore a checkpoint that fails to load (corrupt, half-written) is reported and the previous one
+is tried.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+from typing import Any
+
+import grain.checkpoint as grain_ckpt
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as ocm
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+CONFIG_FILE = "config.json"
+
+
+class _IteratorSnapshot:
+  """The iterator state at save time: the async save must not read an iterator that has moved on."""
+
+  def __init__(self, iterator: Any):
+    state = iterator.get_state()
+    self._state = state if isinstance(state, bytes) else json.dumps(state).encode()
+
+  def get_state(self) -> bytes:
+    return self._state
+
+
+def config_to_json(config: ml_collections.ConfigDict) -> str:
+  return config.to_json_best_effort(indent=2, sort_keys=True)
+
+
+def config_from_json(text: str) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(json.loads(text))
+
+
+def write_config(workdir: str | pathlib.Path, config: ml_collections.ConfigDict) -> pathlib.Path:
+  path = pathlib.Path(workdir) / CONFIG_FILE
+  if jax.process_index() == 0:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(config_to_json(config))
+  return path
+
+
+def params_fingerprint(params: Any) -> str:
+  """sha256 (hex) over the parameters' paths, dtypes, shapes and bytes: equal iff bit-identical."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+  h = hashlib.sha256()
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  for path, leaf in leaves:
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+      leaf = multihost_utils.process_allgather(leaf, tiled=True)
+    arr = np.asarray(leaf)
+    h.update(jax.tree_util.keystr(path).encode())
+    h.update(str(arr.dtype).encode() + str(arr.shape).encode())
+    h.update(np.ascontiguousarray(arr).tobytes())
+  return h.hexdigest()
+
+
+class Checkpointer:
+  """A thin wrapper over ocp.CheckpointManager for this project's train state."""
+
+  def __init__(self, workdir: str | pathlib.Path, *, keep: int = 3, best_metric: str | None = None,
+               best_mode: str = "max", async_save: bool = True, read_only: bool = False):
+    self.directory = pathlib.Path(workdir).absolute() / CHECKPOINT_DIR
+    policies = [ocm.LatestN(n=int(keep))]
+    if best_metric:
+      policies.append(ocm.BestN(get_metric_fn=lambda m: float(m[best_metric]), reverse=best_mode == "min", n=1,
+                                keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=ocm.AnyPreservationPolicy(policies),
+        enable_async_checkpointing=async_save,
+        cleanup_tmp_directories=not read_only,
+        create=not read_only,
+        read_only=read_only,
+    )
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
+    self.best_metric = best_metric
+
+  def all_steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def step_dir(self, step: int) -> pathlib.Path:
+    return self.directory / str(step)
+
+  def save(self, step: int, state: Any, data_iterator: Any | None, config: ml_collections.ConfigDict,
+           metrics: dict[str, float] | None = None) -> None:
+    items = {"state": ocp.args.StandardSave(state),
+             "config": ocp.args.JsonSave(json.loads(config_to_json(config)))}
+    if data_iterator is not None:
+      items["data"] = grain_ckpt.CheckpointSave(_IteratorSnapshot(data_iterator))
+    if metrics is not None and self.best_metric and self.best_metric not in metrics:
+      metrics = None
+    self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+  def restore_latest(self, abstract_state: Any, data_iterator: Any | None = None) -> tuple[int | None, Any]:
+    """(step, state) of the newest checkpoint that loads; (None, None) when there is none.
+
+    `data_iterator` (if given) is set to the saved iterator state. A checkpoint that fails to load is
+    reported with a warning and the one before it is tried.
+    """
+    for step in reversed(self.all_steps()):
+      try:
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        if data_iterator is not None:
+          items["data"] = grain_ckpt.CheckpointRestore(data_iterator)
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        state = restored["state"]
+        restored_step = int(np.asarray(jax.device_get(state["step"])))
+        if restored_step != step:
+          raise ValueError(f"state.step={restored_step} in checkpoint directory of step {step}")
+        return step, state
+      except Exception as e:  # pylint: disable=broad-except
+        msg = (f"checkpoint {self.step_dir(step)} could not be restored ({type(e).__name__}: "
+               f"{str(e).splitlines()[0] if str(e) else ''}); trying the previous one")
+        log.warning(msg)
+        print(f"WARNING: {msg}", flush=True)
+    return None, None
+
+
+def _find_checkpoint(path: pathlib.Path, which: str) -> tuple[pathlib.Path, int | None]:
+  """(checkpoints directory, step or None=latest) for a workdir, a checkpoints dir or a step dir."""
+  if (path / CHECKPOINT_DIR).is_dir():
+    return path / CHECKPOINT_DIR, None
+  if path.name.isdigit() and (path / "state").exists():
+    return path.parent, int(path.name)
+  if any(p.name.isdigit() for p in path.iterdir()) if path.is_dir() else False:
+    return path, None
+  raise FileNotFoundError(f"{path}: not a workdir (no {CHECKPOINT_DIR}/), nor a checkpoint step directory")
+
+
+def restore_for_inference(path: str | pathlib.Path, which: str = "latest"
+                          ) -> tuple[ml_collections.ConfigDict, Any]:
+  """(config, params) from a workdir or one checkpoint step directory, parameters as host numpy arrays.
+
+  `which`: 'latest' or 'best' (the best on validation, when the run recorded one). Falls back to older
+  checkpoints when the newest one is unreadable.
+  """
+  path = pathlib.Path(path).absolute()
+  ckpt_dir, step = _find_checkpoint(path, which)
+  options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+  manager = ocp.CheckpointManager(ckpt_dir, options=options, item_handlers={
+      "state": ocp.PyTreeCheckpointHandler(), "config": ocp.JsonCheckpointHandler(),
+      "data": grain_ckpt.CheckpointHandler()})
+  try:
+    if step is not None:
+      steps = [step]
+    elif which == "best" and manager.best_step() is not None:
+      steps = [manager.best_step()]
+    else:
+      steps = sorted(manager.all_steps(), reverse=True)
+    if not steps:
+      raise FileNotFoundError(f"{ckpt_dir}: no checkpoints")
+    errors = []
+    for s in steps:
+      try:
+        # Only the parameters, as numpy: independent of the topology the run was saved on.
+        params_meta = manager.item_metadata(s)["state"].tree["params"]
+        item = {"params": params_meta}
+        restore_args = {"params": jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), params_meta)}
+        restored = manager.restore(s, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True),
+            config=ocp.args.JsonRestore()))
+        params = restored["state"]["params"]
+        return ml_collections.ConfigDict(restored["config"]), params
+      except Exception as e:  # pylint: disable=broad-except
+        errors.append(f"step {s}: {type(e).__name__}: {e}")
+        log.warning("checkpoint %s/%s could not be restored: %s", ckpt_dir, s, e)
+    raise RuntimeError(f"no readable checkpoint in {ckpt_dir}:\n" + "\n".join(errors))
+  finally:
+    manager.close()

@@ -1,0 +1,193 @@
+"""The training loop: init or resume, step, log, validate, checkpoint, stop on NaN."""
+from __future__ import annotations
+
+import logging
+import math
+import pathlib
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+
+from translocator_jax.data import schema
+from translocator_jax.train import checkpoints as ckpt_lib
+from translocator_jax.train import data as data_lib
+from translocator_jax.train import metrics_writer
+from translocator_jax.train import optimizer as optim_lib
+from translocator_jax.train import sharding as sharding_lib
+from translocator_jax.train import step as step_lib
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss or gradient went NaN / inf; the message names the step and the checkpoint to go back to."""
+
+
+def _log_line(step: int, total: int, m: dict[str, float], images_per_s: float, eta_s: float) -> str:
+  eta = time.strftime("%H:%M:%S", time.gmtime(max(eta_s, 0))) if math.isfinite(eta_s) else "?"
+  return (f"step {step}/{total} loss {m['loss']:.4f} lr {m['learning_rate']:.3g} "
+          f"{images_per_s:.1f} img/s ETA {eta}")
+
+
+def build_validation(config: ml_collections.ConfigDict, info: data_lib.DatasetInfo, model, mesh, partitions):
+  """A function params -> validation metrics dict (val_acc_750km, ...), or None when the run has none."""
+  split = config.data.get("val_split", None)
+  if not split or not int(config.train.get("eval_every", 0) or 0):
+    return None
+  from translocator_jax import eval_model  # pylint: disable=g-import-not-at-top
+
+  def validate(params) -> dict[str, float]:
+    batches, _ = data_lib.eval_batches(config, info, split, int(config.eval.batch_size), "center")
+    preds = eval_model.predict_dataset(model, params, batches, mesh=mesh, partitions=partitions,
+                                       heads=config.model.heads, tta="center", desc=f"validate {split}")
+    tables = eval_model.tables_from_predictions(preds)
+    best = tables.get("fstar") or next(iter(tables.values()))
+    return {f"val_{k}": float(v) for k, v in best.items() if k != "n"}
+
+  return validate
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
+  """Trains config in workdir (resuming from its newest readable checkpoint); returns a summary dict."""
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  ckpt_lib.write_config(workdir, config)
+  total = int(config.train.total_steps)
+  global_batch = int(config.data.batch_size)
+  mesh = sharding_lib.make_mesh()
+  sharding_lib.local_batch_size(global_batch)  # validates divisibility
+  is_main = jax.process_index() == 0
+
+  from translocator_jax import models  # pylint: disable=g-import-not-at-top
+  info = data_lib.dataset_info(config, config.data.train)
+  if info.num_seg_classes and config.model.get("seg_input") == "classes":
+    if int(config.model.num_seg_classes) < info.num_seg_classes:
+      raise ValueError(f"config.model.num_seg_classes={config.model.num_seg_classes} < the dataset's "
+                       f"{info.num_seg_classes} segmentation classes")
+  partitions = data_lib.load_partitions(info)
+  cell_latlon = None
+  if partitions is not None:
+    cell_latlon = {name: np.asarray(p.latlon_mean, np.float32)
+                   for name, p in zip(schema.PARTITION_NAMES, partitions) if name in config.model.heads}
+    for name, p in zip(schema.PARTITION_NAMES, partitions):
+      if name in config.model.heads and int(config.model.heads[name]) != p.num_classes:
+        raise ValueError(f"config.model.heads.{name}={config.model.heads[name]} but partition "
+                         f"{info.partition_paths[schema.PARTITION_NAMES.index(name)]} has {p.num_classes} cells")
+
+  model = models.build_model(config.model)
+  tx, schedule = optim_lib.make_optimizer(config.optim, total)
+  rng = jax.random.key(int(config.get("seed", 0)))
+  fsdp = bool(config.train.get("fsdp", False))
+  params = step_lib.init_params(model, config.model, rng, mesh, fsdp)
+  pretrained = config.get("init", {}).get("pretrained") if config.get("init") else None
+  if pretrained:
+    from translocator_jax.models import load as load_lib  # pylint: disable=g-import-not-at-top
+    shardings = jax.tree.map(lambda x: x.sharding, params)
+    host_params, report = load_lib.load_pretrained(jax.device_get(params), pretrained, config.model)
+    params = jax.device_put(host_params, shardings)
+    if is_main:
+      print(f"init from {pretrained}: {report}", flush=True)
+  state, state_shardings = step_lib.create_state(params, tx, mesh, fsdp)
+  del params
+
+  checkpointer = ckpt_lib.Checkpointer(
+      workdir, keep=int(config.train.get("keep_checkpoints", 3)),
+      best_metric=config.train.get("best_metric", None), best_mode=config.train.get("best_mode", "max"),
+      async_save=bool(config.train.get("async_checkpoints", True)))
+  iterator = data_lib.train_iterator(config, info, global_batch)
+  start, restored = checkpointer.restore_latest(step_lib.abstract_state(state_shardings, state), iterator)
+  if restored is not None:
+    state = restored
+    if is_main:
+      print(f"resumed from {checkpointer.step_dir(start)} (step {start})", flush=True)
+  start = start or 0
+  last_saved = start if restored is not None else None
+
+  train_step = step_lib.make_train_step(model, tx, config, schedule=schedule, mesh=mesh,
+                                        state_shardings=state_shardings, cell_latlon=cell_latlon)
+  validate = build_validation(config, info, model, mesh, partitions)
+  writer = metrics_writer.MetricWriter(workdir, tensorboard=bool(config.train.get("tensorboard", True)))
+  log_every = max(int(config.train.get("log_every", 100)), 1)
+  ckpt_every = int(config.train.get("ckpt_every", 1000) or 0)
+  eval_every = int(config.train.get("eval_every", 0) or 0)
+  bar = tqdm.tqdm(total=total, initial=start, desc="train", disable=not is_main or not config.train.get(
+      "progress_bar", True), dynamic_ncols=True)
+
+  def checkpoint_hint() -> str:
+    if last_saved is None:
+      return "no checkpoint was saved yet: restart from scratch (lower the learning rate?)"
+    return f"go back to checkpoint step {last_saved} ({checkpointer.step_dir(last_saved)})"
+
+  def host_metrics(step: int, m) -> dict[str, float]:
+    m = {k: float(v) for k, v in jax.device_get(m).items()}
+    if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):
+      raise NonFiniteLossError(f"loss={m['loss']} grad_norm={m['grad_norm']} at step {step}: stopping; "
+                               f"{checkpoint_hint()}")
+    return m
+
+  losses = {}
+  t_mark, step_mark = time.time(), start
+  pending = None  # (step, device metrics) of the previous step: read one step late to keep the device busy
+  last_metrics = {}
+  try:
+    for step in range(start + 1, total + 1):
+      local = next(iterator)
+      batch = sharding_lib.put_batch({k: local[k] for k in step_lib.STEP_KEYS if k in local}, mesh)
+      state, metrics = train_step(state, batch)
+      if pending is not None:
+        prev_step, prev = pending
+        last_metrics = host_metrics(prev_step, prev)
+        losses[prev_step] = last_metrics["loss"]
+      pending = (step, metrics)
+      bar.update(1)
+      save_now = ckpt_every and step % ckpt_every == 0 or step == total
+      log_now = step % log_every == 0 or step == total
+      if save_now or log_now:
+        last_metrics = host_metrics(step, metrics)
+        losses[step] = last_metrics["loss"]
+        pending = None
+      if log_now:
+        dt = time.time() - t_mark
+        ips = (step - step_mark) * global_batch / max(dt, 1e-9)
+        eta = (total - step) * dt / max(step - step_mark, 1)
+        t_mark, step_mark = time.time(), step
+        writer.write(step, {**last_metrics, "images_per_s": ips}, prefix="train/")
+        bar.set_postfix(loss=f"{last_metrics['loss']:.4f}", img_s=f"{ips:.1f}")
+        if is_main and not config.train.get("progress_bar", True):
+          print(_log_line(step, total, last_metrics, ips, eta), flush=True)
+      val = None
+      if validate is not None and (step % eval_every == 0 or step == total):
+        val = validate(state["params"])
+        writer.write(step, val, prefix="val/")
+        if is_main:
+          bar.write(f"step {step}: " + " ".join(f"{k} {v:.4g}" for k, v in val.items()))
+      if save_now:
+        fingerprint = ckpt_lib.params_fingerprint(state["params"])
+        checkpointer.save(step, state, iterator, config, metrics=val)
+        last_saved = step
+        writer.write(step, {"params_fingerprint": fingerprint, "checkpoint": str(checkpointer.step_dir(step))})
+        writer.flush()
+    if pending is not None:
+      last_metrics = host_metrics(*pending)
+      losses[pending[0]] = last_metrics["loss"]
+  except NonFiniteLossError as e:
+    if is_main:
+      bar.write(f"ERROR: {e}")
+    raise
+  finally:
+    bar.close()
+    checkpointer.close()
+    writer.close()
+
+  fingerprint = ckpt_lib.params_fingerprint(state["params"])
+  summary = {"workdir": str(workdir), "steps": total, "resumed_from": start, "final_loss": last_metrics.get("loss"),
+             "params_fingerprint": fingerprint, "checkpoints": checkpointer.all_steps(),
+             "losses": [losses[k] for k in sorted(losses)]}
+  if is_main:
+    print(f"done: {total} steps, final loss {summary['final_loss']}, checkpoints {summary['checkpoints']} in "
+          f"{checkpointer.directory}, params fingerprint {fingerprint[:16]}", flush=True)
+  return summary

@@ -1,0 +1,46 @@
+"""`translocator-train --config configs/X.py[:arg] --workdir DIR [--set key=value ...]`.
+
+Restarting with the same workdir resumes from its newest readable checkpoint. On a multi-host TPU pod the same
+command runs on every host (jax.distributed is initialised from the environment).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from translocator_jax.train import config_io
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(prog="translocator-train", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--config", required=True, help="configs/X.py or configs/X.py:arg")
+  p.add_argument("--workdir", required=True, help="checkpoints, metrics and config.json go here")
+  p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                 help="override a config field, e.g. --set train.total_steps=100 (repeatable)")
+  p.add_argument("--summary-json", default=None, help="also write the run summary (losses, fingerprint) here")
+  return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = parse_args(sys.argv[1:] if argv is None else argv)
+  logging.basicConfig(level=logging.WARNING)
+  from translocator_jax.train import sharding  # pylint: disable=g-import-not-at-top
+  sharding.maybe_initialize_distributed()
+  from translocator_jax.train import loop  # pylint: disable=g-import-not-at-top
+  config = config_io.apply_overrides(config_io.load_config(args.config), args.overrides)
+  try:
+    summary = loop.train(config, args.workdir)
+  except loop.NonFiniteLossError as e:
+    print(f"translocator-train: {e}", file=sys.stderr)
+    return 1
+  if args.summary_json:
+    with open(args.summary_json, "w") as f:
+      json.dump(summary, f)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

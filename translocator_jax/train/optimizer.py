@@ -1,0 +1,69 @@
+"""The optax optimizer: SGD-momentum or AdamW, warmup + cosine, clipping, weight decay on kernels only."""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import jax
+import ml_collections
+import optax
+
+DEFAULT_DECAY_REGEX = r"(^|/)kernel$"
+
+
+def param_path_str(path) -> str:
+  """'Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel' for a jax tree path."""
+  parts = []
+  for key in path:
+    if isinstance(key, jax.tree_util.DictKey):
+      parts.append(str(key.key))
+    elif isinstance(key, jax.tree_util.GetAttrKey):
+      parts.append(key.name)
+    elif isinstance(key, jax.tree_util.SequenceKey):
+      parts.append(str(key.idx))
+    else:
+      parts.append(str(key))
+  return "/".join(parts)
+
+
+def decay_mask(params: Any, regex: str = DEFAULT_DECAY_REGEX) -> Any:
+  """Pytree of bools like `params`: True where the parameter's path matches `regex` (kernels by default)."""
+  pattern = re.compile(regex)
+  return jax.tree_util.tree_map_with_path(lambda p, _: bool(pattern.search(param_path_str(p))), params)
+
+
+def make_schedule(optim: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+  """Linear warmup from 0 to the peak rate, then cosine decay to `optim.end_lr_factor` * peak at total_steps."""
+  warmup = int(min(optim.get("warmup_steps", 0), max(total_steps - 1, 0)))
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0,
+      peak_value=float(optim.learning_rate),
+      warmup_steps=warmup,
+      decay_steps=max(int(total_steps), warmup + 1),
+      end_value=float(optim.learning_rate) * float(optim.get("end_lr_factor", 0.0)),
+  )
+
+
+def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """Builds the optimizer named by `optim.name` ('sgd' | 'adamw'); returns (tx, learning-rate schedule)."""
+  schedule = make_schedule(optim, total_steps)
+  regex = optim.get("decay_regex", DEFAULT_DECAY_REGEX)
+  wd = float(optim.get("weight_decay", 0.0))
+  mask = lambda params: decay_mask(params, regex)
+  parts = []
+  if optim.get("clip_norm"):
+    parts.append(optax.clip_by_global_norm(float(optim.clip_norm)))
+  name = optim.name.lower()
+  if name == "sgd":
+    if wd:
+      # Coupled L2 decay (as torch SGD's weight_decay), on kernels only.
+      parts.append(optax.add_decayed_weights(wd, mask=mask))
+    parts.append(optax.sgd(schedule, momentum=float(optim.get("momentum", 0.9)) or None,
+                           nesterov=bool(optim.get("nesterov", False))))
+  elif name == "adamw":
+    parts.append(optax.adamw(schedule, b1=float(optim.get("b1", 0.9)), b2=float(optim.get("b2", 0.999)),
+                             eps=float(optim.get("eps", 1e-8)), weight_decay=wd, mask=mask))
+  else:
+    raise ValueError(f"config.optim.name: unknown optimizer {optim.name!r} (want 'sgd' or 'adamw')")
+  return optax.chain(*parts), schedule
