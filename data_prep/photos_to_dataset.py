@@ -1,0 +1,12 @@
+"""Build a dataset of your own geotagged photos.
+
+  python -m data_prep.photos_to_dataset --input ~/Pictures/trip --output data/trip --segmenter models/segformer-ade
+
+Exit status 0 when written (skipped files listed in OUTPUT/report.json), 2 when it could not run.
+"""
+import sys
+
+from translocator_jax.data import cli
+
+if __name__ == "__main__":
+  sys.exit(cli.photos_main())

@@ -1,0 +1,105 @@
+"""Command lines of the dataset builders (the data_prep/ scripts are thin wrappers around these `main`s).
+
+Exit status: 0 when the dataset was written (skipped files are listed in report.json and counted on stderr),
+2 when the build could not run (bad arguments, missing inputs, missing segmentation maps without a segmenter, an
+output folder holding another build).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from translocator_jax.data import build
+from translocator_jax.data import builders
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--output", required=True, help="output folder (the TFDS data dir; created)")
+  p.add_argument("--workers", type=int, default=1, help="parallel worker processes (one piece each at a time)")
+  p.add_argument("--piece-size", type=int, default=2000, help="images per ArrayRecord shard (the resume unit)")
+  p.add_argument("--partitions", nargs=3, metavar=("COARSE", "MIDDLE", "FINE"), default=None,
+                 help="partition CSVs for the `cells` field (default: the MP-16 cells_50_* in the shared data)")
+  p.add_argument("--no-cells", action="store_true", help="write cells = -1 (no partition files)")
+  p.add_argument("--segmenter", default=None,
+                 help="local transformers ADE20K model folder used for images without a segmentation map")
+  p.add_argument("--seg-name", default=builders.DEFAULT_SEG_NAME,
+                 help="map file name of an image id, a format over {id} {stem} {ext} (default: %(default)s, the "
+                      "published layout: a/b.jpg -> a/b.png)")
+  p.add_argument("--max-pixels", type=int, default=build.images_lib.DEFAULT_MAX_PIXELS,
+                 help="images with more pixels are skipped (decompression bombs)")
+  p.add_argument("--jpeg-quality", type=int, default=build.images_lib.DEFAULT_JPEG_QUALITY)
+  p.add_argument("--keep-spool", action="store_true", help="keep the tarball spools in _staging/ after the build")
+  p.add_argument("--no-progress", action="store_true")
+
+
+def _kwargs(a) -> dict:
+  return dict(output_dir=a.output, workers=a.workers, piece_size=a.piece_size,
+              partition_paths=[] if a.no_cells else a.partitions, segmenter_dir=a.segmenter,
+              seg_name=a.seg_name, max_pixels=a.max_pixels, jpeg_quality=a.jpeg_quality, keep_spool=a.keep_spool,
+              progress=not a.no_progress)
+
+
+def _run(fn: Callable[[], dict]) -> int:
+  try:
+    report = fn()
+  except (build.BuildError, FileNotFoundError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(f"written: {report['written']}  skipped: {len(report['skipped'])}")
+  return 0
+
+
+def mp16_main(argv: Sequence[str] | None = None) -> int:
+  p = argparse.ArgumentParser(description="Build MP-16 (split train) from the published layout.")
+  p.add_argument("--csv", required=True, help="mp16_places365.csv")
+  p.add_argument("--images", required=True, help="mp16_rgb_images.tgz or its folder")
+  p.add_argument("--segmentations", required=True, help="mp16_seg_images_PNG.tgz or its folder")
+  _common(p)
+  a = p.parse_args(argv)
+  return _run(lambda: builders.build_mp16(csv_path=a.csv, images=a.images, segmentations=a.segmentations,
+                                          **_kwargs(a)))
+
+
+def benchmark_main(argv: Sequence[str] | None = None) -> int:
+  p = argparse.ArgumentParser(description="Build a benchmark test set (split test).")
+  p.add_argument("--name", required=True, help="im2gps, im2gps3k, yfcc26k, yfcc4k (or any name with --csv)")
+  p.add_argument("--csv", default=None, help="metadata CSV (default for im2gps/im2gps3k/yfcc26k: shared data)")
+  p.add_argument("--images", required=True, help="RGB tarball or folder")
+  p.add_argument("--segmentations", default=None, help="segmentation-map tarball or folder")
+  p.add_argument("--id-column", default="IMG_ID")
+  p.add_argument("--lat-column", default="LAT")
+  p.add_argument("--lon-column", default="LON")
+  _common(p)
+  a = p.parse_args(argv)
+  columns = dict(id=a.id_column, lat=a.lat_column, lon=a.lon_column)
+  return _run(lambda: builders.build_benchmark(name=a.name, csv_path=a.csv, images=a.images,
+                                               segmentations=a.segmentations, columns=columns, **_kwargs(a)))
+
+
+def photos_main(argv: Sequence[str] | None = None) -> int:
+  p = argparse.ArgumentParser(description="Build a dataset of your own photos (positions from EXIF GPS or --csv).")
+  p.add_argument("--input", required=True, help="folder tree (or tarball) of JPEG/PNG photos")
+  p.add_argument("--csv", default=None, help="CSV with header path,lat,lon (paths relative to --input)")
+  p.add_argument("--seg", default=None, help="folder/tarball of segmentation maps named like the photos")
+  p.add_argument("--name", default="photos")
+  p.add_argument("--split", default="test")
+  _common(p)
+  a = p.parse_args(argv)
+  kw = _kwargs(a)
+  return _run(lambda: builders.build_photos(input_dir=a.input, csv_path=a.csv, segmentations=a.seg,
+                                            name=a.name, split=a.split, **kw))
+
+
+def segment_main(argv: Sequence[str] | None = None) -> int:
+  p = argparse.ArgumentParser(description="Write ADE20K-150 maps (palette PNGs) for photos that have none.")
+  p.add_argument("--images", required=True, help="folder or tarball of photos")
+  p.add_argument("--output", required=True, help="folder for the maps (same relative names, .png)")
+  p.add_argument("--model", required=True, help="local transformers ADE20K segmentation model folder")
+  p.add_argument("--existing", default=None, help="folder/tarball of maps already made (those are not redone)")
+  p.add_argument("--seg-name", default=builders.DEFAULT_SEG_NAME)
+  p.add_argument("--no-progress", action="store_true")
+  a = p.parse_args(argv)
+  from translocator_jax.data import segmenter  # pylint: disable=g-import-not-at-top
+  return _run(lambda: segmenter.write_maps(images=a.images, output_dir=a.output, model_dir=a.model,
+                                           existing=a.existing, seg_name=a.seg_name, progress=not a.no_progress))
