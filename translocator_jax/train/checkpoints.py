@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
+import shutil
+import time
 from typing import Any
 
 import grain.checkpoint as grain_ckpt
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
+CORRUPT_DIR = "checkpoints_unreadable"
 
 
 class _IteratorSnapshot:
@@ -134,11 +137,24 @@ class Checkpointer:
           raise ValueError(f"state.step={restored_step} in checkpoint directory of step {step}")
         return step, state
       except Exception as e:  # pylint: disable=broad-except
+        moved = self._set_aside(step)
         msg = (f"checkpoint {self.step_dir(step)} could not be restored ({type(e).__name__}: "
-               f"{str(e).splitlines()[0] if str(e) else ''}); trying the previous one")
+               f"{str(e).splitlines()[0][:300] if str(e) else ''}); moved it to {moved}; trying the previous one")
         log.warning(msg)
         print(f"WARNING: {msg}", flush=True)
     return None, None
+
+  def _set_aside(self, step: int) -> pathlib.Path:
+    """Moves an unreadable step out of the manager's way (kept for inspection), so training can redo it."""
+    target = self.directory.parent / CORRUPT_DIR / f"{step}.{int(time.time())}"
+    if jax.process_index() == 0:
+      target.parent.mkdir(parents=True, exist_ok=True)
+      shutil.move(str(self.step_dir(step)), str(target))
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices(f"set_aside_checkpoint_{step}")
+    self.manager.reload()
+    return target
 
 
 def _find_checkpoint(path: pathlib.Path, which: str) -> tuple[pathlib.Path, int | None]:

@@ -114,6 +114,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
   log_every = max(int(config.train.get("log_every", 100)), 1)
   ckpt_every = int(config.train.get("ckpt_every", 1000) or 0)
   eval_every = int(config.train.get("eval_every", 0) or 0)
+  debug_delay = float(config.train.get("debug_step_delay_s", 0.0) or 0.0)
   bar = tqdm.tqdm(total=total, initial=start, desc="train", disable=not is_main or not config.train.get(
       "progress_bar", True), dynamic_ncols=True)
 
@@ -138,6 +139,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
       local = next(iterator)
       batch = sharding_lib.put_batch({k: local[k] for k in step_lib.STEP_KEYS if k in local}, mesh)
       state, metrics = train_step(state, batch)
+      if debug_delay:
+        time.sleep(debug_delay)  # tests: slow the run so that it can be killed mid-way
       if pending is not None:
         prev_step, prev = pending
         last_metrics = host_metrics(prev_step, prev)
@@ -182,10 +185,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
     bar.close()
     checkpointer.close()
     writer.close()
+  saved_steps = checkpointer.all_steps()
 
   fingerprint = ckpt_lib.params_fingerprint(state["params"])
   summary = {"workdir": str(workdir), "steps": total, "resumed_from": start, "final_loss": last_metrics.get("loss"),
-             "params_fingerprint": fingerprint, "checkpoints": checkpointer.all_steps(),
+             "params_fingerprint": fingerprint, "checkpoints": saved_steps,
              "losses": [losses[k] for k in sorted(losses)]}
   if is_main:
     print(f"done: {total} steps, final loss {summary['final_loss']}, checkpoints {summary['checkpoints']} in "

@@ -1,0 +1,60 @@
+"""Helpers for the trainer tests: run `translocator-train` in a subprocess with a shared compilation cache."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+SYNTHETIC_CONFIG = str(pathlib.Path(__file__).with_name("synthetic_config.py"))
+
+
+def subprocess_env(cache_dir: pathlib.Path, devices: int = 1) -> dict[str, str]:
+  env = dict(os.environ)
+  env["JAX_PLATFORMS"] = "cpu"
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)
+  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+  env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+  return env
+
+
+def train_cmd(workdir, config=SYNTHETIC_CONFIG, overrides=(), summary=None) -> list[str]:
+  cmd = [sys.executable, "-m", "translocator_jax.train.main", "--config", config, "--workdir", str(workdir)]
+  for o in overrides:
+    cmd += ["--set", o]
+  if summary:
+    cmd += ["--summary-json", str(summary)]
+  return cmd
+
+
+@pytest.fixture(scope="session")
+def jax_cache(tmp_path_factory) -> pathlib.Path:
+  return tmp_path_factory.mktemp("jax_cache")
+
+
+@pytest.fixture
+def run_train(jax_cache, tmp_path):
+  """run_train(workdir, overrides=(), devices=1, config=...) -> (summary dict, stdout+stderr)."""
+
+  def run(workdir, overrides=(), devices=1, config=SYNTHETIC_CONFIG, check=True):
+    summary = tmp_path / f"summary_{pathlib.Path(workdir).name}_{len(list(tmp_path.glob('summary_*')))}.json"
+    proc = subprocess.run(train_cmd(workdir, config, overrides, summary), env=subprocess_env(jax_cache, devices),
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    out = proc.stdout + proc.stderr
+    if check:
+      assert proc.returncode == 0, out[-4000:]
+    return (json.loads(summary.read_text()) if summary.exists() else None), out
+
+  return run
+
+
+@pytest.fixture
+def train_tools(jax_cache):
+  """The helpers above, for tests that drive the subprocess themselves."""
+  import types  # pylint: disable=g-import-not-at-top
+  return types.SimpleNamespace(env=lambda devices=1: subprocess_env(jax_cache, devices), cmd=train_cmd, repo=REPO,
+                               synthetic_config=SYNTHETIC_CONFIG)
