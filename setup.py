@@ -39,6 +39,7 @@ setup(
     version="0.1.0",
     description="TransLocator (ECCV 2022) in JAX/Flax: dual-stream ViT geo-localization",
     packages=find_packages(include=["translocator_jax", "translocator_jax.*"]),
+    package_data={"translocator_jax": ["assets/*"]},  # Palette and other small tables the library reads.
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
