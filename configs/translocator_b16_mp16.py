@@ -34,6 +34,15 @@ def get_config(arg: str | None = None):
   c.model.dtype = "float32"           # matmul dtype; params and LayerNorm stay float32
   c.model.remat = False
   c.model.dropout = 0.0
+  c.model.seg_embed_dim = 16          # seg_input='classes': channels of the learned class-embedding table
+  c.model.ln_epsilon = 1e-6           # 1e-6 for original ViT .npz weights; 1e-12 for HF ViT weights
+  c.model.gelu_approximate = True     # tanh GELU as original ViT; False = exact erf (HF ViT's "gelu")
+  c.model.head_zeroinit = True        # heads start at zero (big_vision default)
+  # Size overrides for custom (tiny) models; None = the variant's own sizes.
+  c.model.width = None
+  c.model.depth = None
+  c.model.mlp_dim = None
+  c.model.num_heads = None
 
   c.data = ml_collections.ConfigDict()
   c.data.train = "mp16"

@@ -1,0 +1,168 @@
+"""Speed of the TransLocator step on this machine, against eager PyTorch and the float32 matmul rate.
+
+  .venv/bin/python benchmarks/model_step.py --variant S/16 --image-size 224 --batch 8 --mode train
+  .venv/bin/python benchmarks/model_step.py --variant S/16 --mode infer
+
+Prints one JSON line. Rounds interleave (JAX steps, PyTorch steps, a matmul-rate probe) in one process, so a
+busy shared CPU slows all three alike; ratios are medians over rounds of per-round ratios.
+  images_per_s          ours, median over rounds
+  torch_images_per_s    the same two-stream model in eager PyTorch (benchmarks/torch_reference.py)
+  speed_vs_torch        median of per-round (torch step time / our step time); > 1 means we are faster
+  gflop_per_s           XLA cost-analysis FLOPs of our step / our step time
+  matmul_gflop_per_s    float32 matmul rate: best of a jitted JAX and a numpy 2048^3 matmul, per round
+  fraction_of_matmul    median of per-round gflop_per_s / matmul_gflop_per_s
+train mode: forward of both streams, summed cross-entropy of all heads, backward, SGD momentum (jitted, donated).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+# The flag helper must run before JAX's CPU backend starts.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from translocator_jax import perf  # pylint: disable=g-import-not-at-top
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--variant", default="S/16")
+  p.add_argument("--image-size", type=int, default=224)
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--mode", choices=("train", "infer"), default="train")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+  p.add_argument("--rounds", type=int, default=5)
+  p.add_argument("--steps", type=int, default=3, help="steps per round and framework")
+  p.add_argument("--heads", default="coarse=3298,middle=7202,fine=12893,scene=3")
+  p.add_argument("--no-flags", action="store_true", help="do not set the CPU XLA flags (to measure them)")
+  p.add_argument("--no-torch", action="store_true")
+  p.add_argument("--remat", action="store_true")
+  return p.parse_args(argv)
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  if not args.no_flags:
+    perf.cpu_performance_flags()
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from translocator_jax import models  # pylint: disable=g-import-not-at-top
+
+  heads = {k: int(v) for k, v in (kv.split("=") for kv in args.heads.split(","))}
+  cfg = dict(variant=args.variant, image_size=args.image_size, heads=heads, fusion="cls_sum", dtype=args.dtype,
+             remat=args.remat)
+  model = models.build_model(cfg)
+  b, s = args.batch, args.image_size
+  rng = np.random.default_rng(0)
+  image = jnp.asarray(rng.normal(size=(b, s, s, 3)).astype(np.float32))
+  seg = jnp.asarray(rng.normal(size=(b, s, s, 3)).astype(np.float32))
+  labels = {k: jnp.asarray(rng.integers(0, n, size=b).astype(np.int32)) for k, n in heads.items()}
+  params = jax.jit(model.init)(jax.random.key(0), image, seg)["params"]
+  tx = optax.sgd(0.01, momentum=0.9)
+  opt_state = tx.init(params)
+
+  def loss_fn(p, image, seg, labels):
+    logits = model.apply({"params": p}, image, seg, train=True)
+    return sum(optax.softmax_cross_entropy_with_integer_labels(logits[k], labels[k]).mean() for k in logits)
+
+  if args.mode == "train":
+    def train_step(p, o, image, seg, labels):
+      loss, grads = jax.value_and_grad(loss_fn)(p, image, seg, labels)
+      updates, o = tx.update(grads, o, p)
+      return optax.apply_updates(p, updates), o, loss
+    step = jax.jit(train_step, donate_argnums=(0, 1))
+    compiled = step.lower(params, opt_state, image, seg, labels).compile()
+    state = [params, opt_state]
+
+    def run_ours():
+      state[0], state[1], loss = compiled(state[0], state[1], image, seg, labels)
+      return loss
+  else:
+    infer = jax.jit(lambda p, image, seg: model.apply({"params": p}, image, seg))
+    compiled = infer.lower(params, image, seg).compile()
+
+    def run_ours():
+      return compiled(params, image, seg)
+
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost["flops"])
+
+  run_torch = None
+  if not args.no_torch:
+    import torch  # pylint: disable=g-import-not-at-top
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import torch_reference  # pylint: disable=g-import-not-at-top
+    torch.set_num_threads(os.cpu_count())
+    kw = models.model_kwargs(cfg)
+    tmodel = torch_reference.TorchTransLocator(
+        heads, kw["width"], kw["depth"], kw["mlp_dim"], kw["num_heads"], kw["patch_size"], s)
+    timage = torch.from_numpy(np.asarray(image).transpose(0, 3, 1, 2).copy())
+    tseg = torch.from_numpy(np.asarray(seg).transpose(0, 3, 1, 2).copy())
+    tlabels = {k: torch.from_numpy(np.asarray(v).astype(np.int64)) for k, v in labels.items()}
+    if args.mode == "train":
+      tmodel.train()
+      tstep = torch_reference.make_train_step(tmodel)
+      run_torch = lambda: tstep(timage, tseg, tlabels)
+    else:
+      tmodel.eval()
+
+      def run_torch():
+        with torch.inference_mode():
+          return tmodel(timage, tseg)
+
+  n = 2048
+  a_np = rng.normal(size=(n, n)).astype(np.float32)
+  a_jx = jnp.asarray(a_np)
+  mm = jax.jit(lambda x: x @ x)
+
+  def matmul_rate():
+    best = float("inf")
+    for fn in (lambda: mm(a_jx).block_until_ready(), lambda: a_np @ a_np):
+      fn()
+      for _ in range(2):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9
+
+  def timed(fn, block):
+    t = time.perf_counter()
+    for _ in range(args.steps):
+      out = fn()
+    block(out)
+    return (time.perf_counter() - t) / args.steps
+
+  jax_block = lambda out: jax.block_until_ready(out)
+  timed(run_ours, jax_block)  # warm-up
+  if run_torch:
+    timed(run_torch, lambda out: None)
+  ours, theirs, rates = [], [], []
+  for _ in range(args.rounds):
+    ours.append(timed(run_ours, jax_block))
+    if run_torch:
+      theirs.append(timed(run_torch, lambda out: None))
+    rates.append(matmul_rate())
+  t_ours = statistics.median(ours)
+  result = dict(
+      variant=args.variant, image_size=s, batch=b, mode=args.mode, dtype=args.dtype,
+      xla_flags=os.environ.get("XLA_FLAGS", ""), step_s=round(t_ours, 4), images_per_s=round(b / t_ours, 3),
+      gflop_per_step=round(flops / 1e9, 2), gflop_per_s=round(flops / t_ours / 1e9, 1),
+      matmul_gflop_per_s=round(statistics.median(rates), 1),
+      fraction_of_matmul=round(statistics.median(flops / o / 1e9 / r for o, r in zip(ours, rates)), 3),
+      rounds=args.rounds, steps_per_round=args.steps)
+  if run_torch:
+    t_theirs = statistics.median(theirs)
+    result.update(torch_step_s=round(t_theirs, 4), torch_images_per_s=round(b / t_theirs, 3),
+                  speed_vs_torch=round(statistics.median(t / o for o, t in zip(ours, theirs)), 3),
+                  torch_threads=torch.get_num_threads())
+  print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  main()
