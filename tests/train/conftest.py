@@ -36,13 +36,16 @@ def jax_cache(tmp_path_factory) -> pathlib.Path:
   return tmp_path_factory.mktemp("jax_cache")
 
 
-@pytest.fixture
-def run_train(jax_cache, tmp_path):
+@pytest.fixture(scope="session")
+def run_train(jax_cache, tmp_path_factory):
   """run_train(workdir, overrides=(), devices=1, config=...) -> (summary dict, stdout+stderr)."""
+  summaries = tmp_path_factory.mktemp("summaries")
+  counter = iter(range(10 ** 6))
 
-  def run(workdir, overrides=(), devices=1, config=SYNTHETIC_CONFIG, check=True):
-    summary = tmp_path / f"summary_{pathlib.Path(workdir).name}_{len(list(tmp_path.glob('summary_*')))}.json"
-    proc = subprocess.run(train_cmd(workdir, config, overrides, summary), env=subprocess_env(jax_cache, devices),
+  def run(workdir, overrides=(), devices=1, config=SYNTHETIC_CONFIG, check=True, extra_env=None):
+    summary = summaries / f"summary_{next(counter)}.json"
+    env = {**subprocess_env(jax_cache, devices), **(extra_env or {})}
+    proc = subprocess.run(train_cmd(workdir, config, overrides, summary), env=env,
                           capture_output=True, text=True, timeout=300, cwd=REPO)
     out = proc.stdout + proc.stderr
     if check:

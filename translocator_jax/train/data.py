@@ -21,11 +21,13 @@ from translocator_jax.data import schema
 
 BENCHMARKS = ("im2gps", "im2gps3k", "yfcc4k", "yfcc26k")
 BUILD_COMMANDS = {
-    "mp16": "python -m data_prep.build_mp16 --data-dir DATA_DIR",
-    "im2gps": "python -m data_prep.build_benchmarks --data-dir DATA_DIR --datasets im2gps",
-    "im2gps3k": "python -m data_prep.build_benchmarks --data-dir DATA_DIR --datasets im2gps3k",
-    "yfcc4k": "python -m data_prep.build_benchmarks --data-dir DATA_DIR --datasets yfcc4k",
-    "yfcc26k": "python -m data_prep.build_benchmarks --data-dir DATA_DIR --datasets yfcc26k",
+    "mp16": ("python -m data_prep.build_mp16 --csv mp16_places365.csv --images mp16_rgb_images.tgz "
+             "--segmentations mp16_seg_images_PNG.tgz --output DATA_DIR/mp16 --workers 16"),
+    **{name: (f"python -m data_prep.build_benchmark --name {name} --images {name}_rgb_images.tar.gz "
+              f"--segmentations {name}_seg_images_PNG.tar.gz --output DATA_DIR/{name}")
+       for name in ("im2gps", "im2gps3k", "yfcc26k")},
+    "yfcc4k": ("python -m data_prep.build_benchmark --name yfcc4k --csv yfcc4k.csv --images "
+               "yfcc4k_rgb_images.tar.gz --segmentations yfcc4k_seg_images_PNG.tar.gz --output DATA_DIR/yfcc4k"),
 }
 
 
@@ -109,18 +111,9 @@ def make_synthetic_examples(config: ml_collections.ConfigDict, n: int, seed: int
 
 
 def ade20k_palette() -> np.ndarray:
-  """[150, 3] uint8 colours of the colourised ADE20K-150 segmentation maps (shared data CSV)."""
-  path = paths.shared_data_dir() / "ade20k_150_palette.csv"
-  rows = []
-  with open(path) as f:
-    for line_no, line in enumerate(f, 1):
-      parts = [p.strip() for p in line.strip().split(",")]
-      nums = [p for p in parts if p.lstrip("-").isdigit()]
-      if len(nums) >= 3:
-        rows.append([int(v) for v in nums[-3:]])
-      elif line_no > 1 and line.strip():
-        raise ValueError(f"{path}:{line_no}: expected three colour values, got {line.strip()!r}")
-  return np.asarray(rows, np.uint8)
+  """[150, 3] uint8 colours of the colourised ADE20K-150 segmentation maps."""
+  from translocator_jax.data import palette  # pylint: disable=g-import-not-at-top
+  return palette.palette()
 
 
 def find_tfds_dir(data_dir: str | pathlib.Path | None, name: str) -> pathlib.Path:

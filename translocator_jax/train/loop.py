@@ -82,7 +82,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
   tx, schedule = optim_lib.make_optimizer(config.optim, total)
   rng = jax.random.key(int(config.get("seed", 0)))
   fsdp = bool(config.train.get("fsdp", False))
-  params = step_lib.init_params(model, config.model, rng, mesh, fsdp)
+  fsdp_min = int(config.train.get("fsdp_min_size", 2 ** 14))
+  params = step_lib.init_params(model, config.model, rng, mesh, fsdp, fsdp_min)
   pretrained = config.get("init", {}).get("pretrained") if config.get("init") else None
   if pretrained:
     from translocator_jax.models import load as load_lib  # pylint: disable=g-import-not-at-top
@@ -91,7 +92,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
     params = jax.device_put(host_params, shardings)
     if is_main:
       print(f"init from {pretrained}: {report}", flush=True)
-  state, state_shardings = step_lib.create_state(params, tx, mesh, fsdp)
+  state, state_shardings = step_lib.create_state(params, tx, mesh, fsdp, fsdp_min)
   del params
 
   checkpointer = ckpt_lib.Checkpointer(

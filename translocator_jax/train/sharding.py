@@ -61,13 +61,13 @@ def fsdp_spec(shape: tuple[int, ...], axis_size: int, min_size: int = 2 ** 14) -
   return P()
 
 
-def state_shardings(abstract_state: Any, mesh: Mesh, fsdp: bool) -> Any:
+def state_shardings(abstract_state: Any, mesh: Mesh, fsdp: bool, fsdp_min_size: int = 2 ** 14) -> Any:
   """NamedShardings for every leaf of a (abstract) train state."""
   size = mesh.shape[DATA_AXIS]
 
   def one(leaf):
     shape = tuple(getattr(leaf, "shape", ()))
-    return NamedSharding(mesh, fsdp_spec(shape, size) if fsdp else P())
+    return NamedSharding(mesh, fsdp_spec(shape, size, fsdp_min_size) if fsdp else P())
 
   return jax.tree.map(one, abstract_state)
 
