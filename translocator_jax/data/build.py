@@ -234,6 +234,10 @@ def write_dataset(items: Sequence[Item], rgb_store, seg_store, plan_skipped: Seq
     state_path.write_text(json.dumps({"fingerprint": fingerprint, "options": options.fingerprint_fields(),
                                       "items": len(items), "pieces": count}, indent=1))
 
+  for leftover in staging.glob("*.tmp*"):  # Pieces a killed run left half-written.
+    leftover.unlink()
+  for leftover in (staging / "pieces").glob("*.tmp*"):
+    leftover.unlink()
   pending = [i for i in range(count) if not _piece_complete(out_dir, options, i, count)]
   done_before = count - len(pending)
   print(f"[{options.name}] {len(items)} images in {count} pieces; {done_before} already complete, "

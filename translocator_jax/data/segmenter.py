@@ -25,7 +25,8 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 class Segmenter:
   """Callable: uint8 RGB [H, W, 3] -> uint8 ADE20K class indices [H, W] (torch, CPU unless `device`)."""
 
-  def __init__(self, model_dir: os.PathLike | str, *, device: str = "cpu", max_side: int = 512):
+  def __init__(self, model_dir: os.PathLike | str, *, device: str = "cpu", max_side: int = 512,
+               min_side: int = 64):
     import torch  # pylint: disable=g-import-not-at-top
     import transformers  # pylint: disable=g-import-not-at-top
 
@@ -47,13 +48,16 @@ class Segmenter:
     self.std = np.asarray(std, np.float32)
     self.device = device
     self.max_side = max_side
+    self.min_side = min_side
 
   def __call__(self, rgb: np.ndarray) -> np.ndarray:
     torch = self._torch
     h, w = rgb.shape[:2]
     img = Image.fromarray(np.asarray(rgb, np.uint8), "RGB")
-    scale = min(1.0, self.max_side / max(h, w))  # Bounded compute; the logits are upsampled back to (h, w).
-    if scale < 1.0:
+    # Bounded compute, and at least `min_side` for the model's strided convolutions; logits go back to (h, w).
+    scale = min(1.0, self.max_side / max(h, w))
+    scale = max(scale, self.min_side / min(h, w))
+    if scale != 1.0:
       img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR)
     x = (np.asarray(img, np.float32) / 255.0 - self.mean) / self.std
     pixels = torch.from_numpy(x.transpose(2, 0, 1)[None].copy()).to(self.device)
