@@ -38,6 +38,13 @@ def _process_shard(shard_index: int | None, shard_count: int | None) -> tuple[in
   return int(shard_index), int(shard_count)
 
 
+def _absl_flags_ready() -> None:
+  """grain's worker processes read absl flags; outside an absl app nobody parses them (defaults are right)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
 def _check_seg_input(seg_input: str, palette) -> None:
   if seg_input not in ("palette", "classes"):
     raise ValueError(f"seg_input must be 'palette' or 'classes', got {seg_input!r}")
@@ -126,6 +133,8 @@ def train_loader(source: Any, *, batch_size: int, image_size: int, seg_input: st
                                               drop_remainder=True)
   sampler = grain.samplers.IndexSampler(num_records=len(source), shard_options=shard_options, shuffle=True,
                                         num_epochs=num_epochs, seed=int(seed))
+  if worker_count:
+    _absl_flags_ready()
   fields = _Fields(seg_input, None if palette is None else np.asarray(palette, np.uint8), scene_key)
   operations = [TrainTransform(int(image_size), fields, tuple(crop_scale), bool(flip)),
                 grain.transforms.Batch(batch_size=int(batch_size), drop_remainder=True)]
@@ -201,6 +210,7 @@ class EvalLoader:
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
     ds = self._dataset.to_iter_dataset(grain.ReadOptions(num_threads=self._num_threads))
     if self._worker_count > 0:
+      _absl_flags_ready()
       ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self._worker_count))
     return iter(ds)
 

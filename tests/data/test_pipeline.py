@@ -1,0 +1,183 @@
+"""grain pipelines: aligned augmentation, exact iterator state, sharding, padded evaluation."""
+import numpy as np
+import pytest
+
+from translocator_jax.data import augment
+from translocator_jax.data import pipeline
+from translocator_jax.data import schema
+from translocator_jax.data import sources
+
+PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
+                    [145, 30, 180], [70, 240, 240], [240, 50, 230]], np.uint8)
+
+
+class ListSource:
+  """In-memory records in the decoded schema (what sources.open_source yields)."""
+
+  def __init__(self, records):
+    self.records = records
+
+  def __len__(self):
+    return len(self.records)
+
+  def __getitem__(self, i):
+    return dict(self.records[int(i)], **{sources.INDEX: np.int64(i)})
+
+
+def blocky_records(n, height=48, width=64, block=8, seed=0):
+  """Photos whose colours *are* their class map: palette colours in block x block squares."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for i in range(n):
+    coarse = rng.integers(0, len(PALETTE), (height // block, width // block)).astype(np.uint8)
+    classes = np.kron(coarse, np.ones((block, block), np.uint8))
+    out.append({
+        schema.IMAGE: PALETTE[classes],
+        schema.SEGMENTATION: classes[..., None],
+        schema.LATLON: np.array([i % 90, -i], np.float32),
+        schema.CELLS: np.array([i % 3, i % 5, i], np.int32),
+        schema.SCENE_S3: np.int32(i % 3 - 1),
+        schema.IMAGE_ID: f"img{i}",
+    })
+  return out
+
+
+def _colour_matches(batch):
+  """Among pixels showing a pure palette colour (block interiors), the share whose map class is that colour's.
+
+  Bilinear resampling blends colours across block borders; those pixels match no palette colour and are left out.
+  """
+  rgb = augment.denormalize(batch["image"])
+  dist = np.abs(rgb[..., None, :] - PALETTE.astype(np.float32)).max(-1)  # [..., classes]
+  pure = dist.min(-1) < 8.0
+  assert pure.mean() > 0.3
+  return np.mean(dist.argmin(-1)[pure] == batch["seg"][pure])
+
+
+def test_image_and_map_stay_aligned_through_crop_and_flip():
+  src = ListSource(blocky_records(16))
+  loader = pipeline.train_loader(src, batch_size=16, image_size=32, seg_input="classes", seed=3,
+                                 shard_index=0, shard_count=1, num_epochs=1)
+  batch = next(iter(loader))
+  assert batch["seg"].dtype == np.int32 and batch["seg"].shape == (16, 32, 32)
+  assert _colour_matches(batch) > 0.99
+  # The check can fail: the same map mirrored (image flipped alone) or shifted by a pixel or two loses the match.
+  assert _colour_matches(dict(batch, seg=batch["seg"][:, :, ::-1])) < 0.5
+  assert _colour_matches(dict(batch, seg=np.roll(batch["seg"], 1, axis=2))) < 0.95
+  assert _colour_matches(dict(batch, seg=np.roll(batch["seg"], 2, axis=1))) < 0.9
+  # And crops differ from example to example (it is augmentation, not a fixed resize).
+  crops = [augment.random_resized_crop_box(np.random.default_rng(s), 48, 64) for s in range(5)]
+  assert len(set(crops)) == 5
+
+
+def test_palette_mode_gives_normalised_palette_colours():
+  src = ListSource(blocky_records(8))
+  kw = dict(batch_size=8, image_size=24, seed=1, shard_index=0, shard_count=1, num_epochs=1)
+  by_class = next(iter(pipeline.train_loader(src, seg_input="classes", **kw)))
+  by_colour = next(iter(pipeline.train_loader(src, seg_input="palette", palette=PALETTE, **kw)))
+  assert by_colour["seg"].shape == (8, 24, 24, 3) and by_colour["seg"].dtype == np.float32
+  np.testing.assert_allclose(by_colour["seg"], augment.normalize(PALETTE[by_class["seg"]]), rtol=0, atol=1e-6)
+  np.testing.assert_array_equal(by_colour["index"], by_class["index"])
+  with pytest.raises(ValueError, match="palette"):
+    pipeline.train_loader(src, seg_input="palette", palette=None, **kw)
+
+
+def test_batch_fields_follow_the_contract():
+  src = ListSource(blocky_records(10))
+  batch = next(iter(pipeline.train_loader(src, batch_size=4, image_size=16, seg_input="classes", seed=0,
+                                          shard_index=0, shard_count=1)))
+  assert batch["image"].dtype == np.float32 and batch["image"].shape == (4, 16, 16, 3)
+  assert batch["latlon"].dtype == np.float32 and batch["latlon"].shape == (4, 2)
+  assert batch["cells"].dtype == np.int32 and batch["cells"].shape == (4, 3)
+  assert batch["scene"].dtype == np.int32 and batch["mask"].dtype == bool and batch["mask"].all()
+  assert batch["index"].dtype == np.int64
+  for k, i in enumerate(batch["index"]):
+    rec = src.records[i]
+    np.testing.assert_array_equal(batch["cells"][k], rec[schema.CELLS])
+    np.testing.assert_array_equal(batch["latlon"][k], rec[schema.LATLON])
+    assert batch["scene"][k] == rec[schema.SCENE_S3]
+
+
+def _take(it, n):
+  return [next(it) for _ in range(n)]
+
+
+@pytest.mark.parametrize("worker_count", [0, 1])
+def test_iterator_state_round_trips_mid_epoch(worker_count):
+  src = ListSource(blocky_records(20, height=16, width=16, block=4))
+  loader = pipeline.train_loader(src, batch_size=4, image_size=8, seg_input="classes", seed=5,
+                                 shard_index=0, shard_count=1, num_epochs=3, worker_count=worker_count)
+  it = iter(loader)
+  _take(it, 3)                   # mid-epoch (5 batches an epoch)
+  state = it.get_state()
+  expected = _take(it, 6)        # runs over the epoch boundary
+  resumed = iter(loader)
+  resumed.set_state(state)
+  got = _take(resumed, 6)
+  for a, b in zip(expected, got):
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  # Within an epoch every record appears at most once; across epochs the order changes.
+  fresh = _take(iter(loader), 10)
+  first = np.concatenate([b["index"] for b in fresh[:5]])
+  second = np.concatenate([b["index"] for b in fresh[5:]])
+  assert len(set(first)) == 20 and len(set(second)) == 20
+  assert not np.array_equal(first, second)
+
+
+def test_train_shards_are_disjoint():
+  src = ListSource(blocky_records(24, height=16, width=16, block=4))
+  seen = []
+  for shard in range(3):
+    loader = pipeline.train_loader(src, batch_size=4, image_size=8, seg_input="classes", seed=2,
+                                   shard_index=shard, shard_count=3, num_epochs=1)
+    seen.append(np.concatenate([b["index"] for b in loader]))
+  assert all(len(s) == 8 for s in seen)
+  assert sorted(np.concatenate(seen).tolist()) == list(range(24))
+
+
+@pytest.mark.parametrize("n,batch,shards", [(37, 8, 3), (5, 4, 2), (16, 4, 1), (2, 4, 3)])
+def test_eval_padding_counts_every_example_once(n, batch, shards):
+  src = ListSource(blocky_records(n, height=16, width=24, block=4))
+  counts = np.zeros(n, int)
+  lengths = set()
+  for shard in range(shards):
+    loader = pipeline.eval_loader(src, batch_size=batch, image_size=12, seg_input="classes",
+                                  shard_index=shard, shard_count=shards)
+    batches = list(loader)
+    assert len(batches) == len(loader)
+    lengths.add(len(batches))
+    for b in batches:
+      assert b["image"].shape == (batch, 12, 12, 3) and b["mask"].shape == (batch,)
+      np.add.at(counts, b["index"][b["mask"]], 1)
+      assert (b["index"][~b["mask"]] == -1).all()
+  assert len(lengths) == 1  # every process runs the same number of steps
+  np.testing.assert_array_equal(counts, np.ones(n, int))
+
+
+def test_eval_center_and_five_crop():
+  src = ListSource(blocky_records(6, height=48, width=64, block=8))
+  kw = dict(batch_size=4, image_size=24, seg_input="classes", shard_index=0, shard_count=1)
+  center = pipeline.stack_batches(list(pipeline.eval_loader(src, tta="center", **kw)))
+  five = pipeline.stack_batches(list(pipeline.eval_loader(src, tta="five_crop", **kw)))
+  assert five["image"].shape == (8, 5, 24, 24, 3) and five["seg"].shape == (8, 5, 24, 24)
+  # The fifth crop is the centre crop; corner crops differ from it.
+  np.testing.assert_allclose(five["image"][:, 4], center["image"], atol=1e-6)
+  np.testing.assert_array_equal(five["seg"][:, 4], center["seg"])
+  assert not np.allclose(five["image"][:, 0], five["image"][:, 3])
+  for k in range(5):
+    assert _colour_matches(dict(image=five["image"][:6, k], seg=five["seg"][:6, k])) > 0.99
+  # Evaluation is deterministic.
+  again = pipeline.stack_batches(list(pipeline.eval_loader(src, tta="five_crop", **kw)))
+  np.testing.assert_array_equal(again["image"], five["image"])
+
+
+def test_bad_arguments_are_named():
+  src = ListSource(blocky_records(4, height=16, width=16, block=4))
+  with pytest.raises(ValueError, match="seg_input"):
+    pipeline.eval_loader(src, batch_size=2, image_size=8, seg_input="rgb", shard_index=0, shard_count=1)
+  with pytest.raises(ValueError, match="tta"):
+    pipeline.eval_loader(src, batch_size=2, image_size=8, seg_input="classes", tta="ten_crop",
+                         shard_index=0, shard_count=1)
+  with pytest.raises(ValueError, match="cannot fill a batch"):
+    pipeline.train_loader(src, batch_size=8, image_size=8, seg_input="classes", shard_index=0, shard_count=1)
