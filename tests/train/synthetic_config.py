@@ -24,7 +24,7 @@ def get_config(arg=None):
   c.eval = ml_collections.ConfigDict(dict(datasets=("synthetic",), batch_size=8, tta="center"))
   c.init = ml_collections.ConfigDict(dict(pretrained=None))
   if arg == "overfit":
-    c.optim.learning_rate = 3e-3
+    c.optim.learning_rate = 1e-2
     c.optim.weight_decay = 0.0
     c.train.total_steps = 150
     c.train.ckpt_every = 0

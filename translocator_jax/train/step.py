@@ -107,7 +107,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, config: 
                                            (jnp.arange(accum), micro))
     updates, opt_state = tx.update(grads, state["opt_state"], params)
     new_params = optax.apply_updates(params, updates)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state["step"])}
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state["step"])}
     for h in heads:
       count = jnp.maximum(aux[f"{h}_count"], 1.0)
       metrics[f"loss_{h}"] = aux[f"{h}_loss_sum"] / count

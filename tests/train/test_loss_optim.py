@@ -1,0 +1,131 @@
+"""Loss (ignored labels, smoothing, haversine smoothing), optimizer (decay mask, schedule), grad accumulation."""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from translocator_jax import models
+from translocator_jax.geo import distance
+from translocator_jax.train import config_io
+from translocator_jax.train import data as data_lib
+from translocator_jax.train import loss as loss_lib
+from translocator_jax.train import optimizer as optim_lib
+from translocator_jax.train import sharding as sharding_lib
+from translocator_jax.train import step as step_lib
+
+SYNTHETIC = __file__.replace("test_loss_optim.py", "synthetic_config.py")
+
+
+def _loss_config(**kw):
+  base = dict(weights={"coarse": 1.0, "middle": 1.0, "fine": 2.0, "scene": 0.5}, label_smoothing=0.0,
+              haversine_tau_km=0.0)
+  return ml_collections.ConfigDict({**base, **kw})
+
+
+def _batch(rng, b=6):
+  return {"cells": rng.integers(0, 5, (b, 3)).astype(np.int32), "scene": rng.integers(0, 3, b).astype(np.int32),
+          "latlon": np.stack([rng.uniform(-50, 50, b), rng.uniform(-170, 170, b)], 1).astype(np.float32),
+          "mask": np.ones(b, bool)}
+
+
+def _logits(rng, b=6):
+  return {"coarse": rng.normal(size=(b, 5)), "middle": rng.normal(size=(b, 5)), "fine": rng.normal(size=(b, 5)),
+          "scene": rng.normal(size=(b, 3))}
+
+
+def _np_ce(logits, labels):
+  logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  return -logp[np.arange(len(labels)), labels]
+
+
+def test_unlabelled_and_padded_rows_are_ignored():
+  rng = np.random.default_rng(0)
+  batch, logits = _batch(rng), _logits(rng)
+  batch["cells"][1, 2] = -1   # no fine cell
+  batch["scene"][[0, 3]] = -1  # unknown scene
+  batch["mask"][5] = False    # padding
+  total, _ = loss_lib.multitask_loss(logits, batch, _loss_config())
+  expected = 0.0
+  for head, w, labels in [("coarse", 1.0, batch["cells"][:, 0]), ("middle", 1.0, batch["cells"][:, 1]),
+                          ("fine", 2.0, batch["cells"][:, 2]), ("scene", 0.5, batch["scene"])]:
+    keep = (labels >= 0) & batch["mask"]
+    expected += w * _np_ce(logits[head][keep], labels[keep]).mean()
+  np.testing.assert_allclose(float(total), expected, rtol=1e-5)
+
+
+def test_label_smoothing_matches_optax():
+  rng = np.random.default_rng(1)
+  batch, logits = _batch(rng), _logits(rng)
+  total, _ = loss_lib.multitask_loss(logits, batch, _loss_config(label_smoothing=0.1))
+  expected = 0.0
+  for head, w, labels in [("coarse", 1.0, batch["cells"][:, 0]), ("middle", 1.0, batch["cells"][:, 1]),
+                          ("fine", 2.0, batch["cells"][:, 2]), ("scene", 0.5, batch["scene"])]:
+    n = logits[head].shape[1]
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, n), 0.1)
+    expected += w * float(optax.softmax_cross_entropy(logits[head], targets).mean())
+  np.testing.assert_allclose(float(total), expected, rtol=1e-5)
+
+
+def test_haversine_smoothing_targets():
+  cells = np.array([[0.0, 0.0], [0.0, 10.0], [40.0, 0.0], [-30.0, 100.0]], np.float32)
+  true = np.array([[1.0, 2.0], [35.0, 5.0]], np.float32)
+  labels = np.array([0, 2], np.int32)
+  tau = 500.0
+  got = np.asarray(loss_lib.soft_targets(jnp.asarray(labels), 4, true_latlon=jnp.asarray(true),
+                                         cell_latlon=jnp.asarray(cells), haversine_tau_km=tau))
+  for b in range(2):
+    d = distance.haversine_km_numpy(np.repeat(true[b:b + 1], 4, 0), cells)
+    w = np.exp(-(d - d[labels[b]]) / tau)
+    np.testing.assert_allclose(got[b], w / w.sum(), rtol=1e-3, atol=1e-6)
+  assert np.all(got.argmax(1) == labels)  # here the true cell is the nearest one
+
+
+def test_weight_decay_mask_and_schedule():
+  params = {"Transformer": {"encoderblock_0": {"MlpBlock_0": {"Dense_0": {"kernel": 1, "bias": 2}},
+                                               "LayerNorm_0": {"scale": 3, "bias": 4}}},
+            "embedding": {"kernel": 5, "bias": 6}, "cls": 7, "head_fine": {"kernel": 8, "bias": 9}}
+  mask = optim_lib.decay_mask(params)
+  flat = {optim_lib.param_path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(mask)[0]}
+  assert {k for k, v in flat.items() if v} == {"Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel",
+                                               "embedding/kernel", "head_fine/kernel"}
+  optim = ml_collections.ConfigDict(dict(learning_rate=0.1, warmup_steps=10))
+  sched = optim_lib.make_schedule(optim, 110)
+  np.testing.assert_allclose([float(sched(s)) for s in (0, 5, 10, 60, 110)], [0.0, 0.05, 0.1, 0.05, 0.0],
+                             atol=1e-6)
+
+
+def test_decay_applies_to_kernels_only():
+  optim = ml_collections.ConfigDict(dict(name="sgd", learning_rate=1.0, warmup_steps=0, weight_decay=0.5,
+                                         momentum=0.0, clip_norm=0.0))
+  tx, _ = optim_lib.make_optimizer(optim, 10)
+  params = {"d": {"kernel": jnp.ones(3), "bias": jnp.ones(3)}}
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zeros, tx.init(params), params)
+  np.testing.assert_allclose(updates["d"]["kernel"], -0.5 * np.ones(3))
+  np.testing.assert_allclose(updates["d"]["bias"], np.zeros(3))
+
+
+def test_gradient_accumulation_equals_full_batch():
+  config = config_io.load_config(SYNTHETIC)
+  config.model.dropout = 0.0
+  config.optim.update(name="sgd", warmup_steps=0, learning_rate=0.5, momentum=0.9)  # updates linear in grads
+  mesh = sharding_lib.make_mesh()
+  model = models.build_model(config.model)
+  tx, sched = optim_lib.make_optimizer(config.optim, 10)
+  batch = next(data_lib.SyntheticIterator(config, 8))
+  batch["cells"][2, 1] = -1  # unequal label counts across micro-batches
+  batch = sharding_lib.put_batch({k: batch[k] for k in step_lib.STEP_KEYS}, mesh)
+  results = []
+  params = step_lib.init_params(model, config.model, jax.random.key(0), mesh, False)
+  for accum in (1, 4):
+    config.optim.grad_accum_steps = accum
+    state, shardings = step_lib.create_state(params, tx, mesh, False)
+    train_step = step_lib.make_train_step(model, tx, config, schedule=sched, mesh=mesh, state_shardings=shardings)
+    state, metrics = train_step(state, batch)
+    results.append((jax.device_get(state["params"]), float(metrics["loss"]), float(metrics["grad_norm"])))
+  (p1, l1, g1), (p4, l4, g4) = results
+  np.testing.assert_allclose(l4, l1, rtol=1e-5)
+  np.testing.assert_allclose(g4, g1, rtol=1e-4)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), p1, p4)
+  assert not np.allclose(p1["head_fine"]["kernel"], jax.device_get(params)["head_fine"]["kernel"])
