@@ -265,20 +265,15 @@ def hf_to_vit(state: Mapping[str, np.ndarray], num_heads: int, source: str = "<s
     elif (m := re.match(r"^layers\.(\d+)\.(.+)\.(weight|bias)$", key)) and m.group(2) in _BLOCK:
       i, module, kind = int(m.group(1)), m.group(2), m.group(3)
       target = f"Transformer/encoderblock_{i}/{_BLOCK[module]}"
-      out[f"{target}/{_convert_block(module, kind, w, num_heads, source, name)}"] = _convert_value(
-          module, kind, w, num_heads, source, name)
+      leaf = ("scale" if kind == "weight" else "bias") if module.startswith("layernorm") else (
+          "kernel" if kind == "weight" else "bias")
+      out[f"{target}/{leaf}"] = _convert_value(module, kind, w, num_heads, source, name)
     else:
       out["hf:" + name] = w  # pooler, classifier, mask token: reported as unused
   if "cls" not in out or "embedding/kernel" not in out:
     raise CheckpointError(f"{source}: not a HF ViT checkpoint (no embeddings.cls_token / patch projection "
                           f"among {len(state)} keys, e.g. {sorted(state)[:5]})")
   return out
-
-
-def _convert_block(module: str, kind: str, w, num_heads, source, name) -> str:
-  if module.startswith("layernorm"):
-    return "scale" if kind == "weight" else "bias"
-  return "kernel" if kind == "weight" else "bias"
 
 
 def _convert_value(module: str, kind: str, w: np.ndarray, num_heads: int, source: str, name: str) -> np.ndarray:
