@@ -207,4 +207,4 @@ def write_partition_csv(partition: Partition, path) -> None:
     f.write(f"num_images: {partition.num_images}\nmin_concept_probability: ---\n{_HEADER}\n")
     for c, (token, count, (lat, lon)) in enumerate(zip(partition.hex_ids, partition.counts,
                                                        partition.latlon_mean.astype(np.float64))):
-      f.write(f"{c},{token},{int(count)},{lat!r},{lon!r}\n")
+      f.write(f"{c},{token},{int(count)},{float(lat)!r},{float(lon)!r}\n")
