@@ -1,0 +1,99 @@
+"""Per-image prediction CSVs: this project's layout and the GeoEstimation results layout.
+
+Project layout: img_id,gt_lat,gt_lon,pred_lat,pred_lon[,extra...].
+GeoEstimation layout: img_id,gt_lat,predicted_lat,gt_long,predicted_long[,...], possibly followed by a blank
+line and a summary block (ignored).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import pathlib
+from typing import Mapping, Sequence
+
+import numpy as np
+
+PROJECT_COLUMNS = ("img_id", "gt_lat", "gt_lon", "pred_lat", "pred_lon")
+_LAYOUTS = {
+    "project": ("gt_lat", "gt_lon", "pred_lat", "pred_lon"),
+    "geoestimation": ("gt_lat", "gt_long", "predicted_lat", "predicted_long"),
+}
+
+
+@dataclasses.dataclass
+class Predictions:
+  image_ids: list[str]
+  true_latlon: np.ndarray      # float32 [N, 2]
+  pred_latlon: np.ndarray      # float32 [N, 2]
+  bad_rows: list[tuple[int, str]]  # (line number, reason) of skipped rows
+
+
+def write_predictions_csv(path, image_ids: Sequence[str], true_latlon, pred_latlon,
+                          extra_columns: Mapping[str, Sequence] | None = None) -> None:
+  true_latlon = np.asarray(true_latlon, np.float64).reshape(-1, 2)
+  pred_latlon = np.asarray(pred_latlon, np.float64).reshape(-1, 2)
+  extra_columns = dict(extra_columns or {})
+  n = len(image_ids)
+  for name, col in [("true_latlon", true_latlon), ("pred_latlon", pred_latlon), *extra_columns.items()]:
+    if len(col) != n:
+      raise ValueError(f"{name} has {len(col)} rows, image_ids has {n}")
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with path.open("w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(list(PROJECT_COLUMNS) + list(extra_columns))
+    for i in range(n):
+      w.writerow([image_ids[i], f"{true_latlon[i, 0]:.6f}", f"{true_latlon[i, 1]:.6f}",
+                  f"{pred_latlon[i, 0]:.6f}", f"{pred_latlon[i, 1]:.6f}"]
+                 + [col[i] for col in extra_columns.values()])
+
+
+def _check_value(name: str, text: str) -> float:
+  try:
+    v = float(text)
+  except ValueError:
+    raise ValueError(f"{name} is not a number: {text!r}") from None
+  if not math.isfinite(v):
+    raise ValueError(f"{name} is not finite: {text!r}")
+  limit = 90.0 if name.endswith("lat") else 180.0
+  if abs(v) > limit:
+    raise ValueError(f"{name} = {v} outside [-{limit:g}, {limit:g}]")
+  return v
+
+
+def read_predictions_csv(path, skip_bad: bool = False) -> Predictions:
+  """Read either layout. Bad rows raise a ValueError naming each line, or with skip_bad are listed."""
+  path = pathlib.Path(path)
+  with path.open(newline="") as f:
+    rows = list(csv.reader(f))
+  if not rows:
+    raise ValueError(f"{path}: empty file")
+  header = [h.strip() for h in rows[0]]
+  for layout, cols in _LAYOUTS.items():
+    if "img_id" in header and all(c in header for c in cols):
+      idx = [header.index(c) for c in cols]
+      break
+  else:
+    raise ValueError(f"{path}: unknown header {header}; expected {list(PROJECT_COLUMNS)} or the "
+                     "GeoEstimation results header (img_id,gt_lat,predicted_lat,gt_long,predicted_long,...)")
+  id_col = header.index("img_id")
+  ids, latlon, bad = [], [], []
+  for line_no, row in enumerate(rows[1:], start=2):
+    if not row or not "".join(row).strip():
+      break  # a blank line ends the rows; a summary block may follow
+    try:
+      if len(row) < len(header):
+        raise ValueError(f"{len(row)} fields, header has {len(header)}")
+      vals = [_check_value(header[i], row[i].strip()) for i in idx]
+    except ValueError as e:
+      bad.append((line_no, str(e)))
+      continue
+    ids.append(row[id_col])
+    latlon.append(vals)
+  if bad and not skip_bad:
+    listing = "\n".join(f"  line {n}: {why}" for n, why in bad[:20])
+    more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+    raise ValueError(f"{path}: {len(bad)} bad row(s):\n{listing}{more}")
+  a = np.asarray(latlon, np.float64).reshape(-1, 4)
+  return Predictions(ids, a[:, 0:2].astype(np.float32), a[:, 2:4].astype(np.float32), bad)
