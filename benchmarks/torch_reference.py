@@ -102,6 +102,6 @@ def make_train_step(model: TorchTransLocator, lr: float = 0.01, momentum: float 
     loss = sum(F.cross_entropy(logits[k], labels[k]) for k in logits)
     loss.backward()
     opt.step()
-    return loss
+    return loss.detach()
 
   return step
