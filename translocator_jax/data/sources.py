@@ -1,17 +1,25 @@
 """Random-access sources over built TFDS directories (ArrayRecord), readable without TensorFlow.
 
-`open_source(dataset_dir, split)` wraps `tfds.builder_from_directory(dir).as_data_source(split)`: record i is the
-decoded example dict of the schema (image uint8 [H, W, 3], segmentation uint8 [H, W, 1], ...) plus
-`index` = i. The TFDS source is opened lazily in each process, so the wrapper pickles as two strings (grain
-worker processes get a copy).
+`open_source(dataset_dir, split)`: record i is the decoded example dict of the schema (image uint8 [H, W, 3],
+segmentation uint8 [H, W, 1], latlon float32 [2], cells int32 [3], scene_* int32, image_id bytes) plus
+`index` = i, in the order of `tfds.builder_from_directory(dir).as_data_source(split)`.
+
+For datasets in the project schema stored as ArrayRecord (all of ours) it reads the shards directly and parses
+each tf.train.Example with protobuf (about 8 us a record here, against about 100 us for TFDS's generic numpy
+deserialiser), then decodes the JPEG / PNG with Pillow; any other TFDS dataset goes through TFDS's own data source.
+Sources open lazily in each process, so they pickle as a few strings (grain worker processes get a copy).
 """
 from __future__ import annotations
 
+import io
+import json
 import os
 import pathlib
 from typing import Any
 
 import numpy as np
+
+from translocator_jax.data import schema
 
 INDEX = "index"
 
@@ -37,7 +45,6 @@ class TfdsSource:
         raise KeyError(f"{self.dataset_dir} has no split {self.split!r}; it has {sorted(builder.info.splits)}")
       decoders = None
       if not self.decode:  # raw JPEG / PNG bytes (benchmarks, custom decoders)
-        from translocator_jax.data import schema  # pylint: disable=g-import-not-at-top
         decoders = {schema.IMAGE: tfds.decode.SkipDecoding(), schema.SEGMENTATION: tfds.decode.SkipDecoding()}
       self._source = builder.as_data_source(self.split, decoders=decoders)
     return self._source
@@ -62,6 +69,108 @@ class TfdsSource:
     return f"TfdsSource({self.dataset_dir!r}, split={self.split!r}, n={self._len})"
 
 
-def open_source(dataset_dir: str | os.PathLike, split: str, *, decode: bool = True) -> TfdsSource:
-  """Random-access source of decoded example dicts (plus 'index') of one split of a built TFDS dataset."""
+class ArrayRecordSource:
+  """grain RandomAccessDataSource over one split of a TFDS ArrayRecord directory in the project schema."""
+
+  def __init__(self, dataset_dir: str | os.PathLike, split: str, *, decode: bool = True):
+    self.dataset_dir = os.fspath(dataset_dir)
+    self.split = split
+    self.decode = decode
+    info = json.loads((pathlib.Path(self.dataset_dir) / "dataset_info.json").read_text())
+    splits = {s["name"]: s for s in info.get("splits", [])}
+    if split not in splits:
+      raise KeyError(f"{self.dataset_dir} has no split {split!r}; it has {sorted(splits)}")
+    lengths = [int(n) for n in splits[split]["shardLengths"]]
+    template = splits[split].get("filepathTemplate") or _DEFAULT_TEMPLATE
+    self.files = [
+        os.path.join(self.dataset_dir, template.format(
+            DATASET=info["name"], SPLIT=split, FILEFORMAT="array_record",
+            SHARD_X_OF_Y=f"{i:05d}-of-{len(lengths):05d}", SHARD_INDEX=i, NUM_SHARDS=len(lengths)))
+        for i in range(len(lengths))]
+    missing = [f for f in self.files if not os.path.exists(f)]
+    if missing:
+      raise FileNotFoundError(f"{self.dataset_dir} split {split!r}: shard files missing: {missing[:3]}")
+    self._len = sum(lengths)
+    self._source = None
+
+  def _open(self):
+    if self._source is None:
+      import grain  # pylint: disable=g-import-not-at-top
+      self._source = grain.sources.ArrayRecordDataSource(self.files)
+    return self._source
+
+  def __len__(self) -> int:
+    return self._len
+
+  def __getitem__(self, i: int) -> dict[str, Any]:
+    from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=g-import-not-at-top
+
+    i = int(i)
+    if not 0 <= i < self._len:
+      raise IndexError(f"index {i} out of range for {self.dataset_dir} split {self.split!r} ({self._len} records)")
+    feats = tf_example_pb2.Example.FromString(self._open()[i]).features.feature
+    try:
+      image = feats[schema.IMAGE].bytes_list.value[0]
+      seg = feats[schema.SEGMENTATION].bytes_list.value[0]
+      ex = {
+          schema.LATLON: np.asarray(feats[schema.LATLON].float_list.value, np.float32),
+          schema.CELLS: np.asarray(feats[schema.CELLS].int64_list.value, np.int32),
+          schema.IMAGE_ID: feats[schema.IMAGE_ID].bytes_list.value[0],
+      }
+      for key in (schema.SCENE_S3, schema.SCENE_S16, schema.SCENE_S365):
+        ex[key] = np.int32(feats[key].int64_list.value[0])
+    except (IndexError, KeyError) as e:
+      raise ValueError(f"{self.dataset_dir} split {self.split!r} record {i}: not in the project schema "
+                       f"(missing or empty {e})") from e
+    if self.decode:
+      ex[schema.IMAGE] = _decode(image, "RGB")
+      ex[schema.SEGMENTATION] = _decode(seg, "L")[..., None]
+    else:
+      ex[schema.IMAGE], ex[schema.SEGMENTATION] = image, seg
+    ex[INDEX] = np.int64(i)
+    return ex
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    state["_source"] = None
+    return state
+
+  def __repr__(self) -> str:
+    return f"ArrayRecordSource({self.dataset_dir!r}, split={self.split!r}, n={self._len})"
+
+
+_DEFAULT_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
+
+
+def _decode(data: bytes, mode: str) -> np.ndarray:
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  with Image.open(io.BytesIO(data)) as im:
+    if im.mode != mode:
+      im = im.convert(mode)
+    return np.asarray(im)
+
+
+def _is_schema_array_record(dataset_dir: str | os.PathLike) -> bool:
+  d = pathlib.Path(dataset_dir)
+  try:
+    info = json.loads((d / "dataset_info.json").read_text())
+    features = json.loads((d / "features.json").read_text())["featuresDict"]["features"]
+  except (OSError, KeyError, ValueError):
+    return False
+  keys = {schema.IMAGE, schema.SEGMENTATION, schema.LATLON, schema.CELLS, schema.IMAGE_ID, schema.SCENE_S3,
+          schema.SCENE_S16, schema.SCENE_S365}
+  return info.get("fileFormat") == "array_record" and keys <= set(features)
+
+
+def open_source(dataset_dir: str | os.PathLike, split: str, *,
+                decode: bool = True) -> ArrayRecordSource | TfdsSource:
+  """Random-access source of decoded example dicts (plus 'index') of one split of a built TFDS dataset.
+
+  decode=False leaves image and segmentation as their JPEG / PNG bytes.
+  """
+  if not (pathlib.Path(dataset_dir) / "dataset_info.json").exists():
+    raise FileNotFoundError(f"{dataset_dir} is not a built TFDS dataset (no dataset_info.json)")
+  if _is_schema_array_record(dataset_dir):
+    return ArrayRecordSource(dataset_dir, split, decode=decode)
   return TfdsSource(dataset_dir, split, decode=decode)
