@@ -81,7 +81,7 @@ def _hierarchy(partitions):
 
 def predict_dataset(model, params, batches: Iterable[Mapping[str, np.ndarray]], *, mesh, partitions,
                     heads: Mapping[str, int], tta: str = "center", desc: str = "eval",
-                    forward=None, total: int | None = None) -> Predictions:
+                    forward=None, total: int | None = None, progress: bool = True) -> Predictions:
   """Runs the model over padded batches (this process's shard) and predicts coordinates.
 
   Args:
@@ -106,7 +106,8 @@ def predict_dataset(model, params, batches: Iterable[Mapping[str, np.ndarray]], 
     params = jax.device_put(params, sharding_lib.replicated(mesh))
   out = {"index": [], "latlon": [], "mask": [], "fine": []}
   preds = {m: [] for m in (["fstar"] if use_fstar else []) + geo_heads}
-  for batch in tqdm.tqdm(batches, desc=desc, total=total, leave=False, disable=jax.process_index() != 0):
+  for batch in tqdm.tqdm(batches, desc=desc, total=total, leave=False,
+                         disable=jax.process_index() != 0 or not progress):
     dev = sharding_lib.put_batch({"image": batch["image"], "seg": batch["seg"]}, mesh)
     probs = forward(params, dev["image"], dev["seg"])
     if use_fstar:
@@ -196,7 +197,7 @@ def knn_table(train_source, test_source, test_index: np.ndarray, true_latlon: np
 
 def format_rows(rows: Sequence[tuple[str, Mapping[str, float] | None]]) -> str:
   """The paper's layout: one row per (dataset / method), % within each threshold, median km, GeoScore."""
-  head = f"{'':34s}" + "".join(f"{f'{t} km':>9s}" for t in THRESHOLDS_KM) + f"{'median km':>11s}{'GeoScore':>10s}" \
+  head = f"{'':50s}" + "".join(f"{f'{t} km':>9s}" for t in THRESHOLDS_KM) + f"{'median km':>11s}{'GeoScore':>10s}" \
       + f"{'n':>8s}"
   lines = [head, "-" * len(head)]
   for name, t in rows:
@@ -207,7 +208,7 @@ def format_rows(rows: Sequence[tuple[str, Mapping[str, float] | None]]) -> str:
     med = f"{t['median_km']:11.1f}" if "median_km" in t else f"{'-':>11s}"
     gs = f"{t['geoscore']:10.1f}" if "geoscore" in t else f"{'-':>10s}"
     n = f"{int(t['n']):8d}" if "n" in t else f"{'':8s}"
-    lines.append(f"{name:34s}{accs}{med}{gs}{n}")
+    lines.append(f"{name:50s}{accs}{med}{gs}{n}")
   return "\n".join(lines)
 
 

@@ -39,11 +39,13 @@ def build_validation(config: ml_collections.ConfigDict, info: data_lib.DatasetIn
   if not split or not int(config.train.get("eval_every", 0) or 0):
     return None
   from translocator_jax import eval_model  # pylint: disable=g-import-not-at-top
+  forward = eval_model.make_forward(model)  # compiled once, reused at every validation
 
   def validate(params) -> dict[str, float]:
     batches, _ = data_lib.eval_batches(config, info, split, int(config.eval.batch_size), "center")
     preds = eval_model.predict_dataset(model, params, batches, mesh=mesh, partitions=partitions,
-                                       heads=config.model.heads, tta="center", desc=f"validate {split}")
+                                       heads=config.model.heads, tta="center", desc=f"validate {split}",
+                                       forward=forward, progress=bool(config.train.get("progress_bar", True)))
     tables = eval_model.tables_from_predictions(preds)
     best = tables.get("fstar") or next(iter(tables.values()))
     return {f"val_{k}": float(v) for k, v in best.items() if k != "n"}
@@ -51,11 +53,20 @@ def build_validation(config: ml_collections.ConfigDict, info: data_lib.DatasetIn
   return validate
 
 
+def resolve_head_sizes(config: ml_collections.ConfigDict, partitions) -> None:
+  """Head sizes given as 0 take the partition's number of cells (datasets whose partitions are built on use)."""
+  for name, p in zip(schema.PARTITION_NAMES, partitions or []):
+    if name in config.model.heads and not int(config.model.heads[name] or 0):
+      config.model.heads[name] = int(p.num_classes)
+  unresolved = [h for h, n in config.model.heads.items() if not int(n or 0)]
+  if unresolved:
+    raise ValueError(f"config.model.heads {unresolved} have size 0 and the training set gives no partition for them")
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
   """Trains config in workdir (resuming from its newest readable checkpoint); returns a summary dict."""
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  ckpt_lib.write_config(workdir, config)
   total = int(config.train.total_steps)
   global_batch = int(config.data.batch_size)
   mesh = sharding_lib.make_mesh()
@@ -69,6 +80,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
       raise ValueError(f"config.model.num_seg_classes={config.model.num_seg_classes} < the dataset's "
                        f"{info.num_seg_classes} segmentation classes")
   partitions = data_lib.load_partitions(info)
+  resolve_head_sizes(config, partitions)
+  ckpt_lib.write_config(workdir, config)
   cell_latlon = None
   if partitions is not None:
     cell_latlon = {name: np.asarray(p.latlon_mean, np.float32)
