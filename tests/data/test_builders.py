@@ -266,8 +266,8 @@ def test_yfcc4k_ids_without_extension_and_configurable_columns(tmp_path):
   assert cli.benchmark_main(["--name", "yfcc4k", "--csv", str(tmp_path / "yfcc4k.csv"), "--id-column", "id",
                              "--lat-column", "lat", "--lon-column", "lon", "--images", str(tmp_path / "rgb"),
                              "--segmentations", str(tmp_path / "seg"), "--output", str(tmp_path / "out"),
-                             "--no-progress", "--no-cells"]) == 0
-  records = _read_records(tmp_path / "out", "test")
+                             "--no-progress", "--no-cells", "--workers", "2", "--piece-size", "1"]) == 0
+  records = _read_records(tmp_path / "out", "test")  # Two pieces from two worker processes.
   assert [r["image_id"].decode() for r in records] == ["101", "102"]
   np.testing.assert_allclose(records[1]["latlon"], [-5.5, -70.25])
   assert records[0]["scene_s3"] == -1

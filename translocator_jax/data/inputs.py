@@ -84,6 +84,12 @@ class FolderStore:
   def spec(self) -> dict:
     return {"kind": "folder", "root": str(self.root)}
 
+  def __getstate__(self):  # Sent to every worker with each piece: leave the (possibly huge) listing behind.
+    state = dict(self.__dict__)
+    state["_names"] = None
+    state["problems"] = []
+    return state
+
 
 class TarStore:
   """Members of a tarball, spooled once into SQLite at `spool_path` (reused when complete and up to date)."""

@@ -2,10 +2,9 @@
 
 The published segmentation maps are colourised PNGs (one ADE20K colour per class); some have been through JPEG, so
 each pixel is mapped to the *nearest* palette colour. Doing that with a [pixels, 150] distance matrix is slow, so a
-3-D lookup table over RGB quantised to 6 bits per channel gives the answer for almost every pixel in one gather;
-the few bins where two palette colours are about equally near (the nearest colour of the bin centre could differ
-from a pixel's nearest) are flagged and those pixels get the exact search. The result equals the exact
-nearest-colour map (ties -> lowest class index).
+3-D lookup table over RGB quantised to 6 bits per channel holds, per bin, the few palette colours that can be
+nearest to any colour in the bin (at most 6); a pixel is compared with those only. Bins with more candidates (rare)
+fall back to the exact search. The result equals the exact nearest-colour map (ties -> lowest class index).
 
 Note: the CSAIL palette gives road (6) and skyscraper (48) the same colour (140, 140, 140); a colourised map cannot
 tell them apart and both read as 6. Palette-mode PNGs written with this palette (data/segmenter.py) keep the exact
@@ -24,6 +23,7 @@ NUM_CLASSES = 150
 PALETTE_FILE = "ade20k_150_palette.json"
 _BITS = 6  # 64^3 bins of 4x4x4 colours: a 256 KiB table.
 _SHIFT = 8 - _BITS
+_CANDIDATES = 6  # Palette colours kept per bin; bins needing more use the exact search.
 
 
 @functools.lru_cache(maxsize=None)
@@ -62,33 +62,42 @@ class PaletteMapper:
     self.colours = palette() if colours is None else np.asarray(colours, np.uint8)
     n = 1 << _BITS
     centres = (np.arange(n) << _SHIFT) + ((1 << _SHIFT) - 1) / 2.0
-    grid = np.stack(np.meshgrid(centres, centres, centres, indexing="ij"), -1).reshape(-1, 3)
-    cols = self.colours.astype(np.float64)
-    lut = np.empty(len(grid), np.uint8)
-    ambiguous = np.empty(len(grid), bool)
-    half_diagonal = np.sqrt(3.0) * (1 << _SHIFT) / 2.0
-    for start in range(0, len(grid), 16384):
-      d = np.sqrt(((grid[start:start + 16384, None, :] - cols[None]) ** 2).sum(-1))
-      order = np.argpartition(d, 1, axis=-1)[:, :2]
-      d_sorted = np.take_along_axis(d, order, -1)
-      lut[start:start + 16384] = d.argmin(-1)
-      # Every pixel of a bin is within half a diagonal of its centre, so its nearest colour is the centre's
-      # unless the two nearest distances are within a diagonal of each other.
-      ambiguous[start:start + 16384] = np.abs(d_sorted[:, 1] - d_sorted[:, 0]) <= 2 * half_diagonal
-    self._lut = lut
-    self._ambiguous = ambiguous
+    grid = np.stack(np.meshgrid(centres, centres, centres, indexing="ij"), -1).reshape(-1, 3).astype(np.float32)
+    cols = self.colours.astype(np.float32)
+    # Every colour of a bin is within half a bin diagonal r of the bin centre, so its nearest palette colour is
+    # among those no further than d_min + 2r from the centre: those candidates (few) are kept per bin.
+    slack = np.sqrt(3.0) * (1 << _SHIFT) + 0.05  # + float32 rounding margin.
+    candidates = np.empty((len(grid), _CANDIDATES), np.uint8)
+    overflow = np.zeros(len(grid), bool)
+    for start in range(0, len(grid), 32768):
+      g = grid[start:start + 32768]
+      d2 = (g * g).sum(1)[:, None] - 2.0 * g @ cols.T + (cols * cols).sum(1)[None]
+      d = np.sqrt(np.maximum(d2, 0.0))
+      near = d <= d.min(1, keepdims=True) + slack
+      overflow[start:start + len(g)] = near.sum(1) > _CANDIDATES
+      best = np.argpartition(d, _CANDIDATES - 1, axis=1)[:, :_CANDIDATES]
+      # Candidates beyond the slack are replaced by the nearest one (harmless duplicates), then sorted by class
+      # index so that argmin over candidates breaks ties towards the lowest index, like the exact search.
+      best = np.where(np.take_along_axis(near, best, 1), best, d.argmin(1)[:, None])
+      candidates[start:start + len(g)] = np.sort(best, axis=1)
+    self._candidates = candidates
+    self._overflow = overflow
 
   def __call__(self, rgb: np.ndarray) -> np.ndarray:
     rgb = np.asarray(rgb)
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[-1] != 3:
       raise ValueError(f"expected uint8 [H, W, 3] colours, got {rgb.dtype} {rgb.shape}")
-    q = (rgb >> _SHIFT).astype(np.int32)
-    bins = (q[..., 0] << (2 * _BITS)) | (q[..., 1] << _BITS) | q[..., 2]
-    out = self._lut[bins]
-    hard = self._ambiguous[bins]
+    flat = rgb.reshape(-1, 3)
+    q = (flat >> _SHIFT).astype(np.int32)
+    bins = (q[:, 0] << (2 * _BITS)) | (q[:, 1] << _BITS) | q[:, 2]
+    cand = self._candidates[bins]  # [N, K]
+    diff = flat[:, None, :].astype(np.int16) - self.colours[cand].astype(np.int16)
+    dist = np.einsum("nkc,nkc->nk", diff.astype(np.int32), diff.astype(np.int32))
+    out = np.take_along_axis(cand, dist.argmin(1)[:, None], 1)[:, 0]
+    hard = self._overflow[bins]
     if hard.any():
-      out[hard] = nearest_class_exact(rgb[hard], self.colours)
-    return out
+      out[hard] = nearest_class_exact(flat[hard], self.colours)
+    return out.reshape(rgb.shape[:2])
 
 
 @functools.lru_cache(maxsize=None)
