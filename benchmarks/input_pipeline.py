@@ -5,11 +5,12 @@
   python benchmarks/input_pipeline.py --patch-px 256 --num-train 2000   # photo-sized records
   python benchmarks/input_pipeline.py --dataset-dir DIR --split train   # any built TFDS dataset of the schema
 
-Reference: read each record's bytes from the ArrayRecord source (TFDS numpy deserialisation, no image decode)
-and decode its JPEG with Pillow, one thread. Pipeline: pipeline.train_loader over the same records (decode photo
+Reference: read each record from the ArrayRecord shards (sources.open_source(decode=False): protobuf parse, no
+image decode) and decode its JPEG with Pillow, one thread. Pipeline: pipeline.train_loader over the same records (decode photo
 and map, random resized crop + flip of both, normalise, palette colours, batch); one process with no reader
 threads ("per worker" speed), then with grain worker processes (images/s divided by workers).
-Target: per-worker pipeline speed >= 70% of raw decode speed.
+Target: per-worker pipeline speed >= 70% of raw decode speed. Note the pipeline must decode the PNG map as well,
+so the JPEG + PNG decode speed (also printed) bounds it from above.
 """
 from __future__ import annotations
 
@@ -47,21 +48,25 @@ class Subset:
     return self.source[i]
 
 
-def raw_decode(dataset_dir: str, split: str, n: int, with_seg: bool) -> float:
+def raw_decode(dataset_dir: str, split: str, n: int, with_seg: bool, repeats: int) -> float:
+  """Best of `repeats` passes (the machine is shared: the best pass is the least disturbed one)."""
   src = sources.open_source(dataset_dir, split, decode=False)
   for i in range(min(n, 64)):  # warm the file cache
     src[i]
-  t0 = time.perf_counter()
-  for i in range(n):
-    ex = src[i]
-    np.asarray(Image.open(io.BytesIO(ex[schema.IMAGE])).convert("RGB"))
-    if with_seg:
-      np.asarray(Image.open(io.BytesIO(ex[schema.SEGMENTATION])))
-  return n / (time.perf_counter() - t0)
+  best = 0.0
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    for i in range(n):
+      ex = src[i]
+      np.asarray(Image.open(io.BytesIO(ex[schema.IMAGE])).convert("RGB"))
+      if with_seg:
+        np.asarray(Image.open(io.BytesIO(ex[schema.SEGMENTATION])))
+    best = max(best, n / (time.perf_counter() - t0))
+  return best
 
 
 def pipeline_speed(dataset_dir: str, split: str, n: int, batch_size: int, image_size: int, palette,
-                   workers: int) -> float:
+                   workers: int, repeats: int) -> float:
   src = Subset(sources.open_source(dataset_dir, split), n)
   loader = pipeline.train_loader(src, batch_size=batch_size, image_size=image_size, seg_input="palette",
                                  palette=palette, seed=0, shard_index=0, shard_count=1, num_epochs=None,
@@ -70,13 +75,15 @@ def pipeline_speed(dataset_dir: str, split: str, n: int, batch_size: int, image_
   steps = max(n // batch_size, 1)
   for _ in range(2 if workers == 0 else 2 * workers + 2):  # start-up (worker processes, first reads)
     next(it)
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    next(it)
-  dt = time.perf_counter() - t0
+  best = 0.0
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    for _ in range(steps):
+      next(it)
+    best = max(best, steps * batch_size / (time.perf_counter() - t0))
   if hasattr(it, "close"):
     it.close()
-  return steps * batch_size / dt
+  return best
 
 
 def main(argv=None) -> int:
@@ -92,6 +99,7 @@ def main(argv=None) -> int:
   p.add_argument("--batch-size", type=int, default=32)
   p.add_argument("--image-size", type=int, help="model input side (default: 2/3 of the stored side)")
   p.add_argument("--workers", default="0,2", help="comma-separated worker counts to measure")
+  p.add_argument("--repeats", type=int, default=3, help="passes per measurement; the best is reported")
   args = p.parse_args(argv)
 
   if args.dataset_dir:
@@ -107,8 +115,8 @@ def main(argv=None) -> int:
   image_size = args.image_size or max(8, side * 2 // 3)
   n = min(args.records, len(sources.open_source(dataset_dir, args.split)))
 
-  raw = raw_decode(dataset_dir, args.split, n, with_seg=False)
-  raw_both = raw_decode(dataset_dir, args.split, n, with_seg=True)
+  raw = raw_decode(dataset_dir, args.split, n, with_seg=False, repeats=args.repeats)
+  raw_both = raw_decode(dataset_dir, args.split, n, with_seg=True, repeats=args.repeats)
   result = {
       "dataset_dir": dataset_dir, "split": args.split, "records": n, "stored_px": int(side),
       "image_size": image_size, "batch_size": args.batch_size, "cpu_count": os.cpu_count(),
@@ -117,11 +125,12 @@ def main(argv=None) -> int:
       "pipeline": {}, "target_ratio": TARGET_RATIO,
   }
   for w in [int(x) for x in args.workers.split(",") if x != ""]:
-    speed = pipeline_speed(dataset_dir, args.split, n, args.batch_size, image_size, palette, w)
+    speed = pipeline_speed(dataset_dir, args.split, n, args.batch_size, image_size, palette, w, args.repeats)
     per_worker = speed / max(w, 1)
     result["pipeline"][f"workers={w}"] = {
         "images_per_s": round(speed, 1), "images_per_s_per_worker": round(per_worker, 1),
-        "ratio_to_raw_jpeg_decode": round(per_worker / raw, 3)}
+        "ratio_to_raw_jpeg_decode": round(per_worker / raw, 3),
+        "ratio_to_raw_jpeg_and_png_decode": round(per_worker / raw_both, 3)}
   w0 = result["pipeline"].get("workers=0")
   if w0:
     result["meets_target"] = w0["ratio_to_raw_jpeg_decode"] >= TARGET_RATIO

@@ -178,6 +178,19 @@ def test_records_match_their_plan_and_partitions(tiny):
         assert set(cells[:, k][cells[:, k] >= 0]) == set(range(p.num_classes))
 
 
+def test_fast_reader_equals_tfds_data_source(tiny):
+  for split in ("train", "test"):
+    fast = sources.open_source(tiny.data_dir, split)
+    reference = sources.TfdsSource(tiny.data_dir, split)  # tfds.builder_from_directory(...).as_data_source
+    assert isinstance(fast, sources.ArrayRecordSource) and len(fast) == len(reference)
+    for i in range(0, len(fast), 7):
+      a, b = fast[i], reference[i]
+      assert set(a) == set(b)
+      for k in a:
+        np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]), err_msg=f"{split}[{i}].{k}")
+        assert np.shape(a[k]) == np.shape(b[k])
+
+
 def test_splits_have_distinct_locations(tiny):
   seen = {}
   for split in SPLITS:

@@ -41,7 +41,7 @@ SCENE_NAMES = earth_render.SCENE_NAMES
 CLASS_NAMES = rasters.CLASS_NAMES
 NUM_SEG_CLASSES = rasters.NUM_CLASSES
 PALETTE = rasters.PALETTE
-_RENDER_CHUNK = 512
+_RENDER_PIXELS = 1 << 20  # output pixels rendered at once (bounds the float64 coordinate arrays to ~50 MB)
 _MIN_SIGMA_KM = 0.5  # photo scatter floor: keeps draws in the tiniest (level-30) cells distinct
 
 
@@ -156,8 +156,9 @@ def render_split(plan: Plan, split: str, options: Options, start: int = 0,
 
   params = plan.params[split]
   stop = len(params) if stop is None else stop
-  for lo in range(start, stop, _RENDER_CHUNK):
-    hi = min(lo + _RENDER_CHUNK, stop)
+  chunk = max(1, _RENDER_PIXELS // options.patch_px ** 2)
+  for lo in range(start, stop, chunk):
+    hi = min(lo + chunk, stop)
     p = params.take(slice(lo, hi))
     rgb, classes = earth_render.render_patches(p, options.patch_px, options.patch_km)
     scenes = earth_render.scene_labels(classes)

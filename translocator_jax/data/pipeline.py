@@ -69,8 +69,11 @@ class _Fields:
         "index": np.int64(ex[sources.INDEX]),
     }
 
+  def __post_init__(self):
+    self._palette_norm = None if self.palette is None else augment.normalize(np.asarray(self.palette, np.uint8))
+
   def seg(self, seg: np.ndarray) -> np.ndarray:
-    return augment.seg_to_model_input(seg, self.seg_input, self.palette)
+    return augment.seg_to_model_input(seg, self.seg_input, self._palette_norm)
 
 
 def _split(ex: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
