@@ -102,7 +102,7 @@ def mp16_case_files() -> tuple[dict, dict, list, set, dict]:
   add("aa/02/cmyk.jpg", jpeg(photo(20, 24, 3), "CMYK"), 20, 24, seed=3)
   add("aa/02/grey.jpg", jpeg(photo(20, 24, 4), "L"), 20, 24, seed=4)
   a16 = (np.arange(20 * 24).reshape(20, 24) * 100).astype(np.uint16)
-  add("bb/png16.jpg", png(Image.fromarray(a16, "I;16")), 20, 24, seed=5)
+  add("bb/png16.jpg", png(Image.fromarray(a16)), 20, 24, seed=5)
   add("bb/palette.jpg", png(Image.fromarray(photo(20, 24, 6)).convert("P")), 20, 24, seed=6)
   rgba = np.dstack([photo(20, 24, 7), np.full((20, 24), 128, np.uint8)])
   add("bb/alpha.jpg", png(Image.fromarray(rgba, "RGBA")), 20, 24, seed=7)

@@ -135,14 +135,19 @@ def _process_item(item: Item, rgb_store, seg_store, options: BuildOptions) -> di
   else:
     latlon = images_lib.exif_latlon(decoded.exif)
   if item.seg_name is not None:
+    where = f"segmentation map {seg_store.describe(item.seg_name)}"
     try:
-      classes = images_lib.decode_segmentation(_read(seg_store, item.seg_name, "segmentation map"),
-                                               max_pixels=options.max_pixels)
+      seg_img = images_lib.open_segmentation(_read(seg_store, item.seg_name, "segmentation map"),
+                                             max_pixels=options.max_pixels)
     except images_lib.BadInput as e:
-      raise images_lib.BadInput(f"segmentation map {seg_store.describe(item.seg_name)}: {e}") from None
-    transpose = images_lib.match_segmentation(classes.shape, decoded)
+      raise images_lib.BadInput(f"{where}: {e}") from None
+    transpose = images_lib.match_segmentation(seg_img.size[::-1], decoded)
     jpeg, size, _ = images_lib.finish_image(decoded, transpose=transpose, max_short_side=options.max_short_side,
                                             quality=options.jpeg_quality)
+    try:
+      classes = images_lib.segmentation_classes(seg_img, size)  # Mapped at the output size: fewer pixels.
+    except images_lib.BadInput as e:
+      raise images_lib.BadInput(f"{where}: {e}") from None
   else:
     if not options.segmenter_dir:
       raise images_lib.BadInput("no segmentation map and no segmenter")

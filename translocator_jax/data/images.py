@@ -147,16 +147,24 @@ def finish_image(decoded: DecodedImage, *, transpose: bool, max_short_side: int 
   return out.getvalue(), size, img
 
 
-def decode_segmentation(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-                        mapper: palette_lib.PaletteMapper | None = None) -> np.ndarray:
-  """ADE20K class indices uint8 [H, W] from a segmentation PNG.
+def open_segmentation(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+  """The decoded segmentation PNG (any mode); BadInput when unreadable. Classes come from `segmentation_classes`."""
+  img = _open(data, max_pixels)
+  _load(img)
+  return img
+
+
+def segmentation_classes(img: Image.Image, size: tuple[int, int] | None = None,
+                         mapper: palette_lib.PaletteMapper | None = None) -> np.ndarray:
+  """ADE20K class indices uint8 [H, W] of a segmentation map, resized (nearest) to (width, height) `size` first.
 
   Accepted: colourised RGB(A) maps (nearest palette colour, so JPEG'd maps work), palette-mode PNGs (their
   indices are used as they are when the file's palette is the ADE20K one, else their colours are mapped), and
-  single-channel maps of class indices 0..149.
+  single-channel maps of class indices 0..149. Nearest resizing picks the same pixels in every mode, so resizing
+  before mapping gives the map of the full-size classes, with fewer pixels to map.
   """
-  img = _open(data, max_pixels)
-  _load(img)
+  if size is not None and img.size != size:
+    img = img.resize(size, Image.Resampling.NEAREST)
   colours = palette_lib.palette()
   if img.mode == "P":
     file_palette = np.asarray(img.getpalette() or [], np.uint8).reshape(-1, 3)
@@ -177,6 +185,12 @@ def decode_segmentation(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     img = img.convert("RGB")
   mapper = mapper or palette_lib.default_mapper()
   return mapper(np.asarray(img))
+
+
+def decode_segmentation(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                        mapper: palette_lib.PaletteMapper | None = None) -> np.ndarray:
+  """ADE20K class indices uint8 [H, W] of a segmentation PNG at its own size (see `segmentation_classes`)."""
+  return segmentation_classes(open_segmentation(data, max_pixels=max_pixels), mapper=mapper)
 
 
 def match_segmentation(classes_shape: tuple[int, int], image: DecodedImage) -> bool:
