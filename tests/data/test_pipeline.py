@@ -181,3 +181,21 @@ def test_bad_arguments_are_named():
                          shard_index=0, shard_count=1)
   with pytest.raises(ValueError, match="cannot fill a batch"):
     pipeline.train_loader(src, batch_size=8, image_size=8, seg_input="classes", shard_index=0, shard_count=1)
+
+
+def test_cached_source_reads_each_record_once_and_changes_nothing():
+  class Counting(ListSource):
+    reads = 0
+
+    def __getitem__(self, i):
+      Counting.reads += 1
+      return super().__getitem__(i)
+
+  records = blocky_records(8, height=16, width=16, block=4)
+  kw = dict(batch_size=4, image_size=8, seg_input="classes", seed=4, shard_index=0, shard_count=1, num_epochs=3)
+  plain = list(pipeline.train_loader(ListSource(records), **kw))
+  cached = list(pipeline.train_loader(sources.CachedSource(Counting(records)), **kw))
+  assert Counting.reads == 8  # 3 epochs, 8 reads
+  for a, b in zip(plain, cached, strict=True):
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k])
