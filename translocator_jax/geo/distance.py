@@ -74,10 +74,16 @@ def _asin_half(x, z):
 
 def terms_to_km(h: jax.Array, q: jax.Array) -> jax.Array:
   """Distance in km from (h, q) of haversine_terms; non-decreasing in the true distance up to rounding."""
-  h = jnp.maximum(h, 0.0)
-  q = jnp.maximum(q, 0.0)
-  near = h <= q
-  m = jnp.minimum(h, q) / (h + q)        # renormalise so h + q = 1 exactly; m in [0, 1/2]
+  # min(h, q) carries the branch in its sign bit, so XLA fusions downstream need only this one value
+  # (otherwise it re-derives h and q, the expensive part, inside each consumer).
+  m = jnp.maximum(jnp.minimum(h, q), 0.0)
+  return signed_term_to_km(jnp.where(h <= q, m, -m))
+
+
+def signed_term_to_km(s: jax.Array) -> jax.Array:
+  """s = +min(h, q) when h <= q (d <= pi R / 2), else -min(h, q) (sign bit set, also for -0.0)."""
+  near = ~jnp.signbit(s)
+  m = jnp.abs(s)                         # in [0, 1/2] up to rounding
   x = jnp.sqrt(m)                        # [0, 0.7072]
   big = x > 0.5
   # asin(x) = pi/2 - 2 asin(sqrt((1 - x) / 2)) for x in (1/2, 0.71], keeping the polynomial on [0, 1/2].

@@ -1,17 +1,21 @@
 """Geo-localization accuracy table: share within thresholds, median / mean km and GeoScore.
 
-`accuracy_table` is one jitted kernel that streams the pairs in chunks (nothing of size N is materialised
-besides the inputs, so 10 M pairs fit easily) and per chunk:
-  - computes (h, q) = (sin^2, cos^2)(d / 2R) from polynomials (see distance.py) and d from them;
-  - counts h <= sin^2(t / 2R) per threshold t (monotone in d: no asin needed for the accuracies);
-  - sums d and 5000 exp(-d / 1492.7) (compensated across chunks);
-  - for the exact median: counts distances below a window [lo, hi] of float32 bit patterns and histograms the
-    distances inside it (non-negative floats order like their int32 bits).
+`accuracy_table` is one jitted kernel over static slices of 2^20 pairs (intermediates stay a few MB, so
+10 M pairs fit easily; static slices vectorise far better on XLA:CPU than a dynamic-slice loop). Per slice:
+  - d from polynomial sin/asin (distance.py), one fused loop;
+  - threshold counts and the below-window count from one tiny histogram: bin = number of thresholds d is
+    within (d <= t, equality counts as within) + (T + 1) * [d below the window]; XLA:CPU reductions of
+    compare/select chains are slow, a small scatter-add is not;
+  - sums of d and 5000 exp(-d / 1492.7);
+  - for the exact median, a 2^17-bin histogram of the distances inside a window [lo, hi] of float32 bit
+    patterns (non-negative floats order like their int32 bits).
 The window comes from a strided sample (1/16 of the pairs) and holds the middle ranks with overwhelming
 probability; a histogram bin of one bit pattern pins the median down exactly. When a bin is wider than one
 pattern, or the sample missed (adversarial orderings), further histogram passes narrow the window until it
 is one pattern wide, so the median is always exact: it equals the median of the kernel's own float32
-distances, numpy-style (mean of the two middle values for even counts).
+distances, numpy-style (mean of the two middle values for even counts). Thresholds are compared on d,
+which is within ~5e-7 relative of the float64 distance, so only pairs that close to a threshold can differ
+from a float64 decision.
 """
 from __future__ import annotations
 
@@ -29,7 +33,8 @@ GEOSCORE_SCALE_KM = 1492.7
 GEOSCORE_MAX = 5000.0
 THRESHOLD_NAMES = {1: "street", 25: "city", 200: "region", 750: "country", 2500: "continent"}
 
-_CHUNK = 32768
+_SLICE = 1 << 20             # pairs per static slice; intermediates stay a few MB
+_MAX_SLICES = 16             # more pairs -> bigger slices (the slices are unrolled at trace time)
 _SAMPLE_STRIDE = 16
 _HIST_BITS = 17
 _NBINS = 1 << _HIST_BITS
@@ -45,22 +50,16 @@ def _bit_length(x):
   return 32 - lax.clz(x.astype(jnp.int32))
 
 
-def _kahan_add(acc, x):
-  s, c = acc
-  y = x - c
-  t = s + y
-  return t, (t - s) - y
-
-
-def _chunk_distance(pred_c, true_c):
+def _distance_bits(pred_c, true_c):
   h, q = haversine_terms(pred_c[:, 0], pred_c[:, 1], true_c[:, 0], true_c[:, 1])
-  # Barriers keep XLA from re-deriving h and d inside every consumer fusion (it would, several times).
-  h, q = lax.optimization_barrier((h, q))
-  return lax.optimization_barrier((h, terms_to_km(h, q)))
+  d = terms_to_km(h, q)
+  return d, lax.bitcast_convert_type(d, jnp.int32)
 
 
 def _histogram(bits, valid, lo, hi, shift):
-  inside = valid & (bits >= lo) & (bits <= hi)
+  inside = (bits >= lo) & (bits <= hi)
+  if valid is not None:
+    inside = inside & valid
   idx = jnp.where(inside, lax.shift_right_logical(bits - lo, shift), _NBINS)
   return jnp.zeros(_NBINS, jnp.int32).at[idx].add(1, mode="drop")
 
@@ -70,7 +69,7 @@ def _window_shift(lo, hi):
 
 
 def _resolve(hist, lo, shift, below, rank):
-  """From a window histogram, the narrower window holding `rank` -> (lo, hi, below, found)."""
+  """From a window histogram, the narrower window holding `rank` -> (lo, hi, below)."""
   cum = jnp.cumsum(hist)
   r = rank - below
   found = (r >= 0) & (r < cum[-1])
@@ -81,56 +80,40 @@ def _resolve(hist, lo, shift, below, rank):
   new_hi = new_lo + lax.shift_left(jnp.int32(1), shift) - 1
   # A miss restarts from every finite distance (below = 0): always correct, just slower.
   return (jnp.where(found, new_lo, 0), jnp.where(found, new_hi, _MAX_FINITE_BITS),
-          jnp.where(found, new_below, 0), found)
+          jnp.where(found, new_below, 0))
 
 
-def _chunks(n: int):
-  """(number of full chunks, start of the overlapping tail chunk or None)."""
-  n_full = n // _CHUNK
-  return n_full, (n - _CHUNK if n % _CHUNK else None)
+def _slices(n: int) -> list[tuple[int, int]]:
+  size = max(_SLICE, -(-n // _MAX_SLICES))
+  return [(s, min(s + size, n)) for s in range(0, n, size)]
 
 
-def _for_each_chunk(pred, true, mask, init, fn):
-  """fn(carry, pred_c, true_c, valid_c) over fixed-size chunks; the tail chunk overlaps, masked."""
-  n = pred.shape[0]
-  n_full, tail_start = _chunks(n)
-
-  def valid_of(start, first_new):
-    idx = start + jnp.arange(_CHUNK, dtype=jnp.int32)
-    v = idx >= first_new
-    if mask is not None:
-      v = v & lax.dynamic_slice_in_dim(mask, start, _CHUNK)
-    return v
-
-  def body(i, carry):
-    start = i * _CHUNK
-    return fn(carry, lax.dynamic_slice_in_dim(pred, start, _CHUNK),
-              lax.dynamic_slice_in_dim(true, start, _CHUNK), valid_of(start, start))
-
-  carry = lax.fori_loop(0, n_full, body, init)
-  if tail_start is not None:
-    carry = fn(carry, pred[tail_start:], true[tail_start:], valid_of(tail_start, n_full * _CHUNK))
+def _for_each_slice(pred, true, mask, init, fn):
+  """fn(carry, pred_s, true_s, valid_s or None) over static slices (XLA vectorises these well)."""
+  carry = init
+  for a, b in _slices(pred.shape[0]):
+    carry = fn(carry, pred[a:b], true[a:b], None if mask is None else mask[a:b])
   return carry
 
 
+def _masked(x, valid, fill):
+  return x if valid is None else jnp.where(valid, x, fill)
+
+
 @jax.jit
-def _table_kernel(pred, true, mask, h_thresholds):
+def _table_kernel(pred, true, mask, thresholds):
+  """thresholds: float32 [T] ascending."""
   n_total = pred.shape[0]
-  if n_total < _CHUNK:  # small inputs: pad to one chunk (cheap copies)
-    pad = _CHUNK - n_total
-    pred = jnp.pad(pred, ((0, pad), (0, 0)))
-    true = jnp.pad(true, ((0, pad), (0, 0)))
-    mask = jnp.pad(jnp.ones(n_total, bool) if mask is None else mask, (0, pad))
+  n_thr = thresholds.shape[0]
   n_valid = jnp.int32(n_total) if mask is None else jnp.sum(mask, dtype=jnp.int32)
   k_lo = jnp.maximum(n_valid - 1, 0) // 2
   k_hi = n_valid // 2
 
   # Window from a strided sample of the same distances.
-  _, d_s = _chunk_distance(pred[::_SAMPLE_STRIDE], true[::_SAMPLE_STRIDE])
-  valid_s = jnp.ones(d_s.shape, bool) if mask is None else mask[::_SAMPLE_STRIDE]
-  bits_s = lax.bitcast_convert_type(d_s, jnp.int32)
-  n_s = jnp.sum(valid_s, dtype=jnp.int32)
-  idx_s = jnp.where(valid_s, lax.shift_right_logical(bits_s, _SAMPLE_SHIFT), 1 << 16)
+  _, bits_s = _distance_bits(pred[::_SAMPLE_STRIDE], true[::_SAMPLE_STRIDE])
+  valid_s = None if mask is None else mask[::_SAMPLE_STRIDE]
+  n_s = jnp.int32(bits_s.shape[0]) if mask is None else jnp.sum(valid_s, dtype=jnp.int32)
+  idx_s = _masked(lax.shift_right_logical(bits_s, _SAMPLE_SHIFT), valid_s, 1 << 16)
   cum_s = jnp.cumsum(jnp.zeros(1 << 16, jnp.int32).at[idx_s].add(1, mode="drop"))
   scale = n_s.astype(jnp.float32) / jnp.maximum(n_valid, 1).astype(jnp.float32)
   slack = 3.0 * jnp.sqrt(n_s.astype(jnp.float32)) + 8.0
@@ -143,27 +126,30 @@ def _table_kernel(pred, true, mask, h_thresholds):
   hi = jnp.where(use_sample, jnp.minimum(lax.shift_left(b_hi + 1, _SAMPLE_SHIFT) - 1, _MAX_FINITE_BITS),
                  _MAX_FINITE_BITS)
   shift = _window_shift(lo, hi)
-  n_thr = h_thresholds.shape[0]
+  n_small = 2 * (n_thr + 1)
 
-  def stats(carry, pred_c, true_c, valid_c):
-    counts, sum_d, sum_g, below, hist = carry
-    h, d = _chunk_distance(pred_c, true_c)
-    bits = lax.bitcast_convert_type(d, jnp.int32)
-    within = jnp.where(valid_c[:, None] & (h[:, None] <= h_thresholds[None, :]), 1.0, 0.0)
-    counts = counts + jnp.sum(within, axis=0).astype(jnp.int32)
-    sum_d = _kahan_add(sum_d, jnp.sum(jnp.where(valid_c, d, 0.0)))
-    g = jnp.where(valid_c, jnp.exp(d * jnp.float32(-1.0 / GEOSCORE_SCALE_KM)), 0.0)
-    sum_g = _kahan_add(sum_g, jnp.sum(g))
-    below = below + jnp.sum(jnp.where(valid_c & (bits < lo), 1.0, 0.0)).astype(jnp.int32)
-    hist = hist + _histogram(bits, valid_c, lo, hi, shift)
-    return counts, sum_d, sum_g, below, hist
+  def stats(carry, pred_s, true_s, valid_s):
+    small, sum_d, sum_g, hist = carry
+    d, bits = _distance_bits(pred_s, true_s)
+    # One small histogram holds the threshold counts and the below-window count: bin = number of
+    # thresholds d is within (thresholds ascending) + (n_thr + 1) * [d below the window].
+    k = sum(jnp.where(d <= thresholds[j], 1, 0) for j in range(n_thr))
+    k = k + jnp.where(bits < lo, n_thr + 1, 0)
+    small = small + jnp.zeros(n_small, jnp.int32).at[_masked(k, valid_s, n_small)].add(1, mode="drop")
+    sum_d = sum_d + jnp.sum(_masked(d, valid_s, 0.0))
+    g = jnp.exp(d * jnp.float32(-1.0 / GEOSCORE_SCALE_KM))
+    sum_g = sum_g + jnp.sum(_masked(g, valid_s, 0.0))
+    hist = hist + _histogram(bits, valid_s, lo, hi, shift)
+    return small, sum_d, sum_g, hist
 
-  zero2 = (jnp.float32(0), jnp.float32(0))
-  init = (jnp.zeros(n_thr, jnp.int32), zero2, zero2, jnp.int32(0), jnp.zeros(_NBINS, jnp.int32))
-  counts, sum_d, sum_g, below, hist = _for_each_chunk(pred, true, mask, init, stats)
+  init = (jnp.zeros(n_small, jnp.int32), jnp.float32(0), jnp.float32(0), jnp.zeros(_NBINS, jnp.int32))
+  small, sum_d, sum_g, hist = _for_each_slice(pred, true, mask, init, stats)
+  by_k = small[:n_thr + 1] + small[n_thr + 1:]
+  counts = jnp.cumsum(by_k[::-1])[:n_thr]   # ascending threshold j <=> k >= n_thr - j
+  below = jnp.sum(small[n_thr + 1:])
 
   # Per middle rank: (lo, hi, below) of a window holding it; exact once lo == hi.
-  windows = [_resolve(hist, lo, shift, below, k)[:3] for k in (k_lo, k_hi)]
+  windows = [_resolve(hist, lo, shift, below, k) for k in (k_lo, k_hi)]
   state = tuple(jnp.stack(v) for v in zip(*windows))
 
   def not_done(state):
@@ -174,13 +160,12 @@ def _table_kernel(pred, true, mask, h_thresholds):
     lo2, hi2, below2 = state
     shift2 = _window_shift(lo2, hi2)
 
-    def fn(hists, pred_c, true_c, valid_c):
-      _, d = _chunk_distance(pred_c, true_c)
-      bits = lax.bitcast_convert_type(d, jnp.int32)
-      return tuple(hists[i] + _histogram(bits, valid_c, lo2[i], hi2[i], shift2[i]) for i in range(2))
+    def fn(hists, pred_s, true_s, valid_s):
+      _, bits = _distance_bits(pred_s, true_s)
+      return tuple(hists[i] + _histogram(bits, valid_s, lo2[i], hi2[i], shift2[i]) for i in range(2))
 
-    hists = _for_each_chunk(pred, true, mask, (jnp.zeros(_NBINS, jnp.int32),) * 2, fn)
-    new = [_resolve(hists[i], lo2[i], shift2[i], below2[i], (k_lo, k_hi)[i])[:3] for i in range(2)]
+    hists = _for_each_slice(pred, true, mask, (jnp.zeros(_NBINS, jnp.int32),) * 2, fn)
+    new = [_resolve(hists[i], lo2[i], shift2[i], below2[i], (k_lo, k_hi)[i]) for i in range(2)]
     return tuple(jnp.stack(v) for v in zip(*new))
 
   lo2, _, _ = lax.while_loop(not_done, refine, state)
@@ -191,8 +176,8 @@ def _table_kernel(pred, true, mask, h_thresholds):
   return {
       "counts": counts,
       "median_km": jnp.where(empty, nan, 0.5 * (middle[0] + middle[1])),
-      "mean_km": jnp.where(empty, nan, sum_d[0] / nf),
-      "geoscore": jnp.where(empty, nan, GEOSCORE_MAX * sum_g[0] / nf),
+      "mean_km": jnp.where(empty, nan, sum_d / nf),
+      "geoscore": jnp.where(empty, nan, GEOSCORE_MAX * sum_g / nf),
       "n": n_valid,
   }
 
@@ -227,10 +212,13 @@ def accuracy_table(pred_latlon, true_latlon, thresholds_km: Sequence[float] = TH
     if mask.shape != (pred.shape[0],):
       raise ValueError(f"mask must be bool [{pred.shape[0]}], got shape {mask.shape}")
     mask = mask.astype(bool)
-  out = jax.device_get(_table_kernel(pred, true, mask,
-                                     jnp.asarray(threshold_terms(thresholds_km), jnp.float32)))
+  order = np.argsort(np.asarray(thresholds_km, np.float64), kind="stable")
+  ascending = np.asarray(thresholds_km, np.float32)[order]
+  out = jax.device_get(_table_kernel(pred, true, mask, jnp.asarray(ascending)))
   n = int(out["n"])
-  table = {threshold_key(t): int(c) / n if n else float("nan") for t, c in zip(thresholds_km, out["counts"])}
+  counts = np.empty(len(order), np.int64)
+  counts[order] = out["counts"]
+  table = {threshold_key(t): int(c) / n if n else float("nan") for t, c in zip(thresholds_km, counts)}
   table.update(median_km=float(out["median_km"]), mean_km=float(out["mean_km"]),
                geoscore=float(out["geoscore"]), n=n)
   return table
