@@ -9,3 +9,15 @@ from translocator_jax import paths
 @pytest.fixture(scope="session")
 def shared_data() -> pathlib.Path:
   return paths.shared_data_dir()
+
+
+@pytest.fixture(scope="session")
+def earth_tiny_run(tmp_path_factory):
+  """(workdir, data_dir) of configs/earth_demo.py:tiny trained once per test session (about a minute)."""
+  from translocator_jax import demo
+  from translocator_jax.train import loop
+
+  data_dir = tmp_path_factory.mktemp("tfds")
+  workdir = tmp_path_factory.mktemp("earth_tiny")
+  loop.train(demo.load_config(quick=True, data_dir=str(data_dir)), workdir)
+  return workdir, data_dir

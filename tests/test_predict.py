@@ -1,0 +1,109 @@
+"""Predictor and translocator-predict on a tiny Earth-demo model trained in the session."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from translocator_jax import eval_model, predict
+from translocator_jax.data import schema, sources
+from translocator_jax.geo import distance
+from translocator_jax.train import data as data_lib
+from translocator_jax.train import sharding
+
+
+@pytest.fixture(scope="module")
+def predictor(earth_tiny_run):
+  workdir, data_dir = earth_tiny_run
+  return predict.Predictor.from_checkpoint(workdir, data_dir=data_dir)
+
+
+@pytest.fixture(scope="module")
+def test_records(predictor):
+  info = data_lib.dataset_info(predictor.config, "earth_patches")
+  src = sources.open_source(info.tfds_dir, "test")
+  return info, [src[i] for i in range(7)]
+
+
+def test_predictions_are_a_distribution_with_consistent_top_k(predictor, test_records):
+  _, records = test_records
+  image, seg = zip(*[predictor.preprocess(r[schema.IMAGE], r[schema.SEGMENTATION])[1:3] for r in records])
+  probs = predictor.probabilities(np.stack(image), np.stack(seg))
+  np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
+  preds = predictor.predict([r[schema.IMAGE] for r in records], [r[schema.SEGMENTATION] for r in records],
+                            top_k=4, batch_size=3)
+  for p, row in zip(preds, probs):
+    assert p.error is None and [c.rank for c in p.candidates] == [1, 2, 3, 4]
+    got = [c.probability for c in p.candidates]
+    np.testing.assert_allclose(got, np.sort(row)[::-1][:4], rtol=1e-5)
+    assert p.candidates[0].cell == int(np.argmax(row))
+    np.testing.assert_allclose(p.candidates[0].latlon, predictor.cell_latlon[np.argmax(row)], atol=1e-4)
+    # The 50% radius: the cells within it hold at least half the mass, those strictly inside a smaller one less.
+    d = distance.haversine_km_numpy(np.broadcast_to(p.candidates[0].latlon, predictor.cell_latlon.shape),
+                                    predictor.cell_latlon)
+    assert row[d <= p.radius50_km + 0.1].sum() >= 0.5
+    assert row[d < p.radius50_km - 0.1].sum() < 0.5
+    assert p.candidates[0].place and p.candidates[0].country
+
+
+def test_batching_does_not_change_predictions(predictor, test_records):
+  _, records = test_records
+  args = ([r[schema.IMAGE] for r in records], [r[schema.SEGMENTATION] for r in records])
+  one = predictor.predict(*args, top_k=2, batch_size=1)
+  many = predictor.predict(*args, top_k=2, batch_size=4)
+  for a, b in zip(one, many):
+    assert [c.cell for c in a.candidates] == [c.cell for c in b.candidates]
+    np.testing.assert_allclose([c.probability for c in a.candidates], [c.probability for c in b.candidates],
+                               rtol=1e-4, atol=1e-7)
+
+
+def test_predictor_agrees_with_the_evaluator(predictor, test_records):
+  """Same preprocessing and f* as translocator-eval: the top-1 coordinates match image by image."""
+  info, records = test_records
+  batches = eval_model.predict_dataset(
+      predictor.model, predictor.params,
+      data_lib.eval_batches(predictor.config, info, "test", 8)[0], mesh=sharding.make_mesh(),
+      partitions=predictor.partitions, heads=predictor.config.model.heads, progress=False)
+  preds = predictor.predict([r[schema.IMAGE] for r in records], [r[schema.SEGMENTATION] for r in records], top_k=1)
+  got = np.array([p.candidates[0].latlon for p in preds], np.float32)
+  np.testing.assert_allclose(got, batches.pred_latlon["fstar"][:len(records)], atol=1e-4)
+
+
+def test_cli_reports_bad_files_and_goes_on(earth_tiny_run, test_records, tmp_path, capsys):
+  workdir, data_dir = earth_tiny_run
+  _, records = test_records
+  good = tmp_path / "patch.png"
+  Image.fromarray(records[0][schema.IMAGE]).save(good)
+  good_seg = tmp_path / "patch_seg.png"
+  Image.fromarray(records[0][schema.SEGMENTATION][..., 0]).save(good_seg)
+  bad = tmp_path / "bad.jpg"
+  bad.write_text("this is not a JPEG")
+  rc = predict.main(["--checkpoint", str(workdir), "--data-dir", str(data_dir), "--json", "--top-k", "3",
+                     "--map", str(tmp_path / "map.png"), str(good), str(bad), "--seg", str(good_seg), str(good_seg)])
+  out = capsys.readouterr()
+  assert rc == 0
+  lines = [json.loads(line) for line in out.out.splitlines()]
+  assert [l["source"] for l in lines] == [str(good), str(bad)]
+  assert len(lines[0]["candidates"]) == 3 and lines[0]["error"] is None
+  assert "not a readable image" in lines[1]["error"] and not lines[1]["candidates"]
+  assert "1 predicted, 1 failed" in out.err
+  maps_written = sorted(p.name for p in tmp_path.glob("map-*.png"))
+  assert maps_written == ["map-0-patch.png"]  # none for the bad file
+
+
+def test_a_photo_without_a_map_gets_a_message_saying_how_to_get_one(predictor, test_records):
+  _, records = test_records
+  (p,) = predictor.predict([records[0][schema.IMAGE]])
+  assert p.error and "--seg" in p.error and "--segmenter" in p.error and not p.candidates
+
+
+def test_exif_gps_becomes_the_true_location(predictor, test_records, tmp_path):
+  _, records = test_records
+  exif = Image.Exif()
+  gps = exif.get_ifd(0x8825)
+  gps.update({1: "S", 2: (33.0, 52.0, 12.0), 3: "E", 4: (151.0, 12.0, 36.0)})
+  path = tmp_path / "gps.jpg"
+  Image.fromarray(records[1][schema.IMAGE]).save(path, exif=exif)
+  (p,) = predictor.predict([str(path)], [records[1][schema.SEGMENTATION]])
+  assert p.error is None
+  np.testing.assert_allclose(p.true_latlon, (-(33 + 52 / 60 + 12 / 3600), 151 + 12 / 60 + 36 / 3600), atol=1e-4)
