@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pathlib
-import shutil
 import time
 from typing import Any
 
 import grain.checkpoint as grain_ckpt
+from etils import epath
 import jax
 import ml_collections
 import numpy as np
@@ -51,8 +52,14 @@ def config_from_json(text: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads(text))
 
 
-def write_config(workdir: str | pathlib.Path, config: ml_collections.ConfigDict) -> pathlib.Path:
-  path = pathlib.Path(workdir) / CONFIG_FILE
+def as_path(path: str | os.PathLike) -> epath.Path:
+  """A local (made absolute) or cloud (gs://...) path."""
+  text = os.fspath(path)
+  return epath.Path(text if "://" in text else os.path.abspath(text))
+
+
+def write_config(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> epath.Path:
+  path = as_path(workdir) / CONFIG_FILE
   if jax.process_index() == 0:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(config_to_json(config))
@@ -79,9 +86,9 @@ def params_fingerprint(params: Any) -> str:
 class Checkpointer:
   """A thin wrapper over ocp.CheckpointManager for this project's train state."""
 
-  def __init__(self, workdir: str | pathlib.Path, *, keep: int = 3, best_metric: str | None = None,
+  def __init__(self, workdir: str | os.PathLike, *, keep: int = 3, best_metric: str | None = None,
                best_mode: str = "max", async_save: bool = True, read_only: bool = False):
-    self.directory = pathlib.Path(workdir).absolute() / CHECKPOINT_DIR
+    self.directory = as_path(workdir) / CHECKPOINT_DIR
     policies = [ocm.LatestN(n=int(keep))]
     if best_metric:
       policies.append(ocm.BestN(get_metric_fn=lambda m: float(m[best_metric]), reverse=best_mode == "min", n=1,
@@ -99,7 +106,7 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
-  def step_dir(self, step: int) -> pathlib.Path:
+  def step_dir(self, step: int) -> epath.Path:
     return self.directory / str(step)
 
   def save(self, step: int, state: Any, data_iterator: Any | None, config: ml_collections.ConfigDict,
@@ -144,12 +151,12 @@ class Checkpointer:
         print(f"WARNING: {msg}", flush=True)
     return None, None
 
-  def _set_aside(self, step: int) -> pathlib.Path:
+  def _set_aside(self, step: int) -> epath.Path:
     """Moves an unreadable step out of the manager's way (kept for inspection), so training can redo it."""
     target = self.directory.parent / CORRUPT_DIR / f"{step}.{int(time.time())}"
     if jax.process_index() == 0:
       target.parent.mkdir(parents=True, exist_ok=True)
-      shutil.move(str(self.step_dir(step)), str(target))
+      self.step_dir(step).rename(target)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       multihost_utils.sync_global_devices(f"set_aside_checkpoint_{step}")
@@ -175,7 +182,7 @@ def restore_for_inference(path: str | pathlib.Path, which: str = "latest"
   `which`: 'latest' or 'best' (the best on validation, when the run recorded one). Falls back to older
   checkpoints when the newest one is unreadable.
   """
-  path = pathlib.Path(path).absolute()
+  path = as_path(path)
   ckpt_dir, step = _find_checkpoint(path, which)
   options = ocp.CheckpointManagerOptions(read_only=True, create=False)
   manager = ocp.CheckpointManager(ckpt_dir, options=options, item_handlers={

@@ -65,8 +65,9 @@ def resolve_head_sizes(config: ml_collections.ConfigDict, partitions) -> None:
 
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
   """Trains config in workdir (resuming from its newest readable checkpoint); returns a summary dict."""
-  workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  workdir = ckpt_lib.as_path(workdir)  # local or gs://
+  if jax.process_index() == 0:
+    workdir.mkdir(parents=True, exist_ok=True)
   total = int(config.train.total_steps)
   global_batch = int(config.data.batch_size)
   mesh = sharding_lib.make_mesh()

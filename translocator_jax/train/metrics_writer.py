@@ -7,6 +7,7 @@ import pathlib
 from typing import Any
 
 import jax
+from etils import epath
 
 METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tensorboard"
@@ -24,19 +25,19 @@ class MetricWriter:
 
   def __init__(self, workdir: str | pathlib.Path, tensorboard: bool = True):
     self.active = jax.process_index() == 0
-    self.path = pathlib.Path(workdir) / METRICS_FILE
+    self.path = epath.Path(workdir) / METRICS_FILE
     self._tb = None
     if self.active:
       self.path.parent.mkdir(parents=True, exist_ok=True)
       if tensorboard:
         from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-        self._tb = SummaryWriter(str(pathlib.Path(workdir) / TB_DIR))
+        self._tb = SummaryWriter(str(epath.Path(workdir) / TB_DIR))
 
   def write(self, step: int, record: dict[str, Any], prefix: str = "") -> None:
     if not self.active:
       return
     record = {k: _plain(v) for k, v in record.items()}
-    with open(self.path, "a") as f:
+    with self.path.open("a") as f:
       f.write(json.dumps({"step": int(step), **record}) + "\n")
     if self._tb is not None:
       for k, v in record.items():
@@ -53,7 +54,7 @@ class MetricWriter:
 
 
 def read_metrics(workdir: str | pathlib.Path) -> list[dict[str, Any]]:
-  path = pathlib.Path(workdir) / METRICS_FILE
+  path = epath.Path(workdir) / METRICS_FILE
   if not path.exists():
     return []
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -19,8 +19,9 @@ DATA_AXIS = "data"
 def maybe_initialize_distributed() -> None:
   """jax.distributed.initialize() when the environment describes a multi-process job.
 
-  TPU pods (TPU_WORKER_HOSTNAMES / MEGASCALE), SLURM and explicit JAX_COORDINATOR_ADDRESS runs are detected;
-  a plain single-host run does nothing.
+  Detected: JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID (explicit, e.g. CPU tests with gloo),
+  TRANSLOCATOR_DISTRIBUTED=auto (TPU pod VMs: everything auto-detected), TPU_WORKER_HOSTNAMES listing several
+  hosts, SLURM with several tasks. A plain single-host run does nothing.
   """
   if jax.distributed.is_initialized():
     return
@@ -32,8 +33,9 @@ def maybe_initialize_distributed() -> None:
                                process_id=int(os.environ["JAX_PROCESS_ID"]))
     return
   tpu_hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
-  if "," in tpu_hosts or "SLURM_NTASKS" in os.environ and int(os.environ["SLURM_NTASKS"]) > 1:
-    jax.distributed.initialize()
+  slurm = int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1
+  if os.environ.get("TRANSLOCATOR_DISTRIBUTED") == "auto" or "," in tpu_hosts or slurm:
+    jax.distributed.initialize()  # coordinator, process count and id from the TPU / SLURM environment
 
 
 def make_mesh(devices=None) -> Mesh:
