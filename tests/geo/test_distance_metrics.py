@@ -104,3 +104,22 @@ def test_accuracy_table_threshold_equality_counts_as_within():
   got = accuracy_table(a, b, thresholds_km=(t * (1 - 1e-5), t * (1 + 1e-5)))
   assert got[threshold_key(t * (1 - 1e-5))] == 0.0
   assert got[threshold_key(t * (1 + 1e-5))] == 1.0
+
+
+def test_median_exact_when_the_sample_misses():
+  # Every 16th pair (what the strided sample sees) is identical, the rest far apart: the sample's window
+  # misses the true middle ranks and the refinement passes must still find the exact median.
+  rng = np.random.default_rng(7)
+  a, b = _random_pairs(rng, 40_000, 20.0)
+  a[::16] = b[::16]
+  _assert_table_matches(a, b)
+  _assert_table_matches(a[:39_999], b[:39_999])
+
+
+def test_masked_rows_may_hold_nan():
+  rng = np.random.default_rng(8)
+  a, b = _random_pairs(rng, 40_000, 2.0)
+  mask = rng.random(len(a)) < 0.5
+  a2 = a.copy()
+  a2[~mask] = np.nan
+  assert accuracy_table(a2, b, mask=mask) == accuracy_table(a, b, mask=mask)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 EARTH_RADIUS_KM = 6371.0
 
@@ -41,20 +42,33 @@ def sin_poly(x: jax.Array) -> jax.Array:
   return x + x * (y * p)
 
 
-def haversine_terms(lat1, lon1, lat2, lon2) -> tuple[jax.Array, jax.Array]:
-  """(h, q) = (sin^2(d/2R), cos^2(d/2R)) for float32 degrees, lat in [-90, 90], lon in [-180, 180]."""
-  half_dlat = jnp.abs(lat2 - lat1) * 0.5                       # [0, 90] degrees
-  dlon = jnp.minimum(jnp.abs(lon2 - lon1), (180.0 - jnp.abs(lon1)) + (180.0 - jnp.abs(lon2)))
+def _opaque(x, zero):
+  """x, hidden from algebraic rewriting: fast-math kernels may reassociate (180 - a) + (180 - b) into
+  360 - (a + b), losing the exactness the formulas rely on; xor with a runtime zero cannot be seen through."""
+  if zero is None:
+    return x
+  return lax.bitcast_convert_type(lax.bitcast_convert_type(x, jnp.int32) ^ zero, jnp.float32)
+
+
+def haversine_terms(lat1, lon1, lat2, lon2, zero=None) -> tuple[jax.Array, jax.Array]:
+  """(h, q) = (sin^2(d/2R), cos^2(d/2R)) for float32 degrees, lat in [-90, 90], lon in [-180, 180].
+
+  zero: optional int32 runtime 0; pass it when compiling with fast math (see _opaque).
+  """
+  o = lambda x: _opaque(x, zero)
+  half_dlat = o(jnp.abs(lat2 - lat1)) * 0.5                    # [0, 90] degrees
+  abs_lon1, abs_lon2 = jnp.abs(lon1), jnp.abs(lon2)
+  dlon = jnp.minimum(o(jnp.abs(lon2 - lon1)), o(180.0 - abs_lon1) + o(180.0 - abs_lon2))
   half_dlon = dlon * 0.5                                       # [0, 90] degrees
   # |lat_m| and 90 - |lat_m| without rounding lat1 + lat2 near the poles.
   abs1, abs2 = jnp.abs(lat1), jnp.abs(lat2)
   same_side = (lat1 * lat2) >= 0.0
-  lat_m = jnp.where(same_side, abs1 + abs2, jnp.abs(abs1 - abs2)) * 0.5             # [0, 90] degrees
-  colat_m = jnp.where(same_side, ((90.0 - abs1) + (90.0 - abs2)) * 0.5, 90.0 - lat_m)
+  lat_m = jnp.where(same_side, abs1 + abs2, o(jnp.abs(abs1 - abs2))) * 0.5             # [0, 90] degrees
+  colat_m = jnp.where(same_side, (o(90.0 - abs1) + o(90.0 - abs2)) * 0.5, o(90.0 - lat_m))
   s_lat = sin_poly(half_dlat * _DEG)
-  c_lat = sin_poly((90.0 - half_dlat) * _DEG)
+  c_lat = sin_poly(o(90.0 - half_dlat) * _DEG)
   s_lon = sin_poly(half_dlon * _DEG)
-  c_lon = sin_poly((90.0 - half_dlon) * _DEG)
+  c_lon = sin_poly(o(90.0 - half_dlon) * _DEG)
   s_m = sin_poly(lat_m * _DEG)
   c_m = sin_poly(colat_m * _DEG)
   s_lon2 = s_lon * s_lon
@@ -77,12 +91,13 @@ def terms_to_km(h: jax.Array, q: jax.Array) -> jax.Array:
   # min(h, q) carries the branch in its sign bit, so XLA fusions downstream need only this one value
   # (otherwise it re-derives h and q, the expensive part, inside each consumer).
   m = jnp.maximum(jnp.minimum(h, q), 0.0)
-  return signed_term_to_km(jnp.where(h <= q, m, -m))
+  # Far branch: -(m + 2^-120), negative even for m = 0 (no reliance on -0.0, which fast math may drop).
+  return signed_term_to_km(jnp.where(h <= q, m, -(m + jnp.float32(2.0 ** -120))))
 
 
 def signed_term_to_km(s: jax.Array) -> jax.Array:
-  """s = +min(h, q) when h <= q (d <= pi R / 2), else -min(h, q) (sign bit set, also for -0.0)."""
-  near = ~jnp.signbit(s)
+  """s = +min(h, q) when h <= q (d <= pi R / 2), else -min(h, q) (negative)."""
+  near = s >= 0.0
   m = jnp.abs(s)                         # in [0, 1/2] up to rounding
   x = jnp.sqrt(m)                        # [0, 0.7072]
   big = x > 0.5

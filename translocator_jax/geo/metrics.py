@@ -1,7 +1,8 @@
 """Geo-localization accuracy table: share within thresholds, median / mean km and GeoScore.
 
-`accuracy_table` is one jitted kernel over static slices of 2^20 pairs (intermediates stay a few MB, so
-10 M pairs fit easily; static slices vectorise far better on XLA:CPU than a dynamic-slice loop). Per slice:
+`accuracy_table` is one jitted kernel over static slices of 2^20 pairs (about 31 MB of temporaries for
+10 M pairs; static slices vectorise far better on XLA:CPU than a dynamic-slice loop). It is compiled with
+fast math (FMA contraction), the formulas' exact differences shielded by distance._opaque. Per slice:
   - d from polynomial sin/asin (distance.py), one fused loop;
   - threshold counts and the below-window count from one tiny histogram: bin = number of thresholds d is
     within (d <= t, equality counts as within) + (T + 1) * [d below the window]; XLA:CPU reductions of
@@ -10,9 +11,9 @@
   - for the exact median, a 2^17-bin histogram of the distances inside a window [lo, hi] of float32 bit
     patterns (non-negative floats order like their int32 bits).
 The window comes from a strided sample (1/16 of the pairs) and holds the middle ranks with overwhelming
-probability; a histogram bin of one bit pattern pins the median down exactly. When a bin is wider than one
-pattern, or the sample missed (adversarial orderings), further histogram passes narrow the window until it
-is one pattern wide, so the median is always exact: it equals the median of the kernel's own float32
+probability (10 M random pairs: the first pass already ends on one bit pattern). When a bin is wider than
+one pattern (small N), or the sample missed (adversarial orderings), further histogram passes
+(_refine_kernel, driven from python) narrow the window until it is one pattern wide, so the median is always exact: it equals the median of the kernel's own float32
 distances, numpy-style (mean of the two middle values for even counts). Thresholds are compared on d,
 which is within ~5e-7 relative of the float64 distance, so only pairs that close to a threshold can differ
 from a float64 decision.
@@ -34,7 +35,7 @@ GEOSCORE_MAX = 5000.0
 THRESHOLD_NAMES = {1: "street", 25: "city", 200: "region", 750: "country", 2500: "continent"}
 
 _SLICE = 1 << 20             # pairs per static slice; intermediates stay a few MB
-_MAX_SLICES = 16             # more pairs -> bigger slices (the slices are unrolled at trace time)
+_MAX_SLICES = 16             # more pairs -> bigger slices (slices are unrolled at trace time)
 _SAMPLE_STRIDE = 16
 _HIST_BITS = 17
 _NBINS = 1 << _HIST_BITS
@@ -50,8 +51,8 @@ def _bit_length(x):
   return 32 - lax.clz(x.astype(jnp.int32))
 
 
-def _distance_bits(pred_c, true_c):
-  h, q = haversine_terms(pred_c[:, 0], pred_c[:, 1], true_c[:, 0], true_c[:, 1])
+def _distance_bits(pred_c, true_c, zero):
+  h, q = haversine_terms(pred_c[:, 0], pred_c[:, 1], true_c[:, 0], true_c[:, 1], zero)
   d = terms_to_km(h, q)
   return d, lax.bitcast_convert_type(d, jnp.int32)
 
@@ -89,7 +90,8 @@ def _slices(n: int) -> list[tuple[int, int]]:
 
 
 def _for_each_slice(pred, true, mask, init, fn):
-  """fn(carry, pred_s, true_s, valid_s or None) over static slices (XLA vectorises these well)."""
+  """fn(carry, pred_s, true_s, valid_s or None) over static slices: XLA:CPU vectorises these well and runs
+  independent slices concurrently (a dynamic-slice loop ran about 2x slower)."""
   carry = init
   for a, b in _slices(pred.shape[0]):
     carry = fn(carry, pred[a:b], true[a:b], None if mask is None else mask[a:b])
@@ -100,9 +102,14 @@ def _masked(x, valid, fill):
   return x if valid is None else jnp.where(valid, x, fill)
 
 
-@jax.jit
-def _table_kernel(pred, true, mask, thresholds):
-  """thresholds: float32 [T] ascending."""
+# Fast math lets LLVM contract the polynomials into FMAs and vectorise freely (about 4x on the arithmetic
+# here); the formulas' exact differences are shielded from reassociation by distance._opaque (`zero`).
+_FAST_MATH = {"xla_cpu_enable_fast_math": True, "xla_cpu_fast_math_honor_nans": True,
+              "xla_cpu_fast_math_honor_infs": True}
+
+
+def _table_kernel_impl(pred, true, mask, thresholds, zero):
+  """thresholds: float32 [T] ascending; zero: int32 0 (see distance._opaque)."""
   n_total = pred.shape[0]
   n_thr = thresholds.shape[0]
   n_valid = jnp.int32(n_total) if mask is None else jnp.sum(mask, dtype=jnp.int32)
@@ -110,7 +117,7 @@ def _table_kernel(pred, true, mask, thresholds):
   k_hi = n_valid // 2
 
   # Window from a strided sample of the same distances.
-  _, bits_s = _distance_bits(pred[::_SAMPLE_STRIDE], true[::_SAMPLE_STRIDE])
+  _, bits_s = _distance_bits(pred[::_SAMPLE_STRIDE], true[::_SAMPLE_STRIDE], zero)
   valid_s = None if mask is None else mask[::_SAMPLE_STRIDE]
   n_s = jnp.int32(bits_s.shape[0]) if mask is None else jnp.sum(valid_s, dtype=jnp.int32)
   idx_s = _masked(lax.shift_right_logical(bits_s, _SAMPLE_SHIFT), valid_s, 1 << 16)
@@ -130,7 +137,7 @@ def _table_kernel(pred, true, mask, thresholds):
 
   def stats(carry, pred_s, true_s, valid_s):
     small, sum_d, sum_g, hist = carry
-    d, bits = _distance_bits(pred_s, true_s)
+    d, bits = _distance_bits(pred_s, true_s, zero)
     # One small histogram holds the threshold counts and the below-window count: bin = number of
     # thresholds d is within (thresholds ascending) + (n_thr + 1) * [d below the window].
     k = sum(jnp.where(d <= thresholds[j], 1, 0) for j in range(n_thr))
@@ -148,38 +155,42 @@ def _table_kernel(pred, true, mask, thresholds):
   counts = jnp.cumsum(by_k[::-1])[:n_thr]   # ascending threshold j <=> k >= n_thr - j
   below = jnp.sum(small[n_thr + 1:])
 
-  # Per middle rank: (lo, hi, below) of a window holding it; exact once lo == hi.
+  # Per middle rank: (lo, hi, below) of a window holding it; exact once lo == hi. Windows still wider
+  # go to _refine_kernel, called from python: a while loop here made XLA hoist every slice's distances
+  # out of the loop and keep them all alive.
+  ranks = jnp.stack([k_lo, k_hi])
   windows = [_resolve(hist, lo, shift, below, k) for k in (k_lo, k_hi)]
-  state = tuple(jnp.stack(v) for v in zip(*windows))
-
-  def not_done(state):
-    lo2, hi2, _ = state
-    return jnp.any(lo2 != hi2) & (n_valid > 0)
-
-  def refine(state):
-    lo2, hi2, below2 = state
-    shift2 = _window_shift(lo2, hi2)
-
-    def fn(hists, pred_s, true_s, valid_s):
-      _, bits = _distance_bits(pred_s, true_s)
-      return tuple(hists[i] + _histogram(bits, valid_s, lo2[i], hi2[i], shift2[i]) for i in range(2))
-
-    hists = _for_each_slice(pred, true, mask, (jnp.zeros(_NBINS, jnp.int32),) * 2, fn)
-    new = [_resolve(hists[i], lo2[i], shift2[i], below2[i], (k_lo, k_hi)[i]) for i in range(2)]
-    return tuple(jnp.stack(v) for v in zip(*new))
-
-  lo2, _, _ = lax.while_loop(not_done, refine, state)
-  middle = lax.bitcast_convert_type(lo2, jnp.float32)
+  lo2, hi2, below2 = (jnp.stack(v) for v in zip(*windows))
   nf = jnp.maximum(n_valid, 1).astype(jnp.float32)
   empty = n_valid == 0
   nan = jnp.float32(jnp.nan)
   return {
       "counts": counts,
-      "median_km": jnp.where(empty, nan, 0.5 * (middle[0] + middle[1])),
       "mean_km": jnp.where(empty, nan, sum_d / nf),
       "geoscore": jnp.where(empty, nan, GEOSCORE_MAX * sum_g / nf),
       "n": n_valid,
+      "window": (lo2, hi2, below2, ranks),
   }
+
+
+def _refine_impl(pred, true, mask, window, zero):
+  """One more histogram pass per middle rank whose window is wider than one bit pattern."""
+  lo2, hi2, below2, ranks = window
+  shift2 = _window_shift(lo2, hi2)
+
+  def fn(hists, pred_s, true_s, valid_s):
+    _, bits = _distance_bits(pred_s, true_s, zero)
+    return tuple(hists[i] + _histogram(bits, valid_s, lo2[i], hi2[i], shift2[i]) for i in range(2))
+
+  hists = _for_each_slice(pred, true, mask, (jnp.zeros(_NBINS, jnp.int32),) * 2, fn)
+  new = [_resolve(hists[i], lo2[i], shift2[i], below2[i], ranks[i]) for i in range(2)]
+  lo3, hi3, below3 = (jnp.stack(v) for v in zip(*new))
+  return lo3, hi3, below3, ranks
+
+
+
+_table_kernel = jax.jit(_table_kernel_impl, compiler_options=_FAST_MATH)
+_refine_kernel = jax.jit(_refine_impl, compiler_options=_FAST_MATH)
 
 
 def threshold_terms(thresholds_km: Sequence[float]) -> np.ndarray:
@@ -214,12 +225,24 @@ def accuracy_table(pred_latlon, true_latlon, thresholds_km: Sequence[float] = TH
     mask = mask.astype(bool)
   order = np.argsort(np.asarray(thresholds_km, np.float64), kind="stable")
   ascending = np.asarray(thresholds_km, np.float32)[order]
-  out = jax.device_get(_table_kernel(pred, true, mask, jnp.asarray(ascending)))
+  zero = jnp.int32(0)
+  out = _table_kernel(pred, true, mask, jnp.asarray(ascending), zero)
+  window = out.pop("window")
+  out = jax.device_get(out)
   n = int(out["n"])
+  median = float("nan")
+  if n:
+    for _ in range(8):  # each pass narrows a window by 2^17 bit patterns; 2 passes cover any window
+      lo2, hi2 = np.asarray(window[0]), np.asarray(window[1])
+      if (lo2 == hi2).all():
+        break
+      window = _refine_kernel(pred, true, mask, window, zero)
+    middle = np.asarray(window[0]).astype(np.int32).view(np.float32)
+    median = float(np.float32(0.5) * (middle[0] + middle[1]))
   counts = np.empty(len(order), np.int64)
   counts[order] = out["counts"]
   table = {threshold_key(t): int(c) / n if n else float("nan") for t, c in zip(thresholds_km, counts)}
-  table.update(median_km=float(out["median_km"]), mean_km=float(out["mean_km"]),
+  table.update(median_km=median, mean_km=float(out["mean_km"]),
                geoscore=float(out["geoscore"]), n=n)
   return table
 
