@@ -8,9 +8,9 @@ fast math (FMA contraction), the formulas' exact differences shielded by distanc
     within (d <= t, equality counts as within) + (T + 1) * [d below the window]; XLA:CPU reductions of
     compare/select chains are slow, a small scatter-add is not;
   - sums of d and 5000 exp(-d / 1492.7);
-  - for the exact median, a 2^17-bin histogram of the distances inside a window [lo, hi] of float32 bit
+  - for the exact median, a 2^18-bin histogram of the distances inside a window [lo, hi] of float32 bit
     patterns (non-negative floats order like their int32 bits).
-The window comes from a strided sample (1/16 of the pairs) and holds the middle ranks with overwhelming
+The window comes from a sample (1/16 of the pairs, in 64 evenly spaced blocks) and holds the middle ranks with overwhelming
 probability (10 M random pairs: the first pass already ends on one bit pattern). When a bin is wider than
 one pattern (small N), or the sample missed (adversarial orderings), further histogram passes
 (_refine_kernel, driven from python) narrow the window until it is one pattern wide, so the median is always exact: it equals the median of the kernel's own float32
@@ -36,10 +36,12 @@ THRESHOLD_NAMES = {1: "street", 25: "city", 200: "region", 750: "country", 2500:
 
 _SLICE = 1 << 20             # pairs per static slice; intermediates stay a few MB
 _MAX_SLICES = 16             # more pairs -> bigger slices (slices are unrolled at trace time)
-_SAMPLE_STRIDE = 16
-_HIST_BITS = 17
+_SAMPLE_STRIDE = 16          # the sample holds 1/16 of the pairs ...
+_SAMPLE_BLOCKS = 64          # ... in 64 evenly spaced contiguous blocks (a strided gather is 4x slower)
+_HIST_BITS = 18
 _NBINS = 1 << _HIST_BITS
-_SAMPLE_SHIFT = 15           # sample histogram: float bits >> 15 -> 2^16 bins cover every finite distance
+_SAMPLE_SHIFT = 13           # sample histogram: float bits >> 13 ...
+_SAMPLE_BINS = 1 << (31 - _SAMPLE_SHIFT)  # ... 2^18 bins cover every finite distance
 _MAX_FINITE_BITS = 0x7F7FFFFF
 
 
@@ -98,6 +100,15 @@ def _for_each_slice(pred, true, mask, init, fn):
   return carry
 
 
+def _sample_rows(n: int):
+  """A static row selection of about n / _SAMPLE_STRIDE rows: evenly spaced contiguous blocks."""
+  block = n // (_SAMPLE_STRIDE * _SAMPLE_BLOCKS)
+  if block < 64:
+    return lambda x: x[::_SAMPLE_STRIDE]
+  starts = [(i * n) // _SAMPLE_BLOCKS for i in range(_SAMPLE_BLOCKS)]
+  return lambda x: jnp.concatenate([x[s:s + block] for s in starts])
+
+
 def _masked(x, valid, fill):
   return x if valid is None else jnp.where(valid, x, fill)
 
@@ -117,11 +128,12 @@ def _table_kernel_impl(pred, true, mask, thresholds, zero):
   k_hi = n_valid // 2
 
   # Window from a strided sample of the same distances.
-  _, bits_s = _distance_bits(pred[::_SAMPLE_STRIDE], true[::_SAMPLE_STRIDE], zero)
-  valid_s = None if mask is None else mask[::_SAMPLE_STRIDE]
+  take = _sample_rows(n_total)
+  _, bits_s = _distance_bits(take(pred), take(true), zero)
+  valid_s = None if mask is None else take(mask)
   n_s = jnp.int32(bits_s.shape[0]) if mask is None else jnp.sum(valid_s, dtype=jnp.int32)
-  idx_s = _masked(lax.shift_right_logical(bits_s, _SAMPLE_SHIFT), valid_s, 1 << 16)
-  cum_s = jnp.cumsum(jnp.zeros(1 << 16, jnp.int32).at[idx_s].add(1, mode="drop"))
+  idx_s = _masked(lax.shift_right_logical(bits_s, _SAMPLE_SHIFT), valid_s, _SAMPLE_BINS)
+  cum_s = jnp.cumsum(jnp.zeros(_SAMPLE_BINS, jnp.int32).at[idx_s].add(1, mode="drop"))
   scale = n_s.astype(jnp.float32) / jnp.maximum(n_valid, 1).astype(jnp.float32)
   slack = 3.0 * jnp.sqrt(n_s.astype(jnp.float32)) + 8.0
   r_lo = jnp.clip(jnp.floor(k_lo * scale - slack), 0, jnp.maximum(n_s - 1, 0)).astype(jnp.int32)
