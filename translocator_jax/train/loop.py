@@ -105,7 +105,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
     host_params, report = load_lib.load_pretrained(jax.device_get(params), pretrained, config.model)
     params = jax.device_put(host_params, shardings)
     if is_main:
-      print(f"init from {pretrained}: {report}", flush=True)
+      print(report.summary() if hasattr(report, "summary") else report, flush=True)
   state, state_shardings = step_lib.create_state(params, tx, mesh, fsdp, fsdp_min)
   del params
 
