@@ -52,6 +52,7 @@ def get_config(arg: str | None = None):
   c.data.batch_size = 8 if runlocal else 1024   # global batch
   c.data.worker_count = 0 if runlocal else 16
   c.data.shuffle_seed = 0
+  c.data.val_split = None             # MP-16 has no validation split
 
   c.loss = ml_collections.ConfigDict()
   c.loss.weights = ml_collections.ConfigDict({"coarse": 1.0, "middle": 1.0, "fine": 1.0, "scene": 1.0})
@@ -72,7 +73,14 @@ def get_config(arg: str | None = None):
   c.train.log_every = 1 if runlocal else 100
   c.train.ckpt_every = 10 if runlocal else 2000
   c.train.keep_checkpoints = 3
-  c.train.fsdp = False
+  c.train.fsdp = False                # shard params + optimizer state over the data axis (L/16 on pods)
+  c.train.fsdp_min_size = 2 ** 14     # arrays smaller than this stay replicated under FSDP
+  c.train.async_checkpoints = True
+  c.train.eval_every = 0              # > 0 with data.val_split: validate and keep the best checkpoint
+  c.train.best_metric = "val_acc_750km"
+  c.train.best_mode = "max"
+  c.train.tensorboard = True
+  c.train.progress_bar = True
 
   c.eval = ml_collections.ConfigDict()
   c.eval.datasets = ("im2gps", "im2gps3k", "yfcc4k")
