@@ -81,7 +81,8 @@ def _hierarchy(partitions):
 
 def predict_dataset(model, params, batches: Iterable[Mapping[str, np.ndarray]], *, mesh, partitions,
                     heads: Mapping[str, int], tta: str = "center", desc: str = "eval",
-                    forward=None, total: int | None = None, progress: bool = True) -> Predictions:
+                    forward=None, total: int | None = None, progress: bool = True,
+                    fsdp: bool = False) -> Predictions:
   """Runs the model over padded batches (this process's shard) and predicts coordinates.
 
   Args:
@@ -102,8 +103,8 @@ def predict_dataset(model, params, batches: Iterable[Mapping[str, np.ndarray]], 
       raise ValueError(f"head {h!r} has {heads[h]} classes but its partition has {part_of[h].num_classes} cells")
   use_fstar = len(geo_heads) == 3
   hier = _hierarchy(partitions) if use_fstar else None
-  if any(isinstance(x, np.ndarray) for x in jax.tree.leaves(params)):
-    params = jax.device_put(params, sharding_lib.replicated(mesh))
+  if any(isinstance(x, np.ndarray) for x in jax.tree.leaves(params)):  # host params: place them as in training
+    params = jax.device_put(params, sharding_lib.state_shardings(params, mesh, fsdp))
   out = {"index": [], "latlon": [], "mask": [], "fine": []}
   preds = {m: [] for m in (["fstar"] if use_fstar else []) + geo_heads}
   for batch in tqdm.tqdm(batches, desc=desc, total=total, leave=False,
@@ -247,7 +248,8 @@ def evaluate_dataset(config: ml_collections.ConfigDict, model, params, name: str
   split = SPLITS.get(name, "test")
   batches, n = data_lib.eval_batches(config, info, split, batch_size, tta)
   preds = predict_dataset(model, params, batches, mesh=mesh, partitions=partitions, heads=config.model.heads,
-                          tta=tta, desc=f"eval {name}", total=len(batches) if hasattr(batches, "__len__") else None)
+                          tta=tta, desc=f"eval {name}", total=len(batches) if hasattr(batches, "__len__") else None,
+                          fsdp=bool(config.train.get("fsdp", False)))
   if len(preds.index) != n:
     raise RuntimeError(f"{name}: predicted {len(preds.index)} images of {n}")
   tables = tables_from_predictions(preds)
