@@ -116,3 +116,9 @@ def test_fstar_matches_hand_computation():
   np.testing.assert_array_equal(np.asarray(classes), [[2, 0, 3]])
   np.testing.assert_allclose(np.asarray(scores), [[0.126, 0.072, 0.056]], rtol=1e-6)
   np.testing.assert_array_equal(np.asarray(latlon), [[[2, 2], [0, 0], [3, 3]]])
+
+
+def test_shipped_csv_rewrites_identically(shared_data, tmp_path):
+  src = shared_data / "partitions" / "cells_50_1000.csv"
+  write_partition_csv(load_partition_csv(src), tmp_path / "c.csv")
+  assert (tmp_path / "c.csv").read_text() == src.read_text()

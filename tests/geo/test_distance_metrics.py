@@ -26,6 +26,7 @@ def test_identical_points_are_zero():
 def test_antipodal_points_are_pi_r():
   rng = np.random.default_rng(1)
   a, _ = _random_pairs(rng, 1000, 1)
+  a[:3] = [[90, 0], [0, -180], [-45, 90]]
   b = np.stack([-a[:, 0], np.where(a[:, 1] > 0, a[:, 1] - 180, a[:, 1] + 180)], 1).astype(np.float32)
   d = np.asarray(haversine_km(a, b))
   assert not np.isnan(d).any()
@@ -123,3 +124,10 @@ def test_masked_rows_may_hold_nan():
   a2 = a.copy()
   a2[~mask] = np.nan
   assert accuracy_table(a2, b, mask=mask) == accuracy_table(a, b, mask=mask)
+
+
+def test_thresholds_in_any_order():
+  a, b = _random_pairs(np.random.default_rng(9), 1000, 5.0)
+  got = accuracy_table(a, b, thresholds_km=(2500, 1, 200, 25.5))
+  ref = accuracy_table_numpy(a, b, thresholds_km=(2500, 1, 200, 25.5))
+  assert [got[threshold_key(t)] for t in (2500, 1, 200, 25.5)] == [ref[threshold_key(t)] for t in (2500, 1, 200, 25.5)]

@@ -98,7 +98,9 @@ class Partition:
 
   def __post_init__(self):
     self.counts = np.asarray(self.counts, np.int64)
-    self.latlon_mean = np.asarray(self.latlon_mean, np.float32).reshape(-1, 2)
+    # float64 copy for writing CSVs without losing digits; the float32 array is the public one.
+    self.latlon_mean64 = np.asarray(self.latlon_mean, np.float64).reshape(-1, 2)
+    self.latlon_mean = self.latlon_mean64.astype(np.float32)
     self.cell_ids = np.array([token_to_id(t) for t in self.hex_ids], np.uint64)
     self.levels = cell_levels(self.cell_ids)
     if not (len(self.hex_ids) == len(self.counts) == len(self.latlon_mean)):
@@ -165,7 +167,7 @@ def build_partition(latlon, tau_min: int, tau_max: int, min_level: int = 2,
   csum = np.vstack([np.zeros((1, 2)), np.cumsum(sorted_latlon, axis=0)])
   counts = ends - starts
   means = (csum[ends] - csum[starts]) / np.maximum(counts, 1)[:, None]
-  return Partition([id_to_token(i) for i in ids], counts, means.astype(np.float32), num_images=len(latlon))
+  return Partition([id_to_token(i) for i in ids], counts, means, num_images=len(latlon))
 
 
 def load_partition_csv(path) -> Partition:
@@ -206,5 +208,5 @@ def write_partition_csv(partition: Partition, path) -> None:
   with path.open("w") as f:
     f.write(f"num_images: {partition.num_images}\nmin_concept_probability: ---\n{_HEADER}\n")
     for c, (token, count, (lat, lon)) in enumerate(zip(partition.hex_ids, partition.counts,
-                                                       partition.latlon_mean.astype(np.float64))):
+                                                       partition.latlon_mean64)):
       f.write(f"{c},{token},{int(count)},{float(lat)!r},{float(lon)!r}\n")
