@@ -20,6 +20,7 @@ from a float64 decision.
 """
 from __future__ import annotations
 
+import functools
 from typing import Mapping, Sequence
 
 import jax
@@ -94,10 +95,13 @@ def _slices(n: int) -> list[tuple[int, int]]:
 def _for_each_slice(pred, true, mask, init, fn):
   """fn(carry, pred_s, true_s, valid_s or None) over static slices: XLA:CPU vectorises these well and runs
   independent slices concurrently (a dynamic-slice loop ran about 2x slower)."""
-  carry = init
-  for a, b in _slices(pred.shape[0]):
-    carry = fn(carry, pred[a:b], true[a:b], None if mask is None else mask[a:b])
-  return carry
+  # Each slice starts from `init` and the results are added at the end: no chain between slices, so
+  # XLA's runtime may run them concurrently.
+  parts = [fn(init, pred[a:b], true[a:b], None if mask is None else mask[a:b])
+           for a, b in _slices(pred.shape[0])]
+  if not parts:
+    return init
+  return jax.tree.map(lambda *xs: functools.reduce(jnp.add, xs), *parts)
 
 
 def _sample_rows(n: int):
