@@ -4,12 +4,12 @@
 10 M pairs; static slices vectorise far better on XLA:CPU than a dynamic-slice loop). It is compiled with
 fast math (FMA contraction), the formulas' exact differences shielded by distance._opaque. Per slice:
   - d from polynomial sin/asin (distance.py), one fused loop;
-  - threshold counts and the below-window count from one tiny histogram: bin = number of thresholds d is
-    within (d <= t, equality counts as within) + (T + 1) * [d below the window]; XLA:CPU reductions of
-    compare/select chains are slow, a small scatter-add is not;
-  - sums of d and 5000 exp(-d / 1492.7);
-  - for the exact median, a 2^18-bin histogram of the distances inside a window [lo, hi] of float32 bit
-    patterns (non-negative floats order like their int32 bits).
+  - one scatter-add per pair into a [2^18 + 2, T + 1] table: row = the pair's bin in the median window
+    [lo, hi] of float32 bit patterns (non-negative floats order like their int32 bits), or below / above
+    the window; column = number of thresholds the pair is within (d <= t, equality counts as within).
+    Column sums give the threshold counts, row sums the window histogram and the count below it
+    (XLA:CPU reductions of compare/select chains are slow, one small scatter is cheaper);
+  - sums of d and 5000 exp(-d / 1492.7).
 The window comes from a sample (1/16 of the pairs, in 64 evenly spaced blocks) and holds the middle ranks with overwhelming
 probability (10 M random pairs: the first pass already ends on one bit pattern). When a bin is wider than
 one pattern (small N), or the sample missed (adversarial orderings), further histogram passes
@@ -92,9 +92,14 @@ def _slices(n: int) -> list[tuple[int, int]]:
   return [(s, min(s + size, n)) for s in range(0, n, size)]
 
 
-def _for_each_slice(pred, true, mask, init, fn):
+def _for_each_slice(pred, true, mask, init, fn, chain=False):
   """fn(carry, pred_s, true_s, valid_s or None) over static slices: XLA:CPU vectorises these well and runs
   independent slices concurrently (a dynamic-slice loop ran about 2x slower)."""
+  if chain:  # carry from slice to slice (lets a scatter update one table in place)
+    carry = init
+    for a, b in _slices(pred.shape[0]):
+      carry = fn(carry, pred[a:b], true[a:b], None if mask is None else mask[a:b])
+    return carry
   # Each slice starts from `init` and the results are added at the end: no chain between slices, so
   # XLA's runtime may run them concurrently.
   parts = [fn(init, pred[a:b], true[a:b], None if mask is None else mask[a:b])
@@ -150,27 +155,31 @@ def _table_kernel_impl(pred, true, mask, thresholds, zero):
   hi = jnp.where(use_sample, jnp.minimum(lax.shift_left(b_hi + 1, _SAMPLE_SHIFT) - 1, _MAX_FINITE_BITS),
                  _MAX_FINITE_BITS)
   shift = _window_shift(lo, hi)
-  n_small = 2 * (n_thr + 1)
+  n_k = n_thr + 1
 
   def stats(carry, pred_s, true_s, valid_s):
-    small, sum_d, sum_g, hist = carry
+    table, sum_d, sum_g = carry
     d, bits = _distance_bits(pred_s, true_s, zero)
-    # One small histogram holds the threshold counts and the below-window count: bin = number of
-    # thresholds d is within (thresholds ascending) + (n_thr + 1) * [d below the window].
+    # One scatter per pair (XLA:CPU scatters cost a few ns per update, the dominant cost here) fills a
+    # [NBINS + 2, T + 1] table: row = window bin, or NBINS below / NBINS + 1 above the window; column k =
+    # number of (ascending) thresholds d is within. Only in-window pairs touch the big rows.
     k = sum(jnp.where(d <= thresholds[j], 1, 0) for j in range(n_thr))
-    k = k + jnp.where(bits < lo, n_thr + 1, 0)
-    small = small + jnp.zeros(n_small, jnp.int32).at[_masked(k, valid_s, n_small)].add(1, mode="drop")
+    row = jnp.where(bits < lo, _NBINS,
+                    jnp.where(bits > hi, _NBINS + 1, lax.shift_right_logical(bits - lo, shift)))
+    idx = _masked(row * n_k + k, valid_s, (_NBINS + 2) * n_k)
+    table = table.at[idx].add(1, mode="drop")
     sum_d = sum_d + jnp.sum(_masked(d, valid_s, 0.0))
     g = jnp.exp(d * jnp.float32(-1.0 / GEOSCORE_SCALE_KM))
     sum_g = sum_g + jnp.sum(_masked(g, valid_s, 0.0))
-    hist = hist + _histogram(bits, valid_s, lo, hi, shift)
-    return small, sum_d, sum_g, hist
+    return table, sum_d, sum_g
 
-  init = (jnp.zeros(n_small, jnp.int32), jnp.float32(0), jnp.float32(0), jnp.zeros(_NBINS, jnp.int32))
-  small, sum_d, sum_g, hist = _for_each_slice(pred, true, mask, init, stats)
-  by_k = small[:n_thr + 1] + small[n_thr + 1:]
+  init = (jnp.zeros((_NBINS + 2) * n_k, jnp.int32), jnp.float32(0), jnp.float32(0))
+  table, sum_d, sum_g = _for_each_slice(pred, true, mask, init, stats, chain=True)
+  table = table.reshape(_NBINS + 2, n_k)
+  by_k = jnp.sum(table, axis=0)
   counts = jnp.cumsum(by_k[::-1])[:n_thr]   # ascending threshold j <=> k >= n_thr - j
-  below = jnp.sum(small[n_thr + 1:])
+  hist = jnp.sum(table[:_NBINS], axis=1)
+  below = jnp.sum(table[_NBINS])
 
   # Per middle rank: (lo, hi, below) of a window holding it; exact once lo == hi. Windows still wider
   # go to _refine_kernel, called from python: a while loop here made XLA hoist every slice's distances
