@@ -1,6 +1,6 @@
 """Geo-localization accuracy table: share within thresholds, median / mean km and GeoScore.
 
-`accuracy_table` is one jitted kernel over static slices of 2^20 pairs (about 31 MB of temporaries for
+`accuracy_table` is one jitted kernel over static slices of 2^20 pairs (about 110 MB of temporaries for
 10 M pairs; static slices vectorise far better on XLA:CPU than a dynamic-slice loop). It is compiled with
 fast math (FMA contraction), the formulas' exact differences shielded by distance._opaque. Per slice:
   - d from polynomial sin/asin (distance.py), one fused loop;
@@ -10,13 +10,14 @@ fast math (FMA contraction), the formulas' exact differences shielded by distanc
     Column sums give the threshold counts, row sums the window histogram and the count below it
     (XLA:CPU reductions of compare/select chains are slow, one small scatter is cheaper);
   - sums of d and 5000 exp(-d / 1492.7).
-The window comes from a sample (1/16 of the pairs, in 64 evenly spaced blocks) and holds the middle ranks with overwhelming
-probability (10 M random pairs: the first pass already ends on one bit pattern). When a bin is wider than
-one pattern (small N), or the sample missed (adversarial orderings), further histogram passes
-(_refine_kernel, driven from python) narrow the window until it is one pattern wide, so the median is always exact: it equals the median of the kernel's own float32
-distances, numpy-style (mean of the two middle values for even counts). Thresholds are compared on d,
-which is within ~5e-7 relative of the float64 distance, so only pairs that close to a threshold can differ
-from a float64 decision.
+The window comes from a sample (1/16 of the pairs, in 64 evenly spaced blocks) and holds the middle
+ranks with overwhelming probability (10 M random pairs: the first pass already ends on one bit pattern).
+When a bin is wider than one pattern (small N), or the sample missed (adversarial orderings), further
+histogram passes (_refine_kernel, driven from python) narrow the window until it is one pattern wide, so
+the median is always exact: it equals the median of the kernel's own float32 distances, numpy-style
+(mean of the two middle values for even counts). Thresholds are compared on d, which is within ~5e-7
+relative of the float64 distance, so only pairs that close to a threshold can differ from a float64
+decision.
 """
 from __future__ import annotations
 
@@ -217,12 +218,6 @@ def _refine_impl(pred, true, mask, window, zero):
 
 _table_kernel = jax.jit(_table_kernel_impl, compiler_options=_FAST_MATH)
 _refine_kernel = jax.jit(_refine_impl, compiler_options=_FAST_MATH)
-
-
-def threshold_terms(thresholds_km: Sequence[float]) -> np.ndarray:
-  """sin^2(t / 2R) per threshold: d <= t  <=>  h <= this (float64 value rounded to float32)."""
-  t = np.asarray(thresholds_km, np.float64)
-  return np.sin(np.minimum(t / (2 * EARTH_RADIUS_KM), np.pi / 2)) ** 2
 
 
 def _check_latlon(x, name: str) -> jax.Array:
