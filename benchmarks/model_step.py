@@ -11,6 +11,7 @@ busy shared CPU slows all three alike; ratios are medians over rounds of per-rou
   gflop_per_s           XLA cost-analysis FLOPs of our step / our step time
   matmul_gflop_per_s    float32 matmul rate: best of a jitted JAX and a numpy 2048^3 matmul, per round
   fraction_of_matmul    median of per-round gflop_per_s / matmul_gflop_per_s
+  loadavg_start/_end    1-minute load average: other work on a shared CPU makes every figure noisier
 train mode: forward of both streams, summed cross-entropy of all heads, backward, SGD momentum (jitted, donated).
 """
 from __future__ import annotations
@@ -40,6 +41,7 @@ def parse_args(argv=None):
   p.add_argument("--no-flags", action="store_true", help="do not set the CPU XLA flags (to measure them)")
   p.add_argument("--no-torch", action="store_true")
   p.add_argument("--remat", action="store_true")
+  p.add_argument("--depth", type=int, default=None, help="fewer layers (same per-layer shapes) for quick sweeps")
   return p.parse_args(argv)
 
 
@@ -55,7 +57,7 @@ def main(argv=None):
 
   heads = {k: int(v) for k, v in (kv.split("=") for kv in args.heads.split(","))}
   cfg = dict(variant=args.variant, image_size=args.image_size, heads=heads, fusion="cls_sum", dtype=args.dtype,
-             remat=args.remat)
+             remat=args.remat, depth=args.depth)
   model = models.build_model(cfg)
   b, s = args.batch, args.image_size
   rng = np.random.default_rng(0)
@@ -122,14 +124,17 @@ def main(argv=None):
   mm = jax.jit(lambda x: x @ x)
 
   def matmul_rate():
-    best = float("inf")
+    # Median (not best) of a few runs, like the step times, so a busy CPU weighs on both alike.
+    rates = []
     for fn in (lambda: mm(a_jx).block_until_ready(), lambda: a_np @ a_np):
       fn()
-      for _ in range(2):
+      times = []
+      for _ in range(3):
         t = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best / 1e9
+        times.append(time.perf_counter() - t)
+      rates.append(2 * n ** 3 / statistics.median(times) / 1e9)
+    return max(rates)
 
   def timed(fn, block):
     t = time.perf_counter()
@@ -139,6 +144,7 @@ def main(argv=None):
     return (time.perf_counter() - t) / args.steps
 
   jax_block = lambda out: jax.block_until_ready(out)
+  load_start = os.getloadavg()[0]
   timed(run_ours, jax_block)  # warm-up
   if run_torch:
     timed(run_torch, lambda out: None)
@@ -149,13 +155,17 @@ def main(argv=None):
       theirs.append(timed(run_torch, lambda out: None))
     rates.append(matmul_rate())
   t_ours = statistics.median(ours)
+  load_end = os.getloadavg()[0]
   result = dict(
       variant=args.variant, image_size=s, batch=b, mode=args.mode, dtype=args.dtype,
       xla_flags=os.environ.get("XLA_FLAGS", ""), step_s=round(t_ours, 4), images_per_s=round(b / t_ours, 3),
       gflop_per_step=round(flops / 1e9, 2), gflop_per_s=round(flops / t_ours / 1e9, 1),
       matmul_gflop_per_s=round(statistics.median(rates), 1),
       fraction_of_matmul=round(statistics.median(flops / o / 1e9 / r for o, r in zip(ours, rates)), 3),
-      rounds=args.rounds, steps_per_round=args.steps)
+      rounds=args.rounds, steps_per_round=args.steps, depth=models.model_kwargs(cfg)["depth"],
+      loadavg_start=round(load_start, 2), loadavg_end=round(load_end, 2), cpus=os.cpu_count(),
+      per_round=dict(step_s=[round(x, 4) for x in ours], torch_step_s=[round(x, 4) for x in theirs],
+                     matmul_gflop_per_s=[round(x, 1) for x in rates]))
   if run_torch:
     t_theirs = statistics.median(theirs)
     result.update(torch_step_s=round(t_theirs, 4), torch_images_per_s=round(b / t_theirs, 3),
