@@ -1,6 +1,9 @@
-"""grain pipelines: aligned augmentation, exact iterator state, sharding, padded evaluation."""
+"""grain pipelines: aligned augmentation, exact iterator state, sharding, padded evaluation; fast paths."""
+import io
+
 import numpy as np
 import pytest
+from PIL import Image
 
 from translocator_jax.data import augment
 from translocator_jax.data import pipeline
@@ -199,3 +202,129 @@ def test_cached_source_reads_each_record_once_and_changes_nothing():
   for a, b in zip(plain, cached, strict=True):
     for k in a:
       np.testing.assert_array_equal(a[k], b[k])
+
+
+# ------------------------------------------------------------------------------------------------ fast paths
+
+
+def _textured(h, w, seed):
+  """Ramps, blocks and noise: sharp edges and fine detail, where resampling differences show."""
+  rng = np.random.default_rng(seed)
+  yy, xx = np.mgrid[0:h, 0:w]
+  blocks = np.kron(rng.integers(0, 256, (h // 5 + 1, w // 5 + 1, 3)), np.ones((5, 5, 1)))[:h, :w]
+  ramp = np.stack([xx * 255 / w, yy * 255 / h, (xx + yy) * 127 / (h + w)], -1)
+  return np.clip(0.5 * blocks + 0.4 * ramp + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+def _boxes(h, w, size, upscaled, n=24):
+  rng = np.random.default_rng(1)
+  out = []
+  while len(out) < n:
+    box = augment.random_resized_crop_box(rng, h, w, scale=(0.05, 1.0))
+    if (max(box[2] - box[0], box[3] - box[1]) <= size) == upscaled:
+      out.append(box)
+  return out
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_crop_resize_matches_pillow_resample(flip):
+  h, w, size = 60, 80, 40
+  image = _textured(h, w, 0)
+  classes = blocky_records(1, height=h, width=w, block=5, seed=2)[0][schema.SEGMENTATION][..., 0]
+  assert augment.warps(_boxes(h, w, size, True, 1)[0], size)  # OpenCV is installed: the fast path is tested
+  for upscaled in (True, False):
+    for box in _boxes(h, w, size, upscaled):
+      ref_image, ref_seg = augment.resample(image, classes, box, size, flip=flip)
+      got_image, got_seg = augment.crop_resize(image, classes, box, size, flip=flip)
+      assert got_image.flags.c_contiguous and got_seg.flags.c_contiguous
+      # The map: nearest neighbour, exactly the reference (also from a map cut below the box).
+      np.testing.assert_array_equal(got_seg, ref_seg)
+      rows = int(np.ceil(box[3]))
+      np.testing.assert_array_equal(augment.crop_resize(image, classes[:rows], box, size, flip=flip)[1], ref_seg)
+      diff = np.abs(got_image.astype(int) - ref_image.astype(int))
+      if upscaled:  # OpenCV's warp: Pillow's 2-tap bilinear up to 1/32 px sample positions and rounding
+        assert diff.max() <= 6 and diff.mean() < 0.5, (box, diff.max(), diff.mean())
+      else:  # downscaled: Pillow's antialiasing filter itself
+        np.testing.assert_array_equal(got_image, ref_image)
+      # And the check can fail: the warp off by a pixel, or unflipped, is far from the reference.
+      dx = 1.0 if box[2] + 1 <= w else -1.0
+      shifted = augment.crop_resize(image, classes, (box[0] + dx, box[1], box[2] + dx, box[3]), size, flip=flip)[0]
+      assert np.abs(shifted.astype(int) - ref_image).mean() > 2.0
+
+
+def test_crop_resize_without_antialias_warps_downscaled_boxes():
+  image = _textured(60, 80, 3)
+  classes = np.zeros((60, 80), np.uint8)
+  for box in _boxes(60, 80, 24, upscaled=False, n=6):
+    ref = augment.resample(image, classes, box, 24)[0].astype(int)
+    fast = augment.crop_resize(image, classes, box, 24, antialias=False)[0].astype(int)
+    assert augment.warps(box, 24, antialias=False) and not augment.warps(box, 24)
+    assert np.abs(fast - ref).mean() < 12  # the same crop, sampled without the antialiasing filter
+
+
+def test_batch_normalisation_and_palette_are_bit_exact(monkeypatch):
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (3, 7, 9, 3), dtype=np.uint8)
+  segs = rng.integers(0, len(PALETTE), (3, 7, 9), dtype=np.uint8)
+  want_image = augment.normalize(images)
+  want_seg = augment.seg_to_model_input(segs, "palette", PALETTE)
+  table = augment.palette_table(PALETTE)
+  for cv2 in (augment.codecs.cv2, None):
+    monkeypatch.setattr(augment.codecs, "cv2", cv2)
+    np.testing.assert_array_equal(augment.normalize_batch(images), want_image)
+    np.testing.assert_array_equal(augment.palette_lookup(segs, table), want_seg)
+  with pytest.raises(ValueError, match="palette"):
+    augment.palette_table(np.zeros((300, 3), np.uint8))
+
+
+def _encode(records):
+  """The records as stored: JPEG photo, PNG map (what an ArrayRecord source read undecoded gives)."""
+  out = []
+  for rec in records:
+    jpg, png = io.BytesIO(), io.BytesIO()
+    Image.fromarray(rec[schema.IMAGE]).save(jpg, "JPEG", quality=90)
+    Image.fromarray(rec[schema.SEGMENTATION][..., 0], "L").save(png, "PNG")
+    out.append(dict(rec, **{schema.IMAGE: jpg.getvalue(), schema.SEGMENTATION: png.getvalue()}))
+  return out
+
+
+class UndecodedSource(ListSource):
+  """Encoded records that decode like sources.ArrayRecordSource (decode=True) unless read undecoded()."""
+
+  decode = True
+
+  def __getitem__(self, i):
+    ex = super().__getitem__(i)
+    if self.decode:
+      ex[schema.IMAGE] = sources._decode(ex[schema.IMAGE], "RGB")  # pylint: disable=protected-access
+      ex[schema.SEGMENTATION] = sources._decode(ex[schema.SEGMENTATION], "L")[..., None]  # pylint: disable=protected-access
+    return ex
+
+  def undecoded(self):
+    other = UndecodedSource(self.records)
+    other.decode = False
+    return other
+
+
+@pytest.mark.parametrize("seg_input", ["palette", "classes"])
+def test_encoded_records_give_the_batches_of_decoded_ones(seg_input):
+  """train_loader reads an undecodable source's bytes and decodes them itself: the same batches, bit for bit."""
+  encoded = UndecodedSource(_encode(blocky_records(12, height=40, width=56, block=4, seed=7)))
+  decoded = ListSource([encoded[i] for i in range(len(encoded))])  # decoded by sources' Pillow path
+  kw = dict(batch_size=6, image_size=32, seg_input=seg_input, palette=PALETTE, seed=9, shard_index=0,
+            shard_count=1, num_epochs=2)
+  a = list(pipeline.train_loader(decoded, **kw))
+  b = list(pipeline.train_loader(encoded, **kw))
+  assert len(a) == len(b) == 4
+  for x, y in zip(a, b):
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+  assert not np.array_equal(b[0]["image"], b[2]["image"])  # epochs differ
+
+
+def test_shards_get_different_augmentations():
+  src = ListSource(blocky_records(1, height=24, width=24, block=4) * 16)  # every record the same photo
+  kw = dict(batch_size=8, image_size=16, seg_input="classes", seed=1, shard_count=2, num_epochs=1)
+  first = next(iter(pipeline.train_loader(src, shard_index=0, **kw)))
+  second = next(iter(pipeline.train_loader(src, shard_index=1, **kw)))
+  assert not np.array_equal(first["image"], second["image"])

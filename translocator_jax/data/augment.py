@@ -103,9 +103,17 @@ def resample(image: np.ndarray, seg: np.ndarray | None, box: Box, size: int,
   return out_image, out_seg
 
 
+def warps(box: Box, size: int, antialias: bool = True) -> bool:
+  """Whether crop_resize takes OpenCV's warp for this box (else Pillow's resize)."""
+  return codecs.cv2 is not None and (not antialias or max(box[2] - box[0], box[3] - box[1]) <= size)
+
+
 def crop_resize(image: np.ndarray | Image.Image, seg: np.ndarray | Image.Image, box: Box, size: int,
-                flip: bool = False, antialias: bool = True) -> tuple[np.ndarray, np.ndarray]:
-  """`resample` for training, faster: contiguous uint8 image [S, S, 3] and map [S, S].
+                flip: bool = False, antialias: bool = True,
+                out: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """`resample` for training, faster: contiguous uint8 image [S, S, 3] and map [S, S] (written into `out`).
+
+  seg may be a map cut short below the box (only rows < ceil(box bottom) are read).
 
   The map goes through Pillow's nearest-neighbour resize, as in `resample` (the same pixels). The photo goes
   through OpenCV's bilinear warp when the box is upscaled on both axes: there Pillow's bilinear filter is plain
@@ -116,7 +124,9 @@ def crop_resize(image: np.ndarray | Image.Image, seg: np.ndarray | Image.Image, 
   x0, y0, x1, y1 = box
   sx, sy = (x1 - x0) / size, (y1 - y0) / size
   mirror = Image.Transpose.FLIP_LEFT_RIGHT
-  if codecs.cv2 is not None and (not antialias or max(sx, sy) <= 1.0):
+  image_out, seg_out = out if out is not None else (np.empty((size, size, 3), np.uint8),
+                                                    np.empty((size, size), np.uint8))
+  if warps(box, size, antialias):
     cv2 = codecs.cv2
     if isinstance(image, Image.Image):
       image = np.asarray(image)
@@ -125,17 +135,18 @@ def crop_resize(image: np.ndarray | Image.Image, seg: np.ndarray | Image.Image, 
     # Pillow's renormalised weights do.
     row = [-sx, 0.0, x0 + (size - 0.5) * sx - 0.5] if flip else [sx, 0.0, x0 + 0.5 * sx - 0.5]
     matrix = np.array([row, [0.0, sy, y0 + 0.5 * sy - 0.5]])
-    out_image = cv2.warpAffine(np.ascontiguousarray(image), matrix, (size, size),
-                               flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+    cv2.warpAffine(np.ascontiguousarray(image), matrix, (size, size), dst=image_out,
+                   flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
   else:
     if not isinstance(image, Image.Image):
       image = Image.fromarray(image)
     resized = image.resize((size, size), Image.Resampling.BILINEAR, box=box)
-    out_image = np.asarray(resized.transpose(mirror) if flip else resized)
+    image_out[...] = np.asarray(resized.transpose(mirror) if flip else resized)
   if not isinstance(seg, Image.Image):
-    seg = Image.fromarray(seg)
+    seg = Image.fromarray(np.ascontiguousarray(seg))
   resized = seg.resize((size, size), Image.Resampling.NEAREST, box=box)
-  return out_image, np.asarray(resized.transpose(mirror) if flip else resized)
+  seg_out[...] = np.asarray(resized.transpose(mirror) if flip else resized)
+  return image_out, seg_out
 
 
 @functools.lru_cache(maxsize=1)

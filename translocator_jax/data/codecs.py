@@ -89,11 +89,16 @@ def decode_rgb_pil(data: bytes) -> Image.Image:
   return Image.fromarray(_pil_decode(data, "RGB"))
 
 
-def decode_gray(data: bytes) -> Image.Image:
-  """PNG (or other image) bytes of a class map -> Pillow "L" image, equal to sources' decoding."""
+def decode_gray(data: bytes, rows: int | None = None) -> Image.Image:
+  """PNG (or other image) bytes of a class map -> Pillow "L" image, equal to sources' decoding.
+
+  rows: decode only the top `rows` rows where the format allows (8-bit greyscale PNG; else the whole map).
+  """
   head = png_header(data)
   if head is not None and head[2:] == (8, 0, 0):  # 8-bit greyscale, not interlaced: the builders' maps
     height, width = head[:2]
+    if rows is not None:
+      height = max(1, min(height, int(rows)))
     chunks, pos, n = [], 8, len(data)
     while pos + 8 <= n:
       (length,) = struct.unpack_from(">I", data, pos)

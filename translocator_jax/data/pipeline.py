@@ -91,38 +91,74 @@ def _split(ex: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
 _EPOCHS_FOREVER = 1 << 24  # num_epochs=None: batch positions wrap after this many epochs
 
 
-def _decode_record(ex: dict[str, Any]) -> dict[str, Any]:
-  """A record with its image as uint8 [H, W, 3] and its map as a Pillow "L" image or uint8 [H, W] (bytes decoded)."""
-  image, seg = ex[schema.IMAGE], ex[schema.SEGMENTATION]
-  image = codecs.decode_rgb(image) if isinstance(image, bytes) else np.asarray(image)
-  if isinstance(seg, bytes):
-    seg = codecs.decode_gray(seg)
-    seg_size = (seg.height, seg.width)
-  else:
-    seg = np.asarray(seg)
-    seg = seg[..., 0] if seg.ndim == 3 else seg
-    seg_size = seg.shape
-  if image.shape[:2] != tuple(seg_size):
-    raise ValueError(f"record {ex.get(schema.IMAGE_ID, ex.get(sources.INDEX))!r}: image {image.shape[:2]} and "
-                     f"segmentation {tuple(seg_size)} differ in size")
-  return dict(ex, **{schema.IMAGE: image, schema.SEGMENTATION: seg})
+class TrainAugment:
+  """One record -> its random resized crop + flip, the same geometry for photo and map, as uint8 arrays.
 
-
-class ShardBatches:
-  """This shard's records, reshuffled every epoch, as a random-access source of whole batches (lists of records).
-
-  Element k is batch k % per_epoch of epoch k // per_epoch: a permutation of the shard's positions seeded by
-  (seed, epoch), cut into batch_size pieces (the remainder of each epoch is left out). One grain element per batch
-  keeps grain's per-element cost (sampler, iterator state, stats: ~0.2 ms here) off every image, and grain's
-  DataLoader still checkpoints the position exactly, for any worker count. Records are read and their JPEG / PNG
-  decoded here, i.e. in grain's reader threads when there are any.
+  Takes records with decoded arrays or with the encoded JPEG / PNG bytes: the photo's size comes from its header,
+  so the crop box is drawn before decoding and the decoder picked for the resize (an array for OpenCV's warp, a
+  Pillow image for Pillow's resize), and the map is decoded only down to the box's last row.
   """
 
-  def __init__(self, source: Any, positions: np.ndarray, batch_size: int, seed: int, num_epochs: int | None):
+  def __init__(self, image_size: int, scale: tuple[float, float], flip: bool, antialias: bool):
+    self.image_size = int(image_size)
+    self.scale = tuple(scale)
+    self.flip = bool(flip)
+    self.antialias = bool(antialias)
+
+  def __call__(self, ex: dict[str, Any], rng: np.random.Generator, image_out: np.ndarray,
+               seg_out: np.ndarray) -> None:
+    image, seg = ex[schema.IMAGE], ex[schema.SEGMENTATION]
+    if isinstance(image, bytes):
+      hw = codecs.image_size(image)
+      if hw is None:  # not a JPEG / PNG we can read the size of: decode first
+        image = codecs.decode_rgb(image)
+        hw = image.shape[:2]
+    else:
+      image = np.asarray(image)
+      hw = image.shape[:2]
+    seg_hw = codecs.image_size(seg) if isinstance(seg, bytes) else None
+    if seg_hw is None:
+      if isinstance(seg, bytes):
+        seg = codecs.decode_gray(seg)
+        seg_hw = (seg.height, seg.width)
+      else:
+        seg = np.asarray(seg)
+        seg = seg[..., 0] if seg.ndim == 3 else seg
+        seg_hw = seg.shape
+    if tuple(hw) != tuple(seg_hw):
+      raise ValueError(f"record {ex.get(schema.IMAGE_ID, ex.get(sources.INDEX))!r}: image {tuple(hw)} and "
+                       f"segmentation {tuple(seg_hw)} differ in size")
+    box = augment.random_resized_crop_box(rng, hw[0], hw[1], scale=self.scale)
+    flip = bool(self.flip and rng.random() < 0.5)
+    if isinstance(image, bytes):
+      warp = augment.warps(box, self.image_size, self.antialias)
+      image = codecs.decode_rgb(image) if warp else codecs.decode_rgb_pil(image)
+    if isinstance(seg, bytes):  # nearest neighbour reads rows < ceil(box bottom) only
+      seg = codecs.decode_gray(seg, rows=min(hw[0], math.ceil(box[3])))
+    augment.crop_resize(image, seg, box, self.image_size, flip=flip, antialias=self.antialias,
+                        out=(image_out, seg_out))
+
+
+class TrainBatches:
+  """This shard's training batches as a random-access grain source: element k = batch k, augmented, uint8.
+
+  Element k is batch k % per_epoch of epoch k // per_epoch: a permutation of the shard's positions seeded by
+  (seed, epoch), cut into batch_size pieces (each epoch's remainder is left out), each record cropped and flipped
+  with a generator seeded by (seed, shard, k). One grain element per batch keeps grain's per-element cost
+  (sampler, state, stats: ~0.2 ms here) off every image and lets the batch be written in place; grain's DataLoader
+  still checkpoints the position exactly, for any worker count. The work runs in grain's reader threads when
+  there are any (decoders and resizers release the GIL).
+  """
+
+  def __init__(self, source: Any, positions: np.ndarray, batch_size: int, seed: int, shard_index: int,
+               num_epochs: int | None, augment_fn: TrainAugment, fields: _Fields):
     self.source = source
     self.positions = np.asarray(positions, np.int64)
     self.batch_size = int(batch_size)
     self.seed = int(seed)
+    self.shard_index = int(shard_index)
+    self.augment_fn = augment_fn
+    self.fields = fields
     self.per_epoch = len(self.positions) // self.batch_size
     self._len = self.per_epoch * (num_epochs or _EPOCHS_FOREVER)
     self._order = None  # (epoch, permuted positions) of the last epoch read
@@ -131,6 +167,7 @@ class ShardBatches:
     return self._len
 
   def order(self, epoch: int) -> np.ndarray:
+    """The shard's positions in epoch `epoch`'s order."""
     cached = self._order
     if cached is None or cached[0] != epoch:
       perm = np.random.default_rng((self.seed, epoch)).permutation(len(self.positions))
@@ -138,10 +175,22 @@ class ShardBatches:
       self._order = cached  # one assignment: safe with several reader threads
     return cached[1]
 
-  def __getitem__(self, k: int) -> list[dict[str, Any]]:
-    epoch, j = divmod(int(k), self.per_epoch)
+  def __getitem__(self, k: int) -> dict[str, np.ndarray]:
+    k = int(k)
+    epoch, j = divmod(k, self.per_epoch)
     keys = self.order(epoch)[j * self.batch_size:(j + 1) * self.batch_size]
-    return [_decode_record(self.source[int(i)]) for i in keys]
+    rng = np.random.default_rng((self.seed, self.shard_index, k))
+    size = self.augment_fn.image_size
+    images = np.empty((len(keys), size, size, 3), np.uint8)
+    segs = np.empty((len(keys), size, size), np.uint8)
+    labels = []
+    for n, key in enumerate(keys):
+      ex = self.source[int(key)]
+      self.augment_fn(ex, rng, images[n], segs[n])
+      labels.append(self.fields.labels(ex))
+    out = {"image": images, "seg": segs}
+    out.update({name: np.stack([lab[name] for lab in labels]) for name in labels[0]})
+    return out
 
   def __getstate__(self):
     state = dict(self.__dict__)
@@ -149,44 +198,30 @@ class ShardBatches:
     return state
 
   def __repr__(self) -> str:
-    return f"ShardBatches({self.source!r}, {len(self.positions)} records, batch_size={self.batch_size})"
+    return f"TrainBatches({self.source!r}, {len(self.positions)} records, batch_size={self.batch_size})"
 
 
-class TrainTransform(grain.transforms.RandomMap):
-  """A list of decoded records -> a training batch: per image a random resized crop + flip, the same geometry for
-  photo and map; normalisation and palette colours once per batch, written straight into the batch arrays.
+class FinishBatch(grain.transforms.Map):
+  """uint8 batch -> the model's inputs, once per batch: normalised float32 image, seg as palette colours (float32,
+  normalised like the image) or int32 classes; the same values as normalize / seg_to_model_input.
   """
 
-  def __init__(self, image_size: int, fields: _Fields, scale: tuple[float, float], flip: bool,
-               antialias: bool = True):
-    self.image_size = image_size
+  def __init__(self, fields: _Fields):
     self.fields = fields
-    self.scale = scale
-    self.flip = flip
-    self.antialias = antialias
     self._palette_lut = None if fields.palette is None else augment.palette_table(fields.palette)
 
-  def random_map(self, records: list[dict[str, Any]], rng: np.random.Generator) -> dict[str, np.ndarray]:
-    size = self.image_size
-    images = np.empty((len(records), size, size, 3), np.uint8)
-    segs = np.empty((len(records), size, size), np.uint8)
-    for k, ex in enumerate(records):
-      image, seg = ex[schema.IMAGE], ex[schema.SEGMENTATION]
-      box = augment.random_resized_crop_box(rng, image.shape[0], image.shape[1], scale=self.scale)
-      flip = bool(self.flip and rng.random() < 0.5)
-      images[k], segs[k] = augment.crop_resize(image, seg, box, size, flip=flip, antialias=self.antialias)
-    out = {"image": augment.normalize_batch(images), "seg": self._seg(segs)}
-    labels = [self.fields.labels(ex) for ex in records]
-    out.update({key: np.stack([lab[key] for lab in labels]) for key in labels[0]})
-    return out
-
-  def _seg(self, segs: np.ndarray) -> np.ndarray:
+  def map(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    batch = dict(batch)
+    batch["image"] = augment.normalize_batch(batch["image"])
+    segs = batch["seg"]
     if self.fields.seg_input != "palette":
-      return self.fields.seg(segs)
+      batch["seg"] = self.fields.seg(segs)
+      return batch
     if segs.size and int(segs.max()) >= len(self.fields.palette):
       raise ValueError(f"class {int(segs.max())} in a segmentation map is past the palette "
                        f"({len(self.fields.palette)} colours)")
-    return augment.palette_lookup(segs, self._palette_lut)
+    batch["seg"] = augment.palette_lookup(segs, self._palette_lut)
+    return batch
 
 
 def train_loader(source: Any, *, batch_size: int, image_size: int, seg_input: str = "palette",
@@ -228,17 +263,17 @@ def train_loader(source: Any, *, batch_size: int, image_size: int, seg_input: st
   if getattr(source, "decode", False) and hasattr(source, "undecoded"):
     source = source.undecoded()  # e.g. sources.ArrayRecordSource: ShardBatches decodes, with the lean decoders
   positions = np.arange(shard_index * shard_len, (shard_index + 1) * shard_len, dtype=np.int64)
-  batches = ShardBatches(source, positions, batch_size, seed, num_epochs)
-  # Augmentation randomness: grain seeds element k's generator with sampler seed + k; shards get their own seeds.
-  aug_seed = int(np.random.SeedSequence([int(seed), shard_index]).generate_state(1)[0] >> 1)
-  sampler = grain.samplers.IndexSampler(num_records=len(batches), shuffle=False, num_epochs=1, seed=aug_seed)
+  fields = _Fields(seg_input, None if palette is None else np.asarray(palette, np.uint8), scene_key)
+  batches = TrainBatches(source, positions, batch_size, seed, shard_index, num_epochs,
+                         TrainAugment(image_size, crop_scale, flip, antialias), fields)
+  sampler = grain.samplers.IndexSampler(num_records=len(batches), shuffle=False, num_epochs=1)
   if worker_count:
     _absl_flags_ready()
-  fields = _Fields(seg_input, None if palette is None else np.asarray(palette, np.uint8), scene_key)
-  operations = [TrainTransform(int(image_size), fields, tuple(crop_scale), bool(flip), bool(antialias))]
-  return grain.DataLoader(data_source=batches, sampler=sampler, operations=operations, worker_count=worker_count,
+  return grain.DataLoader(data_source=batches, sampler=sampler, operations=[FinishBatch(fields)],
+                          worker_count=worker_count,
                           worker_buffer_size=worker_buffer_size,
-                          read_options=grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2))
+                          read_options=grain.ReadOptions(num_threads=num_threads,
+                                                         prefetch_buffer_size=max(2, num_threads)))
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
