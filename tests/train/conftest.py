@@ -31,9 +31,16 @@ def train_cmd(workdir, config=SYNTHETIC_CONFIG, overrides=(), summary=None) -> l
   return cmd
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def jax_cache(tmp_path_factory) -> pathlib.Path:
-  return tmp_path_factory.mktemp("jax_cache")
+  """One persistent compilation cache for this session's subprocesses and in-process runs (identical programs
+  compile once; the cached executable is the same code, so bit-exact comparisons are unaffected)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  path = tmp_path_factory.mktemp("jax_cache")
+  jax.config.update("jax_compilation_cache_dir", str(path))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  return path
 
 
 @pytest.fixture(scope="session")
