@@ -328,3 +328,32 @@ def test_shards_get_different_augmentations():
   first = next(iter(pipeline.train_loader(src, shard_index=0, **kw)))
   second = next(iter(pipeline.train_loader(src, shard_index=1, **kw)))
   assert not np.array_equal(first["image"], second["image"])
+
+
+def _ks(a, b):
+  """Two-sample Kolmogorov-Smirnov statistic."""
+  grid = np.sort(np.concatenate([a, b]))
+  return np.abs(np.searchsorted(np.sort(a), grid, "right") / len(a)
+                - np.searchsorted(np.sort(b), grid, "right") / len(b)).max()
+
+
+@pytest.mark.parametrize("hw", [(48, 48), (320, 480), (400, 150)])  # square; photo; often falling back
+def test_batched_crop_boxes_have_the_distribution_of_single_ones(hw):
+  n = 4000
+  h, w = hw
+  rng = np.random.default_rng(0)
+  single = np.array([augment.random_resized_crop_box(rng, h, w) for _ in range(n)])
+  batched = augment.random_resized_crop_boxes(np.random.default_rng(1), np.full(n, h), np.full(n, w))
+  for boxes in (single, batched):
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= w + 1e-9).all() and (boxes[:, 3] <= h + 1e-9).all()
+
+  def stats(b):
+    bw, bh = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+    return {"area": bw * bh / (h * w), "log_aspect": np.log(bw / bh),
+            "x": (b[:, 0] + b[:, 2]) / (2 * w), "y": (b[:, 1] + b[:, 3]) / (2 * h)}
+  a, b = stats(single), stats(batched)
+  for key in a:
+    assert _ks(a[key], b[key]) < 0.04, key  # ~1.3x the 5% critical value for n = m = 4000
+  # The statistic does tell distributions apart: a narrower area range is far off.
+  narrow = augment.random_resized_crop_boxes(np.random.default_rng(1), np.full(n, h), np.full(n, w), scale=(0.5, 1))
+  assert _ks(a["area"], stats(narrow)["area"]) > 0.1

@@ -75,6 +75,36 @@ def random_resized_crop_box(rng: np.random.Generator, height: int, width: int,
   return (x0, y0, x0 + w, y0 + h)
 
 
+def random_resized_crop_boxes(rng: np.random.Generator, heights: np.ndarray, widths: np.ndarray,
+                              scale: tuple[float, float] = (0.35, 1.0),
+                              ratio: tuple[float, float] = (3 / 4, 4 / 3), attempts: int = 10) -> np.ndarray:
+  """random_resized_crop_box for a batch of images at once: float64 [B, 4] boxes, the same distribution.
+
+  Each image gets `attempts` (area, aspect) draws; the first that fits is taken, else the same centred fallback.
+  """
+  heights = np.asarray(heights, np.float64)
+  widths = np.asarray(widths, np.float64)
+  b = len(heights)
+  draws = rng.random((b, attempts, 2))
+  target = (heights * widths)[:, None] * (scale[0] + (scale[1] - scale[0]) * draws[..., 0])
+  log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+  aspect = np.exp(log_lo + (log_hi - log_lo) * draws[..., 1])
+  w, h = np.sqrt(target * aspect), np.sqrt(target / aspect)
+  fits = (w <= widths[:, None]) & (h <= heights[:, None])
+  first = fits.argmax(axis=1)
+  found = fits[np.arange(b), first]
+  w, h = w[np.arange(b), first], h[np.arange(b), first]
+  # Fallback: the largest centred box within the ratio range.
+  image_aspect = widths / heights
+  fw = np.where(image_aspect < ratio[0], widths, np.where(image_aspect > ratio[1], heights * ratio[1], widths))
+  fh = np.where(image_aspect < ratio[0], widths / ratio[0], heights)
+  w, h = np.where(found, w, fw), np.where(found, h, fh)
+  position = rng.random((b, 2))
+  x0 = np.where(found, position[:, 0] * (widths - w), (widths - w) / 2)
+  y0 = np.where(found, position[:, 1] * (heights - h), (heights - h) / 2)
+  return np.stack([x0, y0, x0 + w, y0 + h], axis=1)
+
+
 def center_box(height: int, width: int, crop_fraction: float = 1.0) -> Box:
   """The centred square of side crop_fraction * shorter side (resize-then-centre-crop in one box)."""
   side = min(height, width) * crop_fraction

@@ -70,6 +70,16 @@ class _Fields:
         "index": np.int64(ex[sources.INDEX]),
     }
 
+  def batch_labels(self, records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """labels() of a list of records, stacked (one array per field)."""
+    return {
+        "latlon": np.array([ex[schema.LATLON] for ex in records], np.float32).reshape(-1, 2),
+        "cells": np.array([ex[schema.CELLS] for ex in records], np.int32).reshape(len(records), -1),
+        "scene": np.array([ex.get(self.scene_key, schema.UNKNOWN) for ex in records], np.int32),
+        "mask": np.ones(len(records), bool),
+        "index": np.array([ex[sources.INDEX] for ex in records], np.int64),
+    }
+
   def __post_init__(self):
     self._palette_norm = None if self.palette is None else augment.normalize(np.asarray(self.palette, np.uint8))
 
@@ -92,7 +102,7 @@ _EPOCHS_FOREVER = 1 << 24  # num_epochs=None: batch positions wrap after this ma
 
 
 class TrainAugment:
-  """One record -> its random resized crop + flip, the same geometry for photo and map, as uint8 arrays.
+  """Records -> random resized crops + flips, the same geometry for photo and map, written into uint8 arrays.
 
   Takes records with decoded arrays or with the encoded JPEG / PNG bytes: the photo's size comes from its header,
   so the crop box is drawn before decoding and the decoder picked for the resize (an array for OpenCV's warp, a
@@ -105,16 +115,13 @@ class TrainAugment:
     self.flip = bool(flip)
     self.antialias = bool(antialias)
 
-  def __call__(self, ex: dict[str, Any], rng: np.random.Generator, image_out: np.ndarray,
-               seg_out: np.ndarray) -> None:
+  @staticmethod
+  def prepare(ex: dict[str, Any]) -> tuple[Any, Any, tuple[int, int]]:
+    """(photo, map, (height, width)): arrays, or bytes left for `apply` to decode when their size is in a header."""
     image, seg = ex[schema.IMAGE], ex[schema.SEGMENTATION]
-    if isinstance(image, bytes):
-      hw = codecs.image_size(image)
-      if hw is None:  # not a JPEG / PNG we can read the size of: decode first
-        image = codecs.decode_rgb(image)
-        hw = image.shape[:2]
-    else:
-      image = np.asarray(image)
+    hw = codecs.image_size(image) if isinstance(image, bytes) else None
+    if hw is None:
+      image = codecs.decode_rgb(image) if isinstance(image, bytes) else np.asarray(image)
       hw = image.shape[:2]
     seg_hw = codecs.image_size(seg) if isinstance(seg, bytes) else None
     if seg_hw is None:
@@ -128,15 +135,26 @@ class TrainAugment:
     if tuple(hw) != tuple(seg_hw):
       raise ValueError(f"record {ex.get(schema.IMAGE_ID, ex.get(sources.INDEX))!r}: image {tuple(hw)} and "
                        f"segmentation {tuple(seg_hw)} differ in size")
-    box = augment.random_resized_crop_box(rng, hw[0], hw[1], scale=self.scale)
-    flip = bool(self.flip and rng.random() < 0.5)
+    return image, seg, tuple(hw)
+
+  def apply(self, image: Any, seg: Any, box: augment.Box, flip: bool, image_out: np.ndarray,
+            seg_out: np.ndarray) -> None:
     if isinstance(image, bytes):
-      warp = augment.warps(box, self.image_size, self.antialias)
-      image = codecs.decode_rgb(image) if warp else codecs.decode_rgb_pil(image)
+      image = (codecs.decode_rgb(image) if augment.warps(box, self.image_size, self.antialias)
+               else codecs.decode_rgb_pil(image))
     if isinstance(seg, bytes):  # nearest neighbour reads rows < ceil(box bottom) only
-      seg = codecs.decode_gray(seg, rows=min(hw[0], math.ceil(box[3])))
+      seg = codecs.decode_gray(seg, rows=math.ceil(box[3]))
     augment.crop_resize(image, seg, box, self.image_size, flip=flip, antialias=self.antialias,
                         out=(image_out, seg_out))
+
+  def __call__(self, records: list[dict[str, Any]], rng: np.random.Generator, images_out: np.ndarray,
+               segs_out: np.ndarray) -> None:
+    prepared = [self.prepare(ex) for ex in records]
+    hws = np.array([p[2] for p in prepared], np.float64).reshape(-1, 2)
+    boxes = augment.random_resized_crop_boxes(rng, hws[:, 0], hws[:, 1], scale=self.scale)
+    flips = rng.random(len(records)) < 0.5 if self.flip else np.zeros(len(records), bool)
+    for n, (image, seg, _) in enumerate(prepared):
+      self.apply(image, seg, tuple(boxes[n].tolist()), bool(flips[n]), images_out[n], segs_out[n])
 
 
 class TrainBatches:
@@ -181,15 +199,11 @@ class TrainBatches:
     keys = self.order(epoch)[j * self.batch_size:(j + 1) * self.batch_size]
     rng = np.random.default_rng((self.seed, self.shard_index, k))
     size = self.augment_fn.image_size
-    images = np.empty((len(keys), size, size, 3), np.uint8)
-    segs = np.empty((len(keys), size, size), np.uint8)
-    labels = []
-    for n, key in enumerate(keys):
-      ex = self.source[int(key)]
-      self.augment_fn(ex, rng, images[n], segs[n])
-      labels.append(self.fields.labels(ex))
-    out = {"image": images, "seg": segs}
-    out.update({name: np.stack([lab[name] for lab in labels]) for name in labels[0]})
+    records = [self.source[int(key)] for key in keys]
+    out = {"image": np.empty((len(keys), size, size, 3), np.uint8),
+           "seg": np.empty((len(keys), size, size), np.uint8)}
+    self.augment_fn(records, rng, out["image"], out["seg"])
+    out.update(self.fields.batch_labels(records))
     return out
 
   def __getstate__(self):
