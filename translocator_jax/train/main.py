@@ -1,7 +1,12 @@
 """`translocator-train --config configs/X.py[:arg] --workdir DIR [--set key=value ...]`.
 
 Restarting with the same workdir resumes from its newest readable checkpoint. On a multi-host TPU pod the same
-command runs on every host (jax.distributed is initialised from the environment).
+command runs on every host with TRANSLOCATOR_DISTRIBUTED=auto (jax.distributed.initialize() auto-detects the
+pod); each host reads its own shard of the data. Explicit multi-process runs (e.g. CPU, gloo) set
+JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES and JAX_PROCESS_ID.
+
+Workdir: config.json, checkpoints/<step>/{state,data,config}, metrics.jsonl, tensorboard/ (gs:// works for
+checkpoints and metrics through etils.epath).
 """
 from __future__ import annotations
 

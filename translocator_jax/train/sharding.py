@@ -27,8 +27,8 @@ def maybe_initialize_distributed() -> None:
     return
   coordinator = os.environ.get("JAX_COORDINATOR_ADDRESS")
   if coordinator:
-    if os.environ.get("JAX_CPU_COLLECTIVES", "") == "gloo" or jax.config.jax_platforms == "cpu":
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # CPU collectives across processes need gloo; the setting is ignored by GPU / TPU backends.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator, num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
                                process_id=int(os.environ["JAX_PROCESS_ID"]))
     return
