@@ -12,6 +12,7 @@ import pytest
 
 from translocator_jax.geo import metrics
 from translocator_jax.geo import predictions_io
+from translocator_jax.train import checkpoints
 from translocator_jax.train import metrics_writer
 
 EARTH_TINY = "configs/earth_demo.py:tiny"
@@ -42,6 +43,7 @@ def test_tiny_demo_trains_and_checkpoints(reference_run):
   assert set(_fingerprints(workdir)) == {8, 16, 24}
   records = metrics_writer.read_metrics(workdir)
   assert {r["step"] for r in records if "val_acc_750km" in r} == {12, 24}
+  assert checkpoints.best_step(workdir, summary["checkpoints"]) == 24  # the one save with a validation score
   assert any(p.name.startswith("events.out.tfevents") for p in (workdir / "tensorboard").iterdir())
   config = json.loads((workdir / "config.json").read_text())
   assert all(int(n) > 0 for n in config["model"]["heads"].values())  # sizes resolved from the partitions

@@ -164,6 +164,23 @@ class Checkpointer:
     return target
 
 
+def best_step(workdir, steps) -> int | None:
+  """The kept step with the best validation metric (config.train.best_metric, from metrics.jsonl), if any."""
+  from translocator_jax.train import metrics_writer  # pylint: disable=g-import-not-at-top
+  config_path = epath.Path(workdir) / CONFIG_FILE
+  if not config_path.exists():
+    return None
+  train_cfg = json.loads(config_path.read_text()).get("train", {})
+  key, mode = train_cfg.get("best_metric"), train_cfg.get("best_mode", "max")
+  if not key:
+    return None
+  scores = {r["step"]: float(r[key]) for r in metrics_writer.read_metrics(workdir)
+            if key in r and r["step"] in set(steps)}
+  if not scores:
+    return None
+  return (max if mode == "max" else min)(scores, key=scores.get)
+
+
 def _find_checkpoint(path: pathlib.Path, which: str) -> tuple[pathlib.Path, int | None]:
   """(checkpoints directory, step or None=latest) for a workdir, a checkpoints dir or a step dir."""
   if (path / CHECKPOINT_DIR).is_dir():
@@ -191,8 +208,8 @@ def restore_for_inference(path: str | pathlib.Path, which: str = "latest"
   try:
     if step is not None:
       steps = [step]
-    elif which == "best" and manager.best_step() is not None:
-      steps = [manager.best_step()]
+    elif which == "best" and best_step(ckpt_dir.parent, manager.all_steps()) is not None:
+      steps = [best_step(ckpt_dir.parent, manager.all_steps())]
     else:
       steps = sorted(manager.all_steps(), reverse=True)
     if not steps:
