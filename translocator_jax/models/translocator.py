@@ -39,7 +39,7 @@ class Projection(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     y = nn.LayerNorm(epsilon=self.ln_epsilon, dtype=jnp.float32, param_dtype=jnp.float32, name="LayerNorm_0")(x)
     y = vit.gelu(y, self.gelu_approximate)
-    y = vit._Dense(x.shape[-1], dtype=self.dtype, bias_init=nn.initializers.zeros, name="Dense_0")(y)  # pylint: disable=protected-access
+    y = vit.Dense(x.shape[-1], dtype=self.dtype, bias_init=nn.initializers.zeros, name="Dense_0")(y)
     return y.astype(jnp.float32)
 
 
@@ -100,8 +100,8 @@ class TransLocator(nn.Module):
         self.fusion_shared = CLSFusion(name="fusion", **kw)
     init = nn.initializers.zeros if self.head_zeroinit else nn.initializers.xavier_uniform()
     for name, n in self.heads:
-      setattr(self, f"head_{name}", vit._Dense(n, dtype=self.dtype, kernel_init=init,  # pylint: disable=protected-access
-                                               bias_init=nn.initializers.zeros))
+      setattr(self, f"head_{name}", vit.Dense(n, dtype=self.dtype, kernel_init=init,
+                                              bias_init=nn.initializers.zeros))
 
   def _fuse(self, i: int, cls_rgb: jax.Array, cls_seg: jax.Array) -> jax.Array:
     fuse = getattr(self, f"fusion_{i}") if self.fusion_per_layer else self.fusion_shared

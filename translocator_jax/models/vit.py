@@ -68,7 +68,7 @@ def _dot(x: jax.Array, w: jax.Array, dtype: Dtype) -> jax.Array:
   return jnp.dot(x.astype(dtype), w.astype(dtype))
 
 
-class _Dense(nn.Module):
+class Dense(nn.Module):
   """A Dense layer whose params are float32 and whose matmul runs in `dtype`; names kernel/bias like nn.Dense."""
   features: int
   dtype: Dtype = jnp.float32
@@ -96,13 +96,9 @@ class _Params(nn.Module):
     return kernel, bias
 
 
-def _attention_kernel_init(key, shape, dtype=jnp.float32):
-  # xavier_uniform over the flattened [D, H*Dh] (or [H*Dh, D]) matrix, as nn.MultiHeadDotProductAttention does.
-  if len(shape) == 3 and shape[0] * shape[1] != shape[2]:  # query/key/value: [D, H, Dh]
-    flat = (shape[0], shape[1] * shape[2])
-  else:  # out: [H, Dh, D]
-    flat = (shape[0] * shape[1], shape[2])
-  return nn.initializers.xavier_uniform()(key, flat, dtype).reshape(shape)
+# xavier_uniform over the flattened matrix, as nn.MultiHeadDotProductAttention (DenseGeneral) initialises.
+_QKV_INIT = nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2))   # [D, H, Dh]
+_OUT_INIT = nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2)   # [H, Dh, D]
 
 
 class MultiHeadDotProductAttention(nn.Module):
@@ -115,11 +111,10 @@ class MultiHeadDotProductAttention(nn.Module):
     b, n, d = x.shape
     h = self.num_heads
     dh = d // h
-    init = dict(kernel_init=_attention_kernel_init)
-    wq, bq = _Params((d, h, dh), (h, dh), name="query", **init)()
-    wk, bk = _Params((d, h, dh), (h, dh), name="key", **init)()
-    wv, bv = _Params((d, h, dh), (h, dh), name="value", **init)()
-    wo, bo = _Params((h, dh, d), (d,), name="out", **init)()
+    wq, bq = _Params((d, h, dh), (h, dh), kernel_init=_QKV_INIT, name="query")()
+    wk, bk = _Params((d, h, dh), (h, dh), kernel_init=_QKV_INIT, name="key")()
+    wv, bv = _Params((d, h, dh), (h, dh), kernel_init=_QKV_INIT, name="value")()
+    wo, bo = _Params((h, dh, d), (d,), kernel_init=_OUT_INIT, name="out")()
     scale = 1.0 / np.sqrt(dh).astype(np.float32)
     # One [D, 3*D] matmul instead of three; the softmax scale goes into the (small) query weights.
     w_qkv = jnp.concatenate([wq * scale, wk, wv], axis=1).reshape(d, 3 * d)
@@ -142,10 +137,10 @@ class MlpBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     d = x.shape[-1]
-    y = _Dense(self.mlp_dim, dtype=self.dtype, name="Dense_0")(x)
+    y = Dense(self.mlp_dim, dtype=self.dtype, name="Dense_0")(x)
     y = gelu(y, self.gelu_approximate)
     y = nn.Dropout(self.dropout)(y, deterministic=not train)
-    y = _Dense(d, dtype=self.dtype, name="Dense_1")(y)
+    y = Dense(d, dtype=self.dtype, name="Dense_1")(y)
     return nn.Dropout(self.dropout)(y, deterministic=not train)
 
 
