@@ -6,7 +6,8 @@ Prints one JSON object: best-of-repeats seconds and pairs/s for
   jax_s            accuracy_table on jax arrays (e.g. model outputs already on the device),
   jax_from_numpy_s accuracy_table on numpy arrays (includes copying them into XLA buffers),
   numpy_float32_s  accuracy_table_numpy in float32 (radians, sin/cos/arcsin, np.median),
-and the speed-ups. The runs are interleaved so that load from other processes hits all of them alike.
+and the speed-ups (best over best), plus the spread of the per-round ratios numpy / jax (min, median, max):
+the runs are interleaved so that load from other processes hits all of them alike.
 """
 import argparse
 import json
@@ -38,16 +39,24 @@ def main():
   runs["jax_s"]()  # compile
   best = {k: float("inf") for k in runs}
   out = {}
+  rounds = []
   for _ in range(args.repeats):
+    times = {}
     for name, fn in runs.items():
       t0 = time.perf_counter()
       out[name] = fn()
-      best[name] = min(best[name], time.perf_counter() - t0)
+      times[name] = time.perf_counter() - t0
+      best[name] = min(best[name], times[name])
+    rounds.append(times)
+  spread = lambda key: [round(float(q), 2) for q in np.quantile(
+      [r["numpy_float32_s"] / r[key] for r in rounds], [0, 0.5, 1])]
   result = {"n_pairs": args.n, **{k: round(v, 4) for k, v in best.items()}}
   result.update(
       jax_pairs_per_s=round(args.n / best["jax_s"]), numpy_pairs_per_s=round(args.n / best["numpy_float32_s"]),
       speedup_vs_numpy=round(best["numpy_float32_s"] / best["jax_s"], 2),
       speedup_from_numpy_inputs=round(best["numpy_float32_s"] / best["jax_from_numpy_s"], 2),
+      speedup_per_round_min_median_max=spread("jax_s"),
+      speedup_from_numpy_inputs_per_round_min_median_max=spread("jax_from_numpy_s"),
       median_km=[out["jax_s"]["median_km"], out["numpy_float32_s"]["median_km"]],
       mean_km=[out["jax_s"]["mean_km"], out["numpy_float32_s"]["mean_km"]])
   print(json.dumps(result))

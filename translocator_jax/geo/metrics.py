@@ -1,27 +1,29 @@
 """Geo-localization accuracy table: share within thresholds, median / mean km and GeoScore.
 
-`accuracy_table` is one jitted kernel over static slices of 2^20 pairs (about 110 MB of temporaries for
-10 M pairs; static slices vectorise far better on XLA:CPU than a dynamic-slice loop). It is compiled with
-fast math (FMA contraction), the formulas' exact differences shielded by distance._opaque. Per slice:
-  - d from polynomial sin/asin (distance.py), one fused loop;
-  - one scatter-add per pair into a [2^18 + 2, T + 1] table: row = the pair's bin in the median window
-    [lo, hi] of float32 bit patterns (non-negative floats order like their int32 bits), or below / above
-    the window; column = number of thresholds the pair is within (d <= t, equality counts as within).
-    Column sums give the threshold counts, row sums the window histogram and the count below it
-    (XLA:CPU reductions of compare/select chains are slow, one small scatter is cheaper);
-  - sums of d and 5000 exp(-d / 1492.7).
-The window comes from a sample (1/16 of the pairs, in 64 evenly spaced blocks) and holds the middle
-ranks with overwhelming probability (10 M random pairs: the first pass already ends on one bit pattern).
-When a bin is wider than one pattern (small N), or the sample missed (adversarial orderings), further
-histogram passes (_refine_kernel, driven from python) narrow the window until it is one pattern wide, so
-the median is always exact: it equals the median of the kernel's own float32 distances, numpy-style
-(mean of the two middle values for even counts). Thresholds are compared on d, which is within ~5e-7
-relative of the float64 distance, so only pairs that close to a threshold can differ from a float64
-decision.
+`accuracy_table` = one jitted kernel (`_table_kernel`) + an exact median selected on the host:
+  - the kernel computes every pair's distance d (polynomial sin/asin, distance.py) in one fused loop,
+    compiled with fast math (FMA contraction; the formulas' exact differences are shielded by
+    distance._opaque), and materialises d once (optimization_barrier: otherwise XLA re-derives the
+    distance formula inside every consumer);
+  - sums of d and of exp(-d / 1492.7), and the threshold counts, are plain float reductions over d.
+    A count is the sum of a 0/1 step built from max/mul/min (d > t <=> max(d - t, 0) * 2^126 >= 1):
+    XLA:CPU hands such reductions to its fast (YNNPACK) reduce, while compare/select or integer
+    reductions fall back to a loop about 10x slower. Float sums of 0/1 are exact below 2^24 terms, so
+    counts are summed in chunks of 2^24;
+  - the median is selected, not sorted: a strided sample (prime stride, so periodic layouts cannot
+    alias with it) brackets the two middle ranks, one pass counts the values below the bracket and
+    compacts those inside it (about 2% of them for 10 M random pairs), and np.partition picks the
+    ranks there. If the bracket misses (adversarial orderings), the whole array is partitioned: the
+    median is always exact, the median of the kernel's own float32 distances, numpy-style (mean of
+    the two middle values for even counts). XLA:CPU has no fast selection or compaction (sort of 10 M
+    values ~3 s, jnp.nonzero ~0.5 s, top_k ~0.2 s, scatter ~6 ns per update), numpy's is ~10 ms here.
+Inputs: numpy arrays aligned to 64 bytes reach the kernel without a copy (jax.device_put aliases them
+on CPU); other numpy inputs get one aligned float32 copy (~8 ms for 10 M pairs; jnp.asarray took ~100).
+Thresholds are compared on d, which is within ~5e-7 relative of the float64 distance, so only pairs that
+close to a threshold can differ from a float64 decision.
 """
 from __future__ import annotations
 
-import functools
 from typing import Mapping, Sequence
 
 import jax
@@ -36,202 +38,114 @@ GEOSCORE_SCALE_KM = 1492.7
 GEOSCORE_MAX = 5000.0
 THRESHOLD_NAMES = {1: "street", 25: "city", 200: "region", 750: "country", 2500: "continent"}
 
-_SLICE = 1 << 20             # pairs per static slice; intermediates stay a few MB
-_MAX_SLICES = 16             # more pairs -> bigger slices (slices are unrolled at trace time)
-_SAMPLE_STRIDE = 16          # the sample holds 1/16 of the pairs ...
-_SAMPLE_BLOCKS = 64          # ... in 64 evenly spaced contiguous blocks (a strided gather is 4x slower)
-_HIST_BITS = 18
-_NBINS = 1 << _HIST_BITS
-_SAMPLE_SHIFT = 13           # sample histogram: float bits >> 13 ...
-_SAMPLE_BINS = 1 << (31 - _SAMPLE_SHIFT)  # ... 2^18 bins cover every finite distance
-_MAX_FINITE_BITS = 0x7F7FFFFF
+_COUNT_CHUNK = 1 << 24       # float32 sums of 0/1 values are exact up to 2^24 terms
+_SAMPLE_STRIDE = 61          # median bracket sample: every 61st value (prime: no aliasing with periodic data)
+_SMALL = 1 << 16             # fewer values: partition them all
+_ALIGN = 64                  # numpy buffers aligned like this are aliased by jax.device_put on CPU
 
 
 def threshold_key(t: float) -> str:
   return f"acc_{t:g}km"
 
 
-def _bit_length(x):
-  return 32 - lax.clz(x.astype(jnp.int32))
-
-
-def _distance_bits(pred_c, true_c, zero):
-  h, q = haversine_terms(pred_c[:, 0], pred_c[:, 1], true_c[:, 0], true_c[:, 1], zero)
-  d = terms_to_km(h, q)
-  return d, lax.bitcast_convert_type(d, jnp.int32)
-
-
-def _histogram(bits, valid, lo, hi, shift):
-  inside = (bits >= lo) & (bits <= hi)
-  if valid is not None:
-    inside = inside & valid
-  idx = jnp.where(inside, lax.shift_right_logical(bits - lo, shift), _NBINS)
-  return jnp.zeros(_NBINS, jnp.int32).at[idx].add(1, mode="drop")
-
-
-def _window_shift(lo, hi):
-  return jnp.maximum(_bit_length(hi - lo) - _HIST_BITS, 0)
-
-
-def _resolve(hist, lo, shift, below, rank):
-  """From a window histogram, the narrower window holding `rank` -> (lo, hi, below)."""
-  cum = jnp.cumsum(hist)
-  r = rank - below
-  found = (r >= 0) & (r < cum[-1])
-  j = jnp.searchsorted(cum, r, side="right").astype(jnp.int32)
-  j = jnp.minimum(j, _NBINS - 1)
-  new_below = below + jnp.where(j > 0, cum[jnp.maximum(j - 1, 0)], 0)
-  new_lo = lo + lax.shift_left(j, shift)
-  new_hi = new_lo + lax.shift_left(jnp.int32(1), shift) - 1
-  # A miss restarts from every finite distance (below = 0): always correct, just slower.
-  return (jnp.where(found, new_lo, 0), jnp.where(found, new_hi, _MAX_FINITE_BITS),
-          jnp.where(found, new_below, 0))
-
-
-def _slices(n: int) -> list[tuple[int, int]]:
-  size = max(_SLICE, -(-n // _MAX_SLICES))
-  return [(s, min(s + size, n)) for s in range(0, n, size)]
-
-
-def _for_each_slice(pred, true, mask, init, fn, chain=False):
-  """fn(carry, pred_s, true_s, valid_s or None) over static slices: XLA:CPU vectorises these well and runs
-  independent slices concurrently (a dynamic-slice loop ran about 2x slower)."""
-  if chain:  # carry from slice to slice (lets a scatter update one table in place)
-    carry = init
-    for a, b in _slices(pred.shape[0]):
-      carry = fn(carry, pred[a:b], true[a:b], None if mask is None else mask[a:b])
-    return carry
-  # Each slice starts from `init` and the results are added at the end: no chain between slices, so
-  # XLA's runtime may run them concurrently.
-  parts = [fn(init, pred[a:b], true[a:b], None if mask is None else mask[a:b])
-           for a, b in _slices(pred.shape[0])]
-  if not parts:
-    return init
-  return jax.tree.map(lambda *xs: functools.reduce(jnp.add, xs), *parts)
-
-
-def _sample_rows(n: int):
-  """A static row selection of about n / _SAMPLE_STRIDE rows: evenly spaced contiguous blocks."""
-  block = n // (_SAMPLE_STRIDE * _SAMPLE_BLOCKS)
-  if block < 64:
-    return lambda x: x[::_SAMPLE_STRIDE]
-  starts = [(i * n) // _SAMPLE_BLOCKS for i in range(_SAMPLE_BLOCKS)]
-  return lambda x: jnp.concatenate([x[s:s + block] for s in starts])
-
-
-def _masked(x, valid, fill):
-  return x if valid is None else jnp.where(valid, x, fill)
-
-
-# Fast math lets LLVM contract the polynomials into FMAs (4x on a plain FMA chain here, a few % on this
-# kernel, which is bound by its 6 polynomials, 2 sqrt and the histograms); the formulas' exact differences
-# are shielded from reassociation by distance._opaque (`zero`), and tests check the float64 agreement.
+# Fast math lets LLVM contract the polynomials into FMAs; the formulas' exact differences are shielded from
+# reassociation by distance._opaque (`zero`), and tests check the float64 agreement.
 _FAST_MATH = {"xla_cpu_enable_fast_math": True, "xla_cpu_fast_math_honor_nans": True,
               "xla_cpu_fast_math_honor_infs": True, "xla_cpu_enable_fast_min_max": True}
 
 
-def _table_kernel_impl(pred, true, mask, thresholds, zero):
-  """thresholds: float32 [T] ascending; zero: int32 0 (see distance._opaque)."""
+def _table_kernel_impl(pred, true, mask, thresholds, consts, zero):
+  """thresholds: float32 [T]; consts: float32 [0, 1, 2^126, -1/1492.7] as runtime values (constants
+  would be broadcast and materialised as extra reduction inputs); zero: int32 0 (see distance._opaque).
+
+  Returns (d [N] float32 with +inf where masked out, sums)."""
   n_total = pred.shape[0]
-  n_thr = thresholds.shape[0]
-  n_valid = jnp.int32(n_total) if mask is None else jnp.sum(mask, dtype=jnp.int32)
-  k_lo = jnp.maximum(n_valid - 1, 0) // 2
-  k_hi = n_valid // 2
-
-  # Window from a strided sample of the same distances.
-  take = _sample_rows(n_total)
-  _, bits_s = _distance_bits(take(pred), take(true), zero)
-  valid_s = None if mask is None else take(mask)
-  n_s = jnp.int32(bits_s.shape[0]) if mask is None else jnp.sum(valid_s, dtype=jnp.int32)
-  idx_s = _masked(lax.shift_right_logical(bits_s, _SAMPLE_SHIFT), valid_s, _SAMPLE_BINS)
-  cum_s = jnp.cumsum(jnp.zeros(_SAMPLE_BINS, jnp.int32).at[idx_s].add(1, mode="drop"))
-  scale = n_s.astype(jnp.float32) / jnp.maximum(n_valid, 1).astype(jnp.float32)
-  slack = 3.0 * jnp.sqrt(n_s.astype(jnp.float32)) + 8.0
-  r_lo = jnp.clip(jnp.floor(k_lo * scale - slack), 0, jnp.maximum(n_s - 1, 0)).astype(jnp.int32)
-  r_hi = jnp.clip(jnp.ceil(k_hi * scale + slack), 0, jnp.maximum(n_s - 1, 0)).astype(jnp.int32)
-  b_lo = jnp.searchsorted(cum_s, r_lo, side="right").astype(jnp.int32)
-  b_hi = jnp.searchsorted(cum_s, r_hi, side="right").astype(jnp.int32)
-  use_sample = n_s > 0
-  lo = jnp.where(use_sample, lax.shift_left(b_lo, _SAMPLE_SHIFT), 0)
-  hi = jnp.where(use_sample, jnp.minimum(lax.shift_left(b_hi + 1, _SAMPLE_SHIFT) - 1, _MAX_FINITE_BITS),
-                 _MAX_FINITE_BITS)
-  shift = _window_shift(lo, hi)
-  n_k = n_thr + 1
-
-  def stats(carry, pred_s, true_s, valid_s):
-    table, sum_d, sum_g = carry
-    d, bits = _distance_bits(pred_s, true_s, zero)
-    # One scatter per pair (XLA:CPU scatters cost a few ns per update, the dominant cost here) fills a
-    # [NBINS + 2, T + 1] table: row = window bin, or NBINS below / NBINS + 1 above the window; column k =
-    # number of (ascending) thresholds d is within. Only in-window pairs touch the big rows.
-    k = sum(jnp.where(d <= thresholds[j], 1, 0) for j in range(n_thr))
-    row = jnp.where(bits < lo, _NBINS,
-                    jnp.where(bits > hi, _NBINS + 1, lax.shift_right_logical(bits - lo, shift)))
-    idx = _masked(row * n_k + k, valid_s, (_NBINS + 2) * n_k)
-    table = table.at[idx].add(1, mode="drop")
-    sum_d = sum_d + jnp.sum(_masked(d, valid_s, 0.0))
-    g = jnp.exp(d * jnp.float32(-1.0 / GEOSCORE_SCALE_KM))
-    sum_g = sum_g + jnp.sum(_masked(g, valid_s, 0.0))
-    return table, sum_d, sum_g
-
-  init = (jnp.zeros((_NBINS + 2) * n_k, jnp.int32), jnp.float32(0), jnp.float32(0))
-  table, sum_d, sum_g = _for_each_slice(pred, true, mask, init, stats, chain=True)
-  table = table.reshape(_NBINS + 2, n_k)
-  by_k = jnp.sum(table, axis=0)
-  counts = jnp.cumsum(by_k[::-1])[:n_thr]   # ascending threshold j <=> k >= n_thr - j
-  hist = jnp.sum(table[:_NBINS], axis=1)
-  below = jnp.sum(table[_NBINS])
-
-  # Per middle rank: (lo, hi, below) of a window holding it; exact once lo == hi. Windows still wider
-  # go to _refine_kernel, called from python: a while loop here made XLA hoist every slice's distances
-  # out of the loop and keep them all alive.
-  ranks = jnp.stack([k_lo, k_hi])
-  windows = [_resolve(hist, lo, shift, below, k) for k in (k_lo, k_hi)]
-  lo2, hi2, below2 = (jnp.stack(v) for v in zip(*windows))
-  nf = jnp.maximum(n_valid, 1).astype(jnp.float32)
-  empty = n_valid == 0
-  nan = jnp.float32(jnp.nan)
-  return {
-      "counts": counts,
-      "mean_km": jnp.where(empty, nan, sum_d / nf),
-      "geoscore": jnp.where(empty, nan, GEOSCORE_MAX * sum_g / nf),
-      "n": n_valid,
-      "window": (lo2, hi2, below2, ranks),
-  }
-
-
-def _refine_impl(pred, true, mask, window, zero):
-  """One more histogram pass per middle rank whose window is wider than one bit pattern."""
-  lo2, hi2, below2, ranks = window
-  shift2 = _window_shift(lo2, hi2)
-
-  def fn(hists, pred_s, true_s, valid_s):
-    _, bits = _distance_bits(pred_s, true_s, zero)
-    return tuple(hists[i] + _histogram(bits, valid_s, lo2[i], hi2[i], shift2[i]) for i in range(2))
-
-  hists = _for_each_slice(pred, true, mask, (jnp.zeros(_NBINS, jnp.int32),) * 2, fn)
-  new = [_resolve(hists[i], lo2[i], shift2[i], below2[i], ranks[i]) for i in range(2)]
-  lo3, hi3, below3 = (jnp.stack(v) for v in zip(*new))
-  return lo3, hi3, below3, ranks
-
+  h, q = haversine_terms(pred[:, 0], pred[:, 1], true[:, 0], true[:, 1], zero)
+  d = lax.optimization_barrier(terms_to_km(h, q))
+  if mask is None:
+    n_valid = jnp.int32(n_total)
+    d_for_sum = d
+  else:
+    n_valid = jnp.sum(mask, dtype=jnp.int32)
+    d_for_sum = jnp.where(mask, d, 0.0)
+    d = jnp.where(mask, d, jnp.inf)   # +inf: beyond every threshold, exp(-inf) = 0, ranks last
+  c_zero, c_one, c_big, c_geo = consts[0], consts[1], consts[2], consts[3]
+  beyond = jnp.zeros(thresholds.shape, jnp.int32)
+  for a in range(0, n_total, _COUNT_CHUNK):
+    chunk = d[None, a:a + _COUNT_CHUNK]
+    step = jnp.minimum(jnp.maximum(chunk - thresholds[:, None], c_zero) * c_big, c_one)  # 1 where d > t
+    beyond = beyond + jnp.sum(step, axis=1).astype(jnp.int32)
+  sums = {"counts": n_total - beyond,  # masked pairs (+inf) are beyond every threshold
+           "sum_d": jnp.sum(d_for_sum), "sum_g": jnp.sum(jnp.exp(d * c_geo)),
+          "n": n_valid}
+  return d, sums
 
 
 _table_kernel = jax.jit(_table_kernel_impl, compiler_options=_FAST_MATH)
-_refine_kernel = jax.jit(_refine_impl, compiler_options=_FAST_MATH)
+_CONSTS = (0.0, 1.0, 2.0 ** 126, -1.0 / GEOSCORE_SCALE_KM)
+
+
+def _aligned(x: np.ndarray) -> np.ndarray:
+  """x itself when C-contiguous and 64-byte aligned, else an aligned copy."""
+  if x.flags.c_contiguous and x.ctypes.data % _ALIGN == 0:
+    return x
+  buf = np.empty(x.nbytes + _ALIGN, np.uint8)
+  offset = (-buf.ctypes.data) % _ALIGN
+  y = buf[offset:offset + x.nbytes].view(x.dtype).reshape(x.shape)
+  np.copyto(y, x)
+  return y
+
+
+def _to_device(x, dtype, name: str, shape_msg: str, ndim: int) -> jax.Array:
+  if isinstance(x, jax.Array):
+    if x.ndim != ndim:
+      raise ValueError(f"{name} must be {shape_msg}, got shape {x.shape}")
+    return x.astype(dtype)
+  x = np.asarray(x)
+  if x.ndim != ndim:
+    raise ValueError(f"{name} must be {shape_msg}, got shape {x.shape}")
+  return jax.device_put(_aligned(x.astype(dtype, copy=False)))
 
 
 def _check_latlon(x, name: str) -> jax.Array:
-  x = jnp.asarray(x, jnp.float32)
-  if x.ndim != 2 or x.shape[1] != 2:
+  x = _to_device(x, jnp.float32, name, "[N, 2] (lat, lon) degrees", 2)
+  if x.shape[1] != 2:
     raise ValueError(f"{name} must be [N, 2] (lat, lon) degrees, got shape {x.shape}")
   return x
+
+
+def _middle(values: np.ndarray, k_lo: int, k_hi: int) -> float:
+  v = np.partition(values, (k_lo, k_hi))
+  return float(np.float32(0.5) * (v[k_lo] + v[k_hi]))
+
+
+def _median_exact(d: np.ndarray, n_valid: int) -> float:
+  """Median of the first n_valid order statistics of d (float32, the rest +inf), by selection."""
+  k_lo, k_hi = (n_valid - 1) // 2, n_valid // 2
+  n = d.shape[0]
+  if n <= _SMALL:
+    return _middle(d, k_lo, k_hi)
+  sample = d[::_SAMPLE_STRIDE]
+  m = sample.shape[0]
+  slack = int(4.0 * np.sqrt(m)) + 16
+  r_lo = min(max(k_lo * m // n - slack, 0), m - 1)
+  r_hi = min(k_hi * m // n + slack, m - 1)
+  sample = np.partition(sample, (r_lo, r_hi))
+  lo, hi = sample[r_lo], sample[r_hi]
+  below = np.less(d, lo)
+  n_below = int(np.count_nonzero(below))
+  inside = np.flatnonzero(np.less_equal(d, hi) & ~below)
+  if n_below <= k_lo and n_below + inside.shape[0] > k_hi:
+    return _middle(d[inside], k_lo - n_below, k_hi - n_below)
+  return _middle(d, k_lo, k_hi)  # the sample missed the middle: select over everything
 
 
 def accuracy_table(pred_latlon, true_latlon, thresholds_km: Sequence[float] = THRESHOLDS_KM,
                    mask=None) -> dict:
   """Share of pairs within each threshold (d <= t), median / mean km, GeoScore and count.
 
-  pred_latlon, true_latlon: [N, 2] (lat, lon) degrees, lat in [-90, 90], lon in [-180, 180].
+  pred_latlon, true_latlon: [N, 2] (lat, lon) degrees, lat in [-90, 90], lon in [-180, 180] (numpy or
+    jax arrays; numpy float32 arrays aligned to 64 bytes are used without a copy).
   mask: optional bool [N]; only True pairs count (padded eval batches). Empty -> NaN statistics, n = 0.
   Returns python floats keyed acc_{t}km, median_km, mean_km, geoscore, and n (int).
   """
@@ -240,31 +154,18 @@ def accuracy_table(pred_latlon, true_latlon, thresholds_km: Sequence[float] = TH
   if pred.shape != true.shape:
     raise ValueError(f"pred_latlon {pred.shape} and true_latlon {true.shape} differ in shape")
   if mask is not None:
-    mask = jnp.asarray(mask)
+    mask = _to_device(mask, bool, "mask", f"bool [{pred.shape[0]}]", 1)
     if mask.shape != (pred.shape[0],):
       raise ValueError(f"mask must be bool [{pred.shape[0]}], got shape {mask.shape}")
-    mask = mask.astype(bool)
-  order = np.argsort(np.asarray(thresholds_km, np.float64), kind="stable")
-  ascending = np.asarray(thresholds_km, np.float32)[order]
-  zero = jnp.int32(0)
-  out = _table_kernel(pred, true, mask, jnp.asarray(ascending), zero)
-  window = out.pop("window")
-  out = jax.device_get(out)
-  n = int(out["n"])
-  median = float("nan")
-  if n:
-    for _ in range(8):  # each pass narrows a window by 2^17 bit patterns; 2 passes cover any window
-      lo2, hi2 = np.asarray(window[0]), np.asarray(window[1])
-      if (lo2 == hi2).all():
-        break
-      window = _refine_kernel(pred, true, mask, window, zero)
-    middle = np.asarray(window[0]).astype(np.int32).view(np.float32)
-    median = float(np.float32(0.5) * (middle[0] + middle[1]))
-  counts = np.empty(len(order), np.int64)
-  counts[order] = out["counts"]
-  table = {threshold_key(t): int(c) / n if n else float("nan") for t, c in zip(thresholds_km, counts)}
-  table.update(median_km=median, mean_km=float(out["mean_km"]),
-               geoscore=float(out["geoscore"]), n=n)
+  thresholds = jnp.asarray(np.asarray(thresholds_km, np.float32))
+  d, sums = _table_kernel(pred, true, mask, thresholds, jnp.asarray(np.float32(_CONSTS)), jnp.int32(0))
+  sums = jax.device_get(sums)
+  n = int(sums["n"])
+  nan = float("nan")
+  median = _median_exact(np.asarray(d), n) if n else nan
+  table = {threshold_key(t): int(c) / n if n else nan for t, c in zip(thresholds_km, sums["counts"])}
+  table.update(median_km=median, mean_km=float(sums["sum_d"]) / n if n else nan,
+               geoscore=GEOSCORE_MAX * float(sums["sum_g"]) / n if n else nan, n=n)
   return table
 
 
