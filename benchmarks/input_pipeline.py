@@ -122,7 +122,8 @@ def make_loader(dataset_dir: str, split: str, n: int, args, palette, workers: in
   return pipeline.train_loader(src, batch_size=args.batch_size, image_size=args.image_size,
                                seg_input=args.seg_input, palette=palette, seed=0, shard_index=0, shard_count=1,
                                num_epochs=None, worker_count=workers, num_threads=0,
-                               antialias=not args.no_antialias)
+                               antialias=not args.no_antialias,
+                               finish_in_main={"auto": None, "main": True, "workers": False}[args.finish])
 
 
 def pipeline_pass(it, steps: int, batch_size: int):
@@ -147,6 +148,8 @@ def main(argv=None) -> int:
   p.add_argument("--image-size", type=int, help="model input side (default: 2/3 of the stored short side)")
   p.add_argument("--seg-input", default="palette", choices=("palette", "classes"))
   p.add_argument("--no-antialias", action="store_true", help="train_loader(antialias=False)")
+  p.add_argument("--finish", default="auto", choices=("auto", "main", "workers"),
+                 help="where float32 batches are made with workers (train_loader finish_in_main)")
   p.add_argument("--workers", default="0,2", help="comma-separated worker counts to measure")
   p.add_argument("--repeats", type=int, default=3, help="passes per measurement; the best is reported")
   args = p.parse_args(argv)
@@ -210,7 +213,7 @@ def main(argv=None) -> int:
       "mean_jpeg_bytes": int(np.mean([len(raw_source[i][schema.IMAGE]) for i in range(min(n, 64))])),
       "mean_png_bytes": int(np.mean([len(raw_source[i][schema.SEGMENTATION]) for i in range(min(n, 64))])),
       "image_size": args.image_size, "batch_size": args.batch_size, "seg_input": args.seg_input,
-      "antialias": not args.no_antialias, "opencv": codecs.cv2 is not None, "cpu_count": os.cpu_count(),
+      "antialias": not args.no_antialias, "finish": args.finish, "opencv": codecs.cv2 is not None, "cpu_count": os.cpu_count(),
       "load_average": [round(x, 2) for x in os.getloadavg()],
       "images_per_s": {k: round(v, 1) for k, v in wall.items() if not k.startswith("pipeline")},
       "images_per_cpu_s": {k: round(v, 1) for k, v in cpu.items() if not k.startswith("pipeline")},

@@ -322,6 +322,19 @@ def test_encoded_records_give_the_batches_of_decoded_ones(seg_input):
   assert not np.array_equal(b[0]["image"], b[2]["image"])  # epochs differ
 
 
+def test_float_batches_made_in_workers_or_here_are_the_same():
+  src = ListSource(blocky_records(8, height=16, width=16, block=4))
+  kw = dict(batch_size=4, image_size=8, seg_input="palette", palette=PALETTE, seed=3, shard_index=0,
+            shard_count=1, num_epochs=1)
+  here = list(pipeline.train_loader(src, finish_in_main=True, **kw))
+  there = list(pipeline.train_loader(src, finish_in_main=False, **kw))
+  assert len(here) == len(there) == 2
+  for a, b in zip(here, there):
+    assert a["image"].dtype == np.float32 and a["seg"].dtype == np.float32
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
 def test_shards_get_different_augmentations():
   src = ListSource(blocky_records(1, height=24, width=24, block=4) * 16)  # every record the same photo
   kw = dict(batch_size=8, image_size=16, seg_input="classes", seed=1, shard_count=2, num_epochs=1)

@@ -2,7 +2,9 @@
 
 Every op takes the decoded photo (uint8 [H, W, 3]) and its class map (uint8 [H, W]) and resamples both through the
 same box (PIL `resize(..., box=...)`): bilinear for the photo, nearest neighbour for the map, so a class stays on
-the pixels it labels.
+the pixels it labels. `resample` is the reference; `crop_resize` (training) gives its pixels faster (OpenCV's warp
+where Pillow's filter is plain bilinear interpolation), and the *_batch / palette_* ops build whole float32 batches
+with the values of `normalize` / `seg_to_model_input`.
 """
 from __future__ import annotations
 

@@ -8,9 +8,15 @@ Batches are dicts of numpy arrays (the shared batch contract):
   mask    bool [B] (False on padding);  index int64 [B] (position in the source, -1 on padding)
 With tta='five_crop' image and seg get a crop axis after the batch axis: [B, 5, S, S, ...].
 
-train_loader returns a grain.DataLoader: `it = iter(loader)`; `it.get_state()` / `it.set_state(state)` restore the
-stream exactly (same batches, any worker_count); the train loop checkpoints `it` with grain's orbax handler
+train_loader returns a TrainLoader over a grain.DataLoader: `it = iter(loader)`; `it.get_state()` /
+`it.set_state(state)` (the DataLoader iterator's) restore the stream exactly (same batches, any worker_count); the train loop checkpoints `it` with grain's orbax handler
 (grain.checkpoint.CheckpointHandler / CheckpointSave / CheckpointRestore).
+
+Training speed (benchmarks/input_pipeline.py): a grain element is a whole batch (TrainBatches), so grain's
+per-element cost is paid once per batch; records are read undecoded and decoded by `codecs` (no Python-level header
+parsing), the crop box is drawn before decoding (the map is inflated only down to the box); photos go through
+OpenCV's warp where that equals Pillow's filter (upscaled boxes) and Pillow's antialiasing resize elsewhere; the
+float32 arrays are made once per batch by table lookups (bit-exact with `augment.normalize`).
 """
 from __future__ import annotations
 
@@ -243,7 +249,7 @@ def train_loader(source: Any, *, batch_size: int, image_size: int, seg_input: st
                  shard_count: int | None = None, worker_count: int = 0, num_epochs: int | None = None,
                  scene_key: str = schema.SCENE_S3, crop_scale: tuple[float, float] = (0.35, 1.0),
                  flip: bool = True, antialias: bool = True, num_threads: int = 4,
-                 worker_buffer_size: int = 2) -> grain.DataLoader:
+                 worker_buffer_size: int = 2, finish_in_main: bool | None = None) -> "TrainLoader":
   """Shuffled, augmented, batched training examples of this process's shard (whole batches only).
 
   Every shard holds len(source) // shard_count consecutive records (so all processes run the same number of
@@ -267,9 +273,13 @@ def train_loader(source: Any, *, batch_size: int, image_size: int, seg_input: st
       False warps them with plain bilinear interpolation (faster, aliased; upscaled crops are the same).
     num_threads: reader (and decoding) threads, in this process or in each worker.
     worker_buffer_size: batches each worker keeps ready.
+    finish_in_main: make the float32 arrays (FinishBatch) in this process rather than in the workers, which then
+      pass uint8 batches (~6x fewer bytes through shared memory) at the price of this process's time. Default:
+      only with workers (measure with benchmarks/input_pipeline.py).
   """
   _check_seg_input(seg_input, palette)
   shard_index, shard_count = _process_shard(shard_index, shard_count)
+  finish_in_main = bool(worker_count) if finish_in_main is None else bool(finish_in_main)
   shard_len = len(source) // shard_count
   if shard_len < batch_size:
     raise ValueError(f"{source!r}: {len(source)} records cannot fill a batch of {batch_size} on each of "
@@ -283,11 +293,48 @@ def train_loader(source: Any, *, batch_size: int, image_size: int, seg_input: st
   sampler = grain.samplers.IndexSampler(num_records=len(batches), shuffle=False, num_epochs=1)
   if worker_count:
     _absl_flags_ready()
-  return grain.DataLoader(data_source=batches, sampler=sampler, operations=[FinishBatch(fields)],
-                          worker_count=worker_count,
-                          worker_buffer_size=worker_buffer_size,
-                          read_options=grain.ReadOptions(num_threads=num_threads,
-                                                         prefetch_buffer_size=max(2, num_threads)))
+  finish = FinishBatch(fields)
+  loader = grain.DataLoader(data_source=batches, sampler=sampler, operations=[] if finish_in_main else [finish],
+                            worker_count=worker_count, worker_buffer_size=worker_buffer_size,
+                            read_options=grain.ReadOptions(num_threads=num_threads,
+                                                           prefetch_buffer_size=max(2, num_threads)))
+  return TrainLoader(loader, finish if finish_in_main else None)
+
+
+class TrainLoader:
+  """Iterable over training batches: grain's DataLoader, plus FinishBatch in this process when asked."""
+
+  def __init__(self, loader: grain.DataLoader, finish: FinishBatch | None):
+    self.loader = loader
+    self.finish = finish
+
+  def __iter__(self) -> Any:
+    it = iter(self.loader)
+    return it if self.finish is None else _FinishingIterator(it, self.finish)
+
+
+class _FinishingIterator:
+  """A DataLoader iterator whose batches go through FinishBatch here; the same get_state / set_state."""
+
+  def __init__(self, it: Any, finish: FinishBatch):
+    self._it = it
+    self._finish = finish
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    return self._finish.map(next(self._it))
+
+  def get_state(self) -> Any:
+    return self._it.get_state()
+
+  def set_state(self, state: Any) -> None:
+    self._it.set_state(state)
+
+  def close(self) -> None:
+    if hasattr(self._it, "close"):
+      self._it.close()
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
