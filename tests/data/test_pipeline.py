@@ -295,9 +295,10 @@ class UndecodedSource(ListSource):
 
   def __getitem__(self, i):
     ex = super().__getitem__(i)
-    if self.decode:
-      ex[schema.IMAGE] = sources._decode(ex[schema.IMAGE], "RGB")  # pylint: disable=protected-access
-      ex[schema.SEGMENTATION] = sources._decode(ex[schema.SEGMENTATION], "L")[..., None]  # pylint: disable=protected-access
+    if self.decode:  # as sources.ArrayRecordSource decodes
+      decode = sources._decode  # pylint: disable=protected-access
+      ex[schema.IMAGE] = decode(ex[schema.IMAGE], "RGB")
+      ex[schema.SEGMENTATION] = decode(ex[schema.SEGMENTATION], "L")[..., None]
     return ex
 
   def undecoded(self):

@@ -9,7 +9,8 @@ Batches are dicts of numpy arrays (the shared batch contract):
 With tta='five_crop' image and seg get a crop axis after the batch axis: [B, 5, S, S, ...].
 
 train_loader returns a TrainLoader over a grain.DataLoader: `it = iter(loader)`; `it.get_state()` /
-`it.set_state(state)` (the DataLoader iterator's) restore the stream exactly (same batches, any worker_count); the train loop checkpoints `it` with grain's orbax handler
+`it.set_state(state)` (the DataLoader iterator's) restore the stream exactly (same batches; grain requires the
+same worker_count); the train loop checkpoints `it` with grain's orbax handler
 (grain.checkpoint.CheckpointHandler / CheckpointSave / CheckpointRestore).
 
 Training speed (benchmarks/input_pipeline.py): a grain element is a whole batch (TrainBatches), so grain's
