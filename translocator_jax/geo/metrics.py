@@ -12,7 +12,7 @@
     counts are summed in chunks of 2^24;
   - the median is selected, not sorted: a strided sample (prime stride, so periodic layouts cannot
     alias with it) brackets the two middle ranks, one pass counts the values below the bracket and
-    compacts those inside it (about 2% of them for 10 M random pairs), and np.partition picks the
+    compacts those inside it (about 2% of them for 10 M random pairs; in cache-sized chunks), and np.partition picks the
     ranks there. If the bracket misses (adversarial orderings), the whole array is partitioned: the
     median is always exact, the median of the kernel's own float32 distances, numpy-style (mean of
     the two middle values for even counts). XLA:CPU has no fast selection or compaction (sort of 10 M
@@ -131,13 +131,28 @@ def _median_exact(d: np.ndarray, n_valid: int) -> float:
   r_lo = min(max(k_lo * m // n - slack, 0), m - 1)
   r_hi = min(k_hi * m // n + slack, m - 1)
   sample = np.partition(sample, (r_lo, r_hi))
-  lo, hi = sample[r_lo], sample[r_hi]
-  below = np.less(d, lo)
-  n_below = int(np.count_nonzero(below))
-  inside = np.flatnonzero(np.less_equal(d, hi) & ~below)
+  n_below, inside = _bracket(d, sample[r_lo], sample[r_hi])
   if n_below <= k_lo and n_below + inside.shape[0] > k_hi:
-    return _middle(d[inside], k_lo - n_below, k_hi - n_below)
+    return _middle(inside, k_lo - n_below, k_hi - n_below)
   return _middle(d, k_lo, k_hi)  # the sample missed the middle: select over everything
+
+
+def _bracket(d: np.ndarray, lo, hi, chunk: int = 1 << 16) -> tuple[int, np.ndarray]:
+  """(count of d < lo, the values lo <= d <= hi), in cache-sized chunks: whole-array temporaries cost
+  2-3x more here (fresh 10 MB masks fault their pages in on every call)."""
+  below = np.empty(chunk, bool)
+  upto = np.empty(chunk, bool)
+  n_below = 0
+  parts = []
+  for a in range(0, d.shape[0], chunk):
+    x = d[a:a + chunk]
+    b, u = below[:x.shape[0]], upto[:x.shape[0]]
+    np.less(x, lo, out=b)
+    n_below += int(np.count_nonzero(b))
+    np.less_equal(x, hi, out=u)
+    np.not_equal(u, b, out=u)          # lo <= x <= hi (below implies upto)
+    parts.append(x[np.flatnonzero(u)])
+  return n_below, np.concatenate(parts)
 
 
 def accuracy_table(pred_latlon, true_latlon, thresholds_km: Sequence[float] = THRESHOLDS_KM,
