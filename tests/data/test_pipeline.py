@@ -371,3 +371,13 @@ def test_batched_crop_boxes_have_the_distribution_of_single_ones(hw):
   # The statistic does tell distributions apart: a narrower area range is far off.
   narrow = augment.random_resized_crop_boxes(np.random.default_rng(1), np.full(n, h), np.full(n, w), scale=(0.5, 1))
   assert _ks(a["area"], stats(narrow)["area"]) > 0.1
+
+
+def test_record_whose_map_size_differs_is_named():
+  records = _encode(blocky_records(4, height=16, width=16, block=4))
+  bad = _encode(blocky_records(1, height=16, width=24, block=4, seed=3))[0]
+  records[2] = dict(records[2], **{schema.SEGMENTATION: bad[schema.SEGMENTATION]})
+  loader = pipeline.train_loader(UndecodedSource(records), batch_size=4, image_size=8, seg_input="classes",
+                                 shard_index=0, shard_count=1, num_epochs=1)
+  with pytest.raises(Exception, match=r"img2.*differ in size"):
+    next(iter(loader))
