@@ -1,7 +1,8 @@
 """Training input pipeline speed against raw JPEG decoding of the same records, in one run; prints JSON.
 
-  python benchmarks/input_pipeline.py --photos 1024 --image-size 224      # photo-like records (MP-16's stored size)
-  python benchmarks/input_pipeline.py --image-size 48                     # Earth patches, 48 px (the demo)
+  python benchmarks/input_pipeline.py --photos 1024 --image-size 224 --records 512 --repeats 5   # MP-16-like records
+  python benchmarks/input_pipeline.py --image-size 48 --batch-size 128 --seg-input classes \
+      --records 4096 --repeats 5                                          # Earth patches as configs/earth_demo.py
   python benchmarks/input_pipeline.py --patch-px 256 --num-train 2000 --image-size 224
   python benchmarks/input_pipeline.py --dataset-dir DIR --split train     # any built TFDS dataset of the schema
 
@@ -11,7 +12,8 @@ record from the ArrayRecord shards (sources.open_source(decode=False): protobuf 
 (`raw_jpeg_and_png_decode`), and the lean decoders the pipeline uses (codecs.decode_rgb / decode_gray).
 Pipeline: pipeline.train_loader over the same records (decode photo and map, random resized crop + flip of both,
 normalise, map as palette colours or classes, batch); in this process with no reader threads ("per worker" speed),
-then with grain worker processes of one reader thread each (images/s divided by workers). Passes of the reference,
+then with grain worker processes, also without reader threads (images/s divided by workers; the float32 arrays
+are then made in this process, train_loader's default: --finish). Passes of the reference,
 the lean decoders and the in-process pipeline are interleaved and the best pass of each is kept (the machine may
 be shared: the best pass is the least disturbed); worker pipelines run after them, their first pass (worker
 buffers filled while idle) is not counted. Every figure is also given per CPU second of the process and its
