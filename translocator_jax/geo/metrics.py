@@ -1,24 +1,27 @@
 """Geo-localization accuracy table: share within thresholds, median / mean km and GeoScore.
 
-`accuracy_table` = one jitted kernel (`_table_kernel`) + an exact median selected on the host:
-  - the kernel computes every pair's distance d (polynomial sin/asin, distance.py) in one fused loop,
-    compiled with fast math (FMA contraction; the formulas' exact differences are shielded by
-    distance._opaque), and materialises d once (optimization_barrier: otherwise XLA re-derives the
-    distance formula inside every consumer);
-  - sums of d and of exp(-d / 1492.7), and the threshold counts, are plain float reductions over d.
-    A count is the sum of a 0/1 step built from max/mul/min (d > t <=> max(d - t, 0) * 2^126 >= 1):
-    XLA:CPU hands such reductions to its fast (YNNPACK) reduce, while compare/select or integer
-    reductions fall back to a loop about 10x slower. Float sums of 0/1 are exact below 2^24 terms, so
-    counts are summed in chunks of 2^24;
-  - the median is selected, not sorted: a strided sample (prime stride, so periodic layouts cannot
-    alias with it) brackets the two middle ranks, one pass counts the values below the bracket and
-    compacts those inside it (about 2% of them for 10 M random pairs; in cache-sized chunks), and np.partition picks the
-    ranks there. If the bracket misses (adversarial orderings), the whole array is partitioned: the
-    median is always exact, the median of the kernel's own float32 distances, numpy-style (mean of
-    the two middle values for even counts). XLA:CPU has no fast selection or compaction (sort of 10 M
-    values ~3 s, jnp.nonzero ~0.5 s, top_k ~0.2 s, scatter ~6 ns per update), numpy's is ~10 ms here.
-Inputs: numpy arrays aligned to 64 bytes reach the kernel without a copy (jax.device_put aliases them
-on CPU); other numpy inputs get one aligned float32 copy (~8 ms for 10 M pairs; jnp.asarray took ~100).
+`accuracy_table` = one jitted kernel (`_table_kernel`: distances, sums) + one host pass over its output
+(threshold counts, exact median by selection). Shaped by what is fast on XLA:CPU (measured on this 2-core
+machine, 10 M pairs; see benchmarks/accuracy_kernel.py):
+  - the kernel computes every pair's distance d (polynomial sin/asin, distance.py) in fused loops over
+    pieces of 2^20 pairs, compiled with fast math (FMA contraction; the formulas' exact differences are
+    shielded by distance._opaque), and returns d as those pieces: one 40 MB output costs ~30 ms more
+    than ten 4 MB ones (fresh large buffers fault their pages in on every call), and an
+    optimization_barrier keeps XLA from re-deriving the distance formula inside each consumer;
+  - per piece it sums d and exp(-d / 1492.7) (plain sums go to XLA:CPU's fast reduce);
+  - threshold counts and the median are done on the host, in cache-sized chunks of the same arrays:
+    XLA:CPU reductions of compares run at ~3-5 ns per element (the fast step formulation
+    min(max(d - t, 0) * 2^126, 1) falls off a cliff once there are several per executable), and it has no
+    fast selection or compaction (sorting 10 M values ~3 s, jnp.nonzero ~0.5 s, top_k ~0.2 s, scatter
+    ~6 ns per update), while numpy counts 5 thresholds in ~7 ms and compacts in ~10 ms;
+  - the median is selected, not sorted: a strided sample (prime stride, so periodic layouts cannot alias
+    with it) brackets the two middle ranks, the counting pass also counts the values below the bracket
+    and compacts those inside it (about 2% of them for 10 M random pairs), and np.partition picks the
+    ranks there. If the bracket misses (adversarial layouts), everything is partitioned: the median is
+    always exact, the median of the kernel's own float32 distances, numpy-style (mean of the two middle
+    values for even counts).
+Inputs: numpy arrays aligned to 64 bytes reach the kernel without a copy (jax.device_put aliases them on
+CPU); other numpy inputs get one aligned float32 copy (~8 ms for 10 M pairs; jnp.asarray took ~100).
 Thresholds are compared on d, which is within ~5e-7 relative of the float64 distance, so only pairs that
 close to a threshold can differ from a float64 decision.
 """
@@ -38,7 +41,8 @@ GEOSCORE_SCALE_KM = 1492.7
 GEOSCORE_MAX = 5000.0
 THRESHOLD_NAMES = {1: "street", 25: "city", 200: "region", 750: "country", 2500: "continent"}
 
-_COUNT_CHUNK = 1 << 24       # float32 sums of 0/1 values are exact up to 2^24 terms
+_PIECE = 1 << 20             # pairs per kernel piece (4 MB of distances)
+_CHUNK = 1 << 16             # host pass: values per numpy call (masks stay in cache)
 _SAMPLE_STRIDE = 61          # median bracket sample: every 61st value (prime: no aliasing with periodic data)
 _SMALL = 1 << 16             # fewer values: partition them all
 _ALIGN = 64                  # numpy buffers aligned like this are aliased by jax.device_put on CPU
@@ -54,35 +58,32 @@ _FAST_MATH = {"xla_cpu_enable_fast_math": True, "xla_cpu_fast_math_honor_nans": 
               "xla_cpu_fast_math_honor_infs": True, "xla_cpu_enable_fast_min_max": True}
 
 
-def _table_kernel_impl(pred, true, mask, thresholds, consts, zero):
-  """thresholds: float32 [T]; consts: float32 [0, 1, 2^126, -1/1492.7] as runtime values (constants
-  would be broadcast and materialised as extra reduction inputs); zero: int32 0 (see distance._opaque).
+def _table_kernel_impl(pred, true, mask, geo_scale, zero):
+  """geo_scale: float32 -1/1492.7 (a runtime value: XLA would broadcast a constant into a full-size extra
+  input of the reduction); zero: int32 0 (see distance._opaque).
 
-  Returns (d [N] float32 with +inf where masked out, sums)."""
-  n_total = pred.shape[0]
-  h, q = haversine_terms(pred[:, 0], pred[:, 1], true[:, 0], true[:, 1], zero)
-  d = lax.optimization_barrier(terms_to_km(h, q))
-  if mask is None:
-    n_valid = jnp.int32(n_total)
-    d_for_sum = d
-  else:
-    n_valid = jnp.sum(mask, dtype=jnp.int32)
-    d_for_sum = jnp.where(mask, d, 0.0)
-    d = jnp.where(mask, d, jnp.inf)   # +inf: beyond every threshold, exp(-inf) = 0, ranks last
-  c_zero, c_one, c_big, c_geo = consts[0], consts[1], consts[2], consts[3]
-  beyond = jnp.zeros(thresholds.shape, jnp.int32)
-  for a in range(0, n_total, _COUNT_CHUNK):
-    chunk = d[None, a:a + _COUNT_CHUNK]
-    step = jnp.minimum(jnp.maximum(chunk - thresholds[:, None], c_zero) * c_big, c_one)  # 1 where d > t
-    beyond = beyond + jnp.sum(step, axis=1).astype(jnp.int32)
-  sums = {"counts": n_total - beyond,  # masked pairs (+inf) are beyond every threshold
-           "sum_d": jnp.sum(d_for_sum), "sum_g": jnp.sum(jnp.exp(d * c_geo)),
-          "n": n_valid}
-  return d, sums
+  Returns (list of distance pieces, float32 with +inf where masked out; per-piece sums of d and of
+  exp(-d / 1492.7) over valid pairs; number of valid pairs)."""
+  pieces, sum_d, sum_g = [], [], []
+  for a in range(0, pred.shape[0], _PIECE):
+    p, t = pred[a:a + _PIECE], true[a:a + _PIECE]
+    h, q = haversine_terms(p[:, 0], p[:, 1], t[:, 0], t[:, 1], zero)
+    d = lax.optimization_barrier(terms_to_km(h, q))
+    if mask is not None:
+      valid = mask[a:a + _PIECE]
+      sum_d.append(jnp.sum(jnp.where(valid, d, 0.0)))
+      d = jnp.where(valid, d, jnp.inf)  # +inf: within no threshold, exp(-inf) = 0, ranks last
+    else:
+      sum_d.append(jnp.sum(d))
+    sum_g.append(jnp.sum(jnp.exp(d * geo_scale)))
+    pieces.append(d)
+  n_valid = jnp.int32(pred.shape[0]) if mask is None else jnp.sum(mask, dtype=jnp.int32)
+  if not pieces:
+    return [], jnp.zeros(0), jnp.zeros(0), n_valid
+  return pieces, jnp.stack(sum_d), jnp.stack(sum_g), n_valid
 
 
 _table_kernel = jax.jit(_table_kernel_impl, compiler_options=_FAST_MATH)
-_CONSTS = (0.0, 1.0, 2.0 ** 126, -1.0 / GEOSCORE_SCALE_KM)
 
 
 def _aligned(x: np.ndarray) -> np.ndarray:
@@ -119,40 +120,45 @@ def _middle(values: np.ndarray, k_lo: int, k_hi: int) -> float:
   return float(np.float32(0.5) * (v[k_lo] + v[k_hi]))
 
 
-def _median_exact(d: np.ndarray, n_valid: int) -> float:
-  """Median of the first n_valid order statistics of d (float32, the rest +inf), by selection."""
+def _host_pass(pieces: list[np.ndarray], thresholds: np.ndarray, n_valid: int) -> tuple[np.ndarray, float]:
+  """(count of d <= t per threshold, exact median of the n_valid smallest d) over the distance pieces
+  (float32, +inf where masked out), in one chunked pass."""
+  counts = np.zeros(len(thresholds), np.int64)
+  n = sum(x.shape[0] for x in pieces)
   k_lo, k_hi = (n_valid - 1) // 2, n_valid // 2
-  n = d.shape[0]
-  if n <= _SMALL:
-    return _middle(d, k_lo, k_hi)
-  sample = d[::_SAMPLE_STRIDE]
-  m = sample.shape[0]
-  slack = int(4.0 * np.sqrt(m)) + 16
-  r_lo = min(max(k_lo * m // n - slack, 0), m - 1)
-  r_hi = min(k_hi * m // n + slack, m - 1)
-  sample = np.partition(sample, (r_lo, r_hi))
-  n_below, inside = _bracket(d, sample[r_lo], sample[r_hi])
-  if n_below <= k_lo and n_below + inside.shape[0] > k_hi:
-    return _middle(inside, k_lo - n_below, k_hi - n_below)
-  return _middle(d, k_lo, k_hi)  # the sample missed the middle: select over everything
-
-
-def _bracket(d: np.ndarray, lo, hi, chunk: int = 1 << 16) -> tuple[int, np.ndarray]:
-  """(count of d < lo, the values lo <= d <= hi), in cache-sized chunks: whole-array temporaries cost
-  2-3x more here (fresh 10 MB masks fault their pages in on every call)."""
-  below = np.empty(chunk, bool)
-  upto = np.empty(chunk, bool)
+  bracket = n_valid > 0 and n > _SMALL
+  if bracket:  # the two middle ranks lie in [lo, hi] unless the sample is unrepresentative
+    sample = np.concatenate([x[::_SAMPLE_STRIDE] for x in pieces])
+    m = sample.shape[0]
+    slack = int(4.0 * np.sqrt(m)) + 16
+    r_lo = min(max(k_lo * m // n - slack, 0), m - 1)
+    r_hi = min(k_hi * m // n + slack, m - 1)
+    sample = np.partition(sample, (r_lo, r_hi))
+    lo, hi = sample[r_lo], sample[r_hi]
+  mask_a = np.empty(_CHUNK, bool)
+  mask_b = np.empty(_CHUNK, bool)
   n_below = 0
-  parts = []
-  for a in range(0, d.shape[0], chunk):
-    x = d[a:a + chunk]
-    b, u = below[:x.shape[0]], upto[:x.shape[0]]
-    np.less(x, lo, out=b)
-    n_below += int(np.count_nonzero(b))
-    np.less_equal(x, hi, out=u)
-    np.not_equal(u, b, out=u)          # lo <= x <= hi (below implies upto)
-    parts.append(x[np.flatnonzero(u)])
-  return n_below, np.concatenate(parts)
+  inside = []
+  for piece in pieces:
+    for a in range(0, piece.shape[0], _CHUNK):
+      x = piece[a:a + _CHUNK]
+      ma, mb = mask_a[:x.shape[0]], mask_b[:x.shape[0]]
+      for j, t in enumerate(thresholds):
+        np.less_equal(x, t, out=ma)
+        counts[j] += np.count_nonzero(ma)
+      if bracket:
+        np.less(x, lo, out=ma)
+        n_below += int(np.count_nonzero(ma))
+        np.less_equal(x, hi, out=mb)
+        np.not_equal(mb, ma, out=mb)           # lo <= x <= hi (x < lo implies x <= hi)
+        inside.append(x[np.flatnonzero(mb)])
+  if not n_valid:
+    return counts, float("nan")
+  if bracket:
+    inside = np.concatenate(inside)
+    if n_below <= k_lo and n_below + inside.shape[0] > k_hi:
+      return counts, _middle(inside, k_lo - n_below, k_hi - n_below)
+  return counts, _middle(np.concatenate(pieces), k_lo, k_hi)  # small, or the sample missed the middle
 
 
 def accuracy_table(pred_latlon, true_latlon, thresholds_km: Sequence[float] = THRESHOLDS_KM,
@@ -172,15 +178,16 @@ def accuracy_table(pred_latlon, true_latlon, thresholds_km: Sequence[float] = TH
     mask = _to_device(mask, bool, "mask", f"bool [{pred.shape[0]}]", 1)
     if mask.shape != (pred.shape[0],):
       raise ValueError(f"mask must be bool [{pred.shape[0]}], got shape {mask.shape}")
-  thresholds = jnp.asarray(np.asarray(thresholds_km, np.float32))
-  d, sums = _table_kernel(pred, true, mask, thresholds, jnp.asarray(np.float32(_CONSTS)), jnp.int32(0))
-  sums = jax.device_get(sums)
-  n = int(sums["n"])
+  pieces, sum_d, sum_g, n = _table_kernel(pred, true, mask, jnp.float32(-1.0 / GEOSCORE_SCALE_KM),
+                                          jnp.int32(0))
+  n = int(n)
+  counts, median = _host_pass([np.asarray(x) for x in pieces], np.asarray(thresholds_km, np.float32), n)
   nan = float("nan")
-  median = _median_exact(np.asarray(d), n) if n else nan
-  table = {threshold_key(t): int(c) / n if n else nan for t, c in zip(thresholds_km, sums["counts"])}
-  table.update(median_km=median, mean_km=float(sums["sum_d"]) / n if n else nan,
-               geoscore=GEOSCORE_MAX * float(sums["sum_g"]) / n if n else nan, n=n)
+  table = {threshold_key(t): int(c) / n if n else nan for t, c in zip(thresholds_km, counts)}
+  table.update(median_km=median,
+               mean_km=float(np.sum(np.asarray(sum_d), dtype=np.float64)) / n if n else nan,
+               geoscore=GEOSCORE_MAX * float(np.sum(np.asarray(sum_g), dtype=np.float64)) / n if n else nan,
+               n=n)
   return table
 
 
