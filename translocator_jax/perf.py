@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import os
 
-# Measured on the project's 2-core AVX-512 CPU with benchmarks/model_step.py (S/16 two-stream train step):
-# routing dots through XNNPACK fusions is the one flag that paid off.
+# On the project's 2-core AVX-512 CPU (S/16 two-stream train step) routing dots through XNNPACK took a plain
+# Flax step from 0.81x to 0.89x eager PyTorch on a quiet machine (DESIGN.md). On a busy shared CPU the
+# alternatives (ynn/onednn dot fusions, +eltwise) were within noise of it: see benchmarks/model_step.py.
 CPU_FLAGS = ("--xla_cpu_experimental_xnn_fusion_type=dot",)
 
 
