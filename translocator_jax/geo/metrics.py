@@ -58,26 +58,37 @@ _FAST_MATH = {"xla_cpu_enable_fast_math": True, "xla_cpu_fast_math_honor_nans": 
               "xla_cpu_fast_math_honor_infs": True, "xla_cpu_enable_fast_min_max": True}
 
 
+def _split(x) -> list:
+  """x as its pieces of _PIECE pairs (a list of arrays already is)."""
+  if isinstance(x, (list, tuple)):
+    return list(x)
+  return [x[a:a + _PIECE] for a in range(0, x.shape[0], _PIECE)]
+
+
 def _table_kernel_impl(pred, true, mask, geo_scale, zero):
-  """geo_scale: float32 -1/1492.7 (a runtime value: XLA would broadcast a constant into a full-size extra
+  """pred, true: [N, 2] arrays or lists of their pieces of _PIECE pairs (mask likewise, bool [N]);
+  geo_scale: float32 -1/1492.7 (a runtime value: XLA would broadcast a constant into a full-size extra
   input of the reduction); zero: int32 0 (see distance._opaque).
 
   Returns (list of distance pieces, float32 with +inf where masked out; per-piece sums of d and of
   exp(-d / 1492.7) over valid pairs; number of valid pairs)."""
+  pred, true = _split(pred), _split(true)
+  valids = [None] * len(pred) if mask is None else _split(mask)
   pieces, sum_d, sum_g = [], [], []
-  for a in range(0, pred.shape[0], _PIECE):
-    p, t = pred[a:a + _PIECE], true[a:a + _PIECE]
+  for p, t, valid in zip(pred, true, valids):
     h, q = haversine_terms(p[:, 0], p[:, 1], t[:, 0], t[:, 1], zero)
     d = lax.optimization_barrier(terms_to_km(h, q))
-    if mask is not None:
-      valid = mask[a:a + _PIECE]
+    if valid is not None:
       sum_d.append(jnp.sum(jnp.where(valid, d, 0.0)))
       d = jnp.where(valid, d, jnp.inf)  # +inf: within no threshold, exp(-inf) = 0, ranks last
     else:
       sum_d.append(jnp.sum(d))
     sum_g.append(jnp.sum(jnp.exp(d * geo_scale)))
     pieces.append(d)
-  n_valid = jnp.int32(pred.shape[0]) if mask is None else jnp.sum(mask, dtype=jnp.int32)
+  if mask is None:
+    n_valid = jnp.int32(sum(p.shape[0] for p in pred))
+  else:
+    n_valid = sum((jnp.sum(v, dtype=jnp.int32) for v in valids), jnp.int32(0))
   if not pieces:
     return [], jnp.zeros(0), jnp.zeros(0), n_valid
   return pieces, jnp.stack(sum_d), jnp.stack(sum_g), n_valid
@@ -86,33 +97,30 @@ def _table_kernel_impl(pred, true, mask, geo_scale, zero):
 _table_kernel = jax.jit(_table_kernel_impl, compiler_options=_FAST_MATH)
 
 
-def _aligned(x: np.ndarray) -> np.ndarray:
-  """x itself when C-contiguous and 64-byte aligned, else an aligned copy."""
-  if x.flags.c_contiguous and x.ctypes.data % _ALIGN == 0:
+def _aligned(x: np.ndarray, dtype) -> np.ndarray:
+  """x as dtype: itself when already C-contiguous and 64-byte aligned, else an aligned copy."""
+  if x.dtype == dtype and x.flags.c_contiguous and x.ctypes.data % _ALIGN == 0:
     return x
-  buf = np.empty(x.nbytes + _ALIGN, np.uint8)
+  buf = np.empty(x.size * np.dtype(dtype).itemsize + _ALIGN, np.uint8)
   offset = (-buf.ctypes.data) % _ALIGN
-  y = buf[offset:offset + x.nbytes].view(x.dtype).reshape(x.shape)
-  np.copyto(y, x)
+  y = buf[offset:offset + x.size * np.dtype(dtype).itemsize].view(dtype).reshape(x.shape)
+  np.copyto(y, x, casting="unsafe")  # like astype
   return y
 
 
-def _to_device(x, dtype, name: str, shape_msg: str, ndim: int) -> jax.Array:
-  if isinstance(x, jax.Array):
-    if x.ndim != ndim:
-      raise ValueError(f"{name} must be {shape_msg}, got shape {x.shape}")
-    return x.astype(dtype)
-  x = np.asarray(x)
-  if x.ndim != ndim:
+def _kernel_input(x, dtype, name: str, shape_msg: str, ndim: int):
+  """-> (jax array or list of piece arrays for the kernel, shape). numpy arrays reach the kernel without a
+  copy when aligned (jax.device_put aliases them on CPU); others are copied piece by piece: 8 MB buffers
+  come back from the allocator already mapped, one 80 MB copy faults its pages in each call (~15 ms)."""
+  if not isinstance(x, jax.Array):
+    x = np.asarray(x)
+  if x.ndim != ndim or (ndim == 2 and x.shape[1] != 2):
     raise ValueError(f"{name} must be {shape_msg}, got shape {x.shape}")
-  return jax.device_put(_aligned(x.astype(dtype, copy=False)))
-
-
-def _check_latlon(x, name: str) -> jax.Array:
-  x = _to_device(x, jnp.float32, name, "[N, 2] (lat, lon) degrees", 2)
-  if x.shape[1] != 2:
-    raise ValueError(f"{name} must be [N, 2] (lat, lon) degrees, got shape {x.shape}")
-  return x
+  if isinstance(x, jax.Array):
+    return x.astype(dtype), x.shape
+  if x.dtype == dtype and x.flags.c_contiguous and x.ctypes.data % _ALIGN == 0:
+    return jax.device_put(x), x.shape
+  return [jax.device_put(_aligned(x[a:a + _PIECE], dtype)) for a in range(0, x.shape[0], _PIECE)], x.shape
 
 
 def _middle(values: np.ndarray, k_lo: int, k_hi: int) -> float:
@@ -170,14 +178,15 @@ def accuracy_table(pred_latlon, true_latlon, thresholds_km: Sequence[float] = TH
   mask: optional bool [N]; only True pairs count (padded eval batches). Empty -> NaN statistics, n = 0.
   Returns python floats keyed acc_{t}km, median_km, mean_km, geoscore, and n (int).
   """
-  pred = _check_latlon(pred_latlon, "pred_latlon")
-  true = _check_latlon(true_latlon, "true_latlon")
-  if pred.shape != true.shape:
-    raise ValueError(f"pred_latlon {pred.shape} and true_latlon {true.shape} differ in shape")
+  latlon_msg = "[N, 2] (lat, lon) degrees"
+  pred, pred_shape = _kernel_input(pred_latlon, np.float32, "pred_latlon", latlon_msg, 2)
+  true, true_shape = _kernel_input(true_latlon, np.float32, "true_latlon", latlon_msg, 2)
+  if pred_shape != true_shape:
+    raise ValueError(f"pred_latlon {pred_shape} and true_latlon {true_shape} differ in shape")
   if mask is not None:
-    mask = _to_device(mask, bool, "mask", f"bool [{pred.shape[0]}]", 1)
-    if mask.shape != (pred.shape[0],):
-      raise ValueError(f"mask must be bool [{pred.shape[0]}], got shape {mask.shape}")
+    mask, mask_shape = _kernel_input(mask, bool, "mask", f"bool [{pred_shape[0]}]", 1)
+    if mask_shape != (pred_shape[0],):
+      raise ValueError(f"mask must be bool [{pred_shape[0]}], got shape {mask_shape}")
   pieces, sum_d, sum_g, n = _table_kernel(pred, true, mask, jnp.float32(-1.0 / GEOSCORE_SCALE_KM),
                                           jnp.int32(0))
   n = int(n)
