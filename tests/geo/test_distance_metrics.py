@@ -149,3 +149,23 @@ def test_median_exact_on_the_bracket_path():
   _assert_table_matches(a2, b)
   mask = rng.random(len(a)) < 0.3
   _assert_table_matches(a, b, mask)
+
+
+def test_input_layouts_agree_across_pieces():
+  # More pairs than one kernel piece (2^20): jax arrays are sliced in the kernel, aligned float32 numpy
+  # arrays are aliased, unaligned / float64 ones copied piece by piece; all must give the same table.
+  import jax
+  from translocator_jax.geo import metrics
+  n = metrics._PIECE + 12_345
+  rng = np.random.default_rng(11)
+  a, b = _random_pairs(rng, n + 1, 3.0)
+  mask = rng.random(n) < 0.7
+  aligned_a, aligned_b = metrics._aligned(a[1:], np.float32), metrics._aligned(b[1:], np.float32)
+  assert aligned_a.ctypes.data % metrics._ALIGN == 0
+  unaligned_a, unaligned_b = a[1:], b[1:]
+  assert unaligned_a.ctypes.data % metrics._ALIGN != aligned_a.ctypes.data % metrics._ALIGN
+  want = accuracy_table(jax.device_put(aligned_a), jax.device_put(aligned_b), mask=mask)
+  assert accuracy_table(aligned_a, aligned_b, mask=mask) == want
+  assert accuracy_table(unaligned_a, unaligned_b, mask=mask) == want
+  assert accuracy_table(unaligned_a.astype(np.float64), unaligned_b, mask=mask.astype(np.int8)) == want
+  _assert_table_matches(unaligned_a, unaligned_b, mask)
