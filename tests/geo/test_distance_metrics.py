@@ -161,9 +161,11 @@ def test_input_layouts_agree_across_pieces():
   a, b = _random_pairs(rng, n + 1, 3.0)
   mask = rng.random(n) < 0.7
   aligned_a, aligned_b = metrics._aligned(a[1:], np.float32), metrics._aligned(b[1:], np.float32)
-  assert aligned_a.ctypes.data % metrics._ALIGN == 0
-  unaligned_a, unaligned_b = a[1:], b[1:]
-  assert unaligned_a.ctypes.data % metrics._ALIGN != aligned_a.ctypes.data % metrics._ALIGN
+  base_a, base_b = metrics._aligned(a, np.float32), metrics._aligned(b, np.float32)
+  unaligned_a, unaligned_b = base_a[1:], base_b[1:]  # 8 bytes past a 64-byte boundary
+  assert isinstance(metrics._kernel_input(aligned_a, np.float32), jax.Array)  # aliased
+  assert isinstance(metrics._kernel_input(unaligned_a, np.float32), dict)  # aliased past 7 rows
+  assert isinstance(metrics._kernel_input(unaligned_a.astype(np.float64), np.float32), list)  # copied
   want = accuracy_table(jax.device_put(aligned_a), jax.device_put(aligned_b), mask=mask)
   assert accuracy_table(aligned_a, aligned_b, mask=mask) == want
   assert accuracy_table(unaligned_a, unaligned_b, mask=mask) == want

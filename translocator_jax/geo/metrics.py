@@ -58,22 +58,35 @@ _FAST_MATH = {"xla_cpu_enable_fast_math": True, "xla_cpu_fast_math_honor_nans": 
               "xla_cpu_fast_math_honor_infs": True, "xla_cpu_enable_fast_min_max": True}
 
 
-def _split(x) -> list:
-  """x as its pieces of _PIECE pairs (a list of arrays already is)."""
+def _bounds(n: int) -> list[tuple[int, int]]:
+  return [(a, min(a + _PIECE, n)) for a in range(0, n, _PIECE)]
+
+
+def _take(x, a: int, b: int):
+  """Rows [a, b) of a kernel operand: an array; a list of its pieces (_bounds); or {"head": first rows,
+  "rest": the others} (an aligned numpy array seen past its first rows, see accuracy_table)."""
   if isinstance(x, (list, tuple)):
-    return list(x)
-  return [x[a:a + _PIECE] for a in range(0, x.shape[0], _PIECE)]
+    return x[a // _PIECE]
+  if isinstance(x, dict):
+    h = x["head"].shape[0]
+    if a >= h:
+      return x["rest"][a - h:b - h]
+    return jnp.concatenate([x["head"][a:], x["rest"][:b - h]])
+  return x[a:b]
 
 
 def _table_kernel_impl(pred, true, mask, geo_scale, zero):
-  """pred, true: [N, 2] arrays or lists of their pieces of _PIECE pairs (mask likewise, bool [N]);
-  geo_scale: float32 -1/1492.7 (a runtime value: XLA would broadcast a constant into a full-size extra
-  input of the reduction); zero: int32 0 (see distance._opaque).
+  """pred, true: [N, 2] kernel operands (see _take); mask likewise, bool [N], or None; geo_scale: float32
+  -1/1492.7 (a runtime value: XLA would broadcast a constant into a full-size extra input of the
+  reduction); zero: int32 0 (see distance._opaque). Pieces are always rows [k 2^20, (k + 1) 2^20), so
+  the float sums do not depend on how the operands arrived.
 
   Returns (list of distance pieces, float32 with +inf where masked out; per-piece sums of d and of
   exp(-d / 1492.7) over valid pairs; number of valid pairs)."""
-  pred, true = _split(pred), _split(true)
-  valids = [None] * len(pred) if mask is None else _split(mask)
+  n = sum(x.shape[0] for x in jax.tree.leaves(pred))
+  bounds = _bounds(n)
+  pred, true = ([_take(x, a, b) for a, b in bounds] for x in (pred, true))
+  valids = [None] * len(bounds) if mask is None else [_take(mask, a, b) for a, b in bounds]
   pieces, sum_d, sum_g = [], [], []
   for p, t, valid in zip(pred, true, valids):
     h, q = haversine_terms(p[:, 0], p[:, 1], t[:, 0], t[:, 1], zero)
@@ -86,7 +99,7 @@ def _table_kernel_impl(pred, true, mask, geo_scale, zero):
     sum_g.append(jnp.sum(jnp.exp(d * geo_scale)))
     pieces.append(d)
   if mask is None:
-    n_valid = jnp.int32(sum(p.shape[0] for p in pred))
+    n_valid = jnp.int32(n)
   else:
     n_valid = sum((jnp.sum(v, dtype=jnp.int32) for v in valids), jnp.int32(0))
   if not pieces:
@@ -108,19 +121,36 @@ def _aligned(x: np.ndarray, dtype) -> np.ndarray:
   return y
 
 
-def _kernel_input(x, dtype, name: str, shape_msg: str, ndim: int):
-  """-> (jax array or list of piece arrays for the kernel, shape). numpy arrays reach the kernel without a
-  copy when aligned (jax.device_put aliases them on CPU); others are copied piece by piece: 8 MB buffers
-  come back from the allocator already mapped, one 80 MB copy faults its pages in each call (~15 ms)."""
+def _check_input(x, name: str, shape_msg: str, ndim: int):
   if not isinstance(x, jax.Array):
     x = np.asarray(x)
   if x.ndim != ndim or (ndim == 2 and x.shape[1] != 2):
     raise ValueError(f"{name} must be {shape_msg}, got shape {x.shape}")
+  return x
+
+
+def _rows_to_alignment(x, dtype) -> int | None:
+  """Leading rows to skip so that the rest of numpy x starts 64-byte aligned (None: x must be copied)."""
+  if isinstance(x, jax.Array) or x.dtype != dtype or not x.flags.c_contiguous:
+    return None
+  row = x.itemsize * (x.shape[1] if x.ndim == 2 else 1)
+  gap = (-x.ctypes.data) % _ALIGN
+  return gap // row if gap % row == 0 else None
+
+
+def _kernel_input(x, dtype):
+  """x as a kernel operand (see _take): a jax array as it is; a float32 numpy array aliased (jax.device_put
+  does not copy 64-byte aligned arrays on CPU), past its first few rows if they are misaligned; others
+  copied piece by piece: 8 MB buffers come back from the allocator already mapped, an 80 MB one faults
+  its pages in on every call (~15 ms)."""
   if isinstance(x, jax.Array):
-    return x.astype(dtype), x.shape
-  if x.dtype == dtype and x.flags.c_contiguous and x.ctypes.data % _ALIGN == 0:
-    return jax.device_put(x), x.shape
-  return [jax.device_put(_aligned(x[a:a + _PIECE], dtype)) for a in range(0, x.shape[0], _PIECE)], x.shape
+    return x.astype(dtype)
+  head = _rows_to_alignment(x, dtype)
+  if head == 0:
+    return jax.device_put(x)
+  if head is not None and head < x.shape[0]:
+    return {"head": jax.device_put(_aligned(x[:head], dtype)), "rest": jax.device_put(x[head:])}
+  return [jax.device_put(_aligned(x[a:b], dtype)) for a, b in _bounds(x.shape[0])]
 
 
 def _middle(values: np.ndarray, k_lo: int, k_hi: int) -> float:
@@ -179,14 +209,18 @@ def accuracy_table(pred_latlon, true_latlon, thresholds_km: Sequence[float] = TH
   Returns python floats keyed acc_{t}km, median_km, mean_km, geoscore, and n (int).
   """
   latlon_msg = "[N, 2] (lat, lon) degrees"
-  pred, pred_shape = _kernel_input(pred_latlon, np.float32, "pred_latlon", latlon_msg, 2)
-  true, true_shape = _kernel_input(true_latlon, np.float32, "true_latlon", latlon_msg, 2)
-  if pred_shape != true_shape:
-    raise ValueError(f"pred_latlon {pred_shape} and true_latlon {true_shape} differ in shape")
+  pred = _check_input(pred_latlon, "pred_latlon", latlon_msg, 2)
+  true = _check_input(true_latlon, "true_latlon", latlon_msg, 2)
+  if pred.shape != true.shape:
+    raise ValueError(f"pred_latlon {pred.shape} and true_latlon {true.shape} differ in shape")
+  n_total = pred.shape[0]
   if mask is not None:
-    mask, mask_shape = _kernel_input(mask, bool, "mask", f"bool [{pred_shape[0]}]", 1)
-    if mask_shape != (pred_shape[0],):
-      raise ValueError(f"mask must be bool [{pred_shape[0]}], got shape {mask_shape}")
+    mask = _check_input(mask, "mask", f"bool [{n_total}]", 1)
+    if mask.shape != (n_total,):
+      raise ValueError(f"mask must be bool [{n_total}], got shape {mask.shape}")
+  pred, true = _kernel_input(pred, np.float32), _kernel_input(true, np.float32)
+  if mask is not None:
+    mask = _kernel_input(mask, bool)
   pieces, sum_d, sum_g, n = _table_kernel(pred, true, mask, jnp.float32(-1.0 / GEOSCORE_SCALE_KM),
                                           jnp.int32(0))
   n = int(n)
