@@ -83,31 +83,29 @@ def _table_kernel_impl(pred, true, mask, geo_scale, zero):
   the float sums do not depend on how the operands arrived.
 
   Returns (list of distance pieces, float32 with +inf where masked out; per-piece sums of d and of
-  exp(-d / 1492.7) over valid pairs; number of valid pairs)."""
+  exp(-d / 1492.7) over valid pairs; scratch pieces to drop). The number of valid pairs is counted by
+  the caller: integer reductions are slow on XLA:CPU."""
   n = sum(x.shape[0] for x in jax.tree.leaves(pred))
   bounds = _bounds(n)
   pred, true = ([_take(x, a, b) for a, b in bounds] for x in (pred, true))
   valids = [None] * len(bounds) if mask is None else [_take(mask, a, b) for a, b in bounds]
-  pieces, sum_d, sum_g, n_valid = [], [], [], []
+  pieces, sum_d, sum_g, scratch = [], [], [], []
   for p, t, valid in zip(pred, true, valids):
     h, q = haversine_terms(p[:, 0], p[:, 1], t[:, 0], t[:, 1], zero)
     d = lax.optimization_barrier(terms_to_km(h, q))
     if valid is not None:
       # +inf: within no threshold, exp(-inf) = 0, ranks last. Selects are materialised: inside a
       # reduction they leave XLA:CPU's fast reduce.
-      d_sum, d, ones = lax.optimization_barrier(
-          (jnp.where(valid, d, 0.0), jnp.where(valid, d, jnp.inf), jnp.where(valid, 1.0, 0.0)))
-      n_valid.append(jnp.sum(ones))   # exact: at most 2^20 ones
+      d_sum, d = lax.optimization_barrier((jnp.where(valid, d, 0.0), jnp.where(valid, d, jnp.inf)))
+      scratch.append(d_sum)  # returned, not kept: a 4 MB output is cheaper than a 40 MB fresh temp
     else:
       d_sum = d
     sum_d.append(jnp.sum(d_sum))
     sum_g.append(jnp.sum(jnp.exp(d * geo_scale)))
     pieces.append(d)
-  # Integer reductions are slow on XLA:CPU; per-piece float counts of valid pairs are exact.
-  n_valid = jnp.int32(n) if mask is None else sum((c.astype(jnp.int32) for c in n_valid), jnp.int32(0))
   if not pieces:
-    return [], jnp.zeros(0), jnp.zeros(0), n_valid
-  return pieces, jnp.stack(sum_d), jnp.stack(sum_g), n_valid
+    return [], jnp.zeros(0), jnp.zeros(0), []
+  return pieces, jnp.stack(sum_d), jnp.stack(sum_g), scratch
 
 
 _table_kernel = jax.jit(_table_kernel_impl, compiler_options=_FAST_MATH)
@@ -222,11 +220,12 @@ def accuracy_table(pred_latlon, true_latlon, thresholds_km: Sequence[float] = TH
     if mask.shape != (n_total,):
       raise ValueError(f"mask must be bool [{n_total}], got shape {mask.shape}")
   pred, true = _kernel_input(pred, np.float32), _kernel_input(true, np.float32)
+  n = n_total
   if mask is not None:
+    n = int(np.count_nonzero(np.asarray(mask)))  # nonzero = True, as the kernel's astype(bool)
     mask = _kernel_input(mask, bool)
-  pieces, sum_d, sum_g, n = _table_kernel(pred, true, mask, jnp.float32(-1.0 / GEOSCORE_SCALE_KM),
-                                          jnp.int32(0))
-  n = int(n)
+  geo_scale = jnp.float32(-1.0 / GEOSCORE_SCALE_KM)
+  pieces, sum_d, sum_g, _ = _table_kernel(pred, true, mask, geo_scale, jnp.int32(0))
   counts, median = _host_pass([np.asarray(x) for x in pieces], np.asarray(thresholds_km, np.float32), n)
   nan = float("nan")
   table = {threshold_key(t): int(c) / n if n else nan for t, c in zip(thresholds_km, counts)}
