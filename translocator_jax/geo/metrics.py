@@ -28,6 +28,7 @@ close to a threshold can differ from a float64 decision.
 """
 from __future__ import annotations
 
+import concurrent.futures
 from typing import Mapping, Sequence
 
 import jax
@@ -43,7 +44,7 @@ GEOSCORE_MAX = 5000.0
 THRESHOLD_NAMES = {1: "street", 25: "city", 200: "region", 750: "country", 2500: "continent"}
 
 _PIECE = 1 << 20             # pairs per kernel piece (4 MB of distances)
-_CHUNK = 1 << 16             # host pass: values per numpy call (masks stay in cache)
+_CHUNK = 1 << 17             # host pass: values per numpy call (masks stay in cache)
 _SAMPLE_STRIDE = 61          # median bracket sample: every 61st value (prime: no aliasing with periodic data)
 _SMALL = 1 << 16             # fewer values: partition them all
 _ALIGN = 64                  # numpy buffers aligned like this are aliased by jax.device_put on CPU
@@ -159,21 +160,10 @@ def _middle(values: np.ndarray, k_lo: int, k_hi: int) -> float:
   return float(np.float32(0.5) * (v[k_lo] + v[k_hi]))
 
 
-def _host_pass(pieces: list[np.ndarray], thresholds: np.ndarray, n_valid: int) -> tuple[np.ndarray, float]:
-  """(count of d <= t per threshold, exact median of the n_valid smallest d) over the distance pieces
-  (float32, +inf where masked out), in one chunked pass."""
+def _scan(pieces: list[np.ndarray], thresholds: np.ndarray, lo, hi) -> tuple[np.ndarray, int, list]:
+  """(count of d <= t per threshold, count of d < lo, the values lo <= d <= hi) in cache-sized chunks;
+  lo = None: no bracket."""
   counts = np.zeros(len(thresholds), np.int64)
-  n = sum(x.shape[0] for x in pieces)
-  k_lo, k_hi = (n_valid - 1) // 2, n_valid // 2
-  bracket = n_valid > 0 and n > _SMALL
-  if bracket:  # the two middle ranks lie in [lo, hi] unless the sample is unrepresentative
-    sample = np.concatenate([x[::_SAMPLE_STRIDE] for x in pieces])
-    m = sample.shape[0]
-    slack = int(4.0 * np.sqrt(m)) + 16
-    r_lo = min(max(k_lo * m // n - slack, 0), m - 1)
-    r_hi = min(k_hi * m // n + slack, m - 1)
-    sample = np.partition(sample, (r_lo, r_hi))
-    lo, hi = sample[r_lo], sample[r_hi]
   mask_a = np.empty(_CHUNK, bool)
   mask_b = np.empty(_CHUNK, bool)
   n_below = 0
@@ -185,16 +175,44 @@ def _host_pass(pieces: list[np.ndarray], thresholds: np.ndarray, n_valid: int) -
       for j, t in enumerate(thresholds):
         np.less_equal(x, t, out=ma)
         counts[j] += np.count_nonzero(ma)
-      if bracket:
+      if lo is not None:
         np.less(x, lo, out=ma)
         n_below += int(np.count_nonzero(ma))
         np.less_equal(x, hi, out=mb)
         np.not_equal(mb, ma, out=mb)           # lo <= x <= hi (x < lo implies x <= hi)
         inside.append(x[np.flatnonzero(mb)])
+  return counts, n_below, inside
+
+
+def _host_pass(pieces: list[np.ndarray], thresholds: np.ndarray, n_valid: int) -> tuple[np.ndarray, float]:
+  """(count of d <= t per threshold, exact median of the n_valid smallest d) over the distance pieces
+  (float32, +inf where masked out), in one chunked pass."""
+  n = sum(x.shape[0] for x in pieces)
+  k_lo, k_hi = (n_valid - 1) // 2, n_valid // 2
+  bracket = n_valid > 0 and n > _SMALL
+  if bracket:  # the two middle ranks lie in [lo, hi] unless the sample is unrepresentative
+    sample = np.concatenate([x[::_SAMPLE_STRIDE] for x in pieces])
+    m = sample.shape[0]
+    slack = int(4.0 * np.sqrt(m)) + 16
+    r_lo = min(max(k_lo * m // n - slack, 0), m - 1)
+    r_hi = min(k_hi * m // n + slack, m - 1)
+    sample = np.partition(sample, (r_lo, r_hi))
+    lo, hi = sample[r_lo], sample[r_hi]
+  else:
+    lo = hi = None
+  # Two halves on two threads (numpy releases the GIL): 18 -> 15 ms for 10M values here.
+  if len(pieces) > 1:
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+      parts = list(pool.map(lambda ps: _scan(ps, thresholds, lo, hi), [pieces[::2], pieces[1::2]]))
+  else:
+    parts = [_scan(pieces, thresholds, lo, hi)]
+  counts = sum(p[0] for p in parts)
+  n_below = sum(p[1] for p in parts)
+  inside = [x for p in parts for x in p[2]]
   if not n_valid:
     return counts, float("nan")
   if bracket:
-    inside = np.concatenate(inside)
+    inside = np.concatenate(inside) if inside else np.zeros(0, np.float32)
     if n_below <= k_lo and n_below + inside.shape[0] > k_hi:
       return counts, _middle(inside, k_lo - n_below, k_hi - n_below)
   return counts, _middle(np.concatenate(pieces), k_lo, k_hi)  # small, or the sample missed the middle
