@@ -9,11 +9,12 @@ machine, 10 M pairs; see benchmarks/accuracy_kernel.py):
     than ten 4 MB ones (fresh large buffers fault their pages in on every call), and an
     optimization_barrier keeps XLA from re-deriving the distance formula inside each consumer;
   - per piece it sums d and exp(-d / 1492.7) (plain sums go to XLA:CPU's fast reduce);
-  - threshold counts and the median are done on the host, in cache-sized chunks of the same arrays:
-    XLA:CPU reductions of compares run at ~3-5 ns per element (the fast step formulation
-    min(max(d - t, 0) * 2^126, 1) falls off a cliff once there are several per executable), and it has no
-    fast selection or compaction (sorting 10 M values ~3 s, jnp.nonzero ~0.5 s, top_k ~0.2 s, scatter
-    ~6 ns per update), while numpy counts 5 thresholds in ~7 ms and compacts in ~10 ms;
+  - threshold counts and the median are done on the host, in cache-sized chunks of the same arrays on
+    two threads: XLA:CPU reductions of compares run at ~3-5 ns per element (a step built from
+    max/mul/min, min(max(d - t, 0) * 2^126, 1), stays on the fast reduce alone but not several per
+    executable or per piece), and it has no fast selection or compaction (sorting 10 M values ~3 s,
+    jnp.nonzero ~0.5 s, top_k ~0.2 s, scatter ~6 ns per update), while numpy counts 5 thresholds and
+    compacts the median bracket in ~15 ms;
   - the median is selected, not sorted: a strided sample (prime stride, so periodic layouts cannot alias
     with it) brackets the two middle ranks, the counting pass also counts the values below the bracket
     and compacts those inside it (about 2% of them for 10 M random pairs), and np.partition picks the
