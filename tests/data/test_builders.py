@@ -329,3 +329,36 @@ def test_segment_step_writes_maps_the_builder_reads(tmp_path, tiny_segmenter):
                           str(tmp_path / "o"), "--no-cells", "--no-progress"]) == 0
   (rec,) = _read_records(tmp_path / "o", "test")
   np.testing.assert_array_equal(rec["segmentation"][..., 0], classes)  # Palette PNG read back exactly.
+
+
+def test_square_rotated_photo_stays_aligned_with_the_map_the_segment_step_wrote(tmp_path, tiny_segmenter):
+  """A square photo fits its map both as stored and rotated: the map's origin decides which view is written."""
+  from PIL import ImageOps  # pylint: disable=g-import-not-at-top
+  data = fx.exif_gps(fx.photo(24, 24, 5), 1.0, 2.0, orientation=6)  # A left-to-right ramp as stored.
+  fx.write_folder(tmp_path / "p", {"sq.jpg": data})
+  assert cli.segment_main(["--images", str(tmp_path / "p"), "--output", str(tmp_path / "maps"),
+                           "--model", str(tiny_segmenter), "--no-progress"]) == 0
+  with Image.open(tmp_path / "maps" / "sq.png") as m:
+    classes = np.asarray(m)
+  with Image.open(io.BytesIO(data)) as im:
+    stored = np.asarray(im.convert("RGB"), np.float32)
+    oriented = np.asarray(ImageOps.exif_transpose(im).convert("RGB"), np.float32)
+  assert np.abs(stored - oriented).mean() > 10  # The two views really differ.
+  for flag, expected in (([], oriented), (["--seg-on-stored-pixels"], stored)):
+    out = tmp_path / f"o{len(flag)}"
+    assert cli.photos_main(["--input", str(tmp_path / "p"), "--seg", str(tmp_path / "maps"), "--output", str(out),
+                            "--no-cells", "--no-progress", *flag]) == 0
+    (rec,) = _read_records(out, "test")
+    np.testing.assert_array_equal(rec["segmentation"][..., 0], classes)
+    assert np.abs(rec["image"].astype(np.float32) - expected).mean() < 3.0, flag
+
+
+def test_mp16_skips_a_missing_map_and_computes_it_when_a_segmenter_is_given(tmp_path, shared_data, tiny_segmenter):
+  ids = _benchmark_inputs(tmp_path, shared_data)  # Places365 layout; the last image has no map.
+  common = dict(csv_path=tmp_path / "im2gps.csv", images=tmp_path / "im2gps_rgb_images.tar.gz",
+                segmentations=tmp_path / "im2gps_seg_images_PNG.tar.gz", partition_paths=[], progress=False)
+  report = builders.build_mp16(output_dir=tmp_path / "skip", **common)
+  assert report["written"] == 3 and [ids[-1] in s["source"] for s in report["skipped"]] == [True]
+  report = builders.build_mp16(output_dir=tmp_path / "seg", segmenter_dir=str(tiny_segmenter), **common)
+  assert report["written"] == 4 and report["skipped"] == []
+  assert sorted(r["image_id"].decode() for r in _read_records(tmp_path / "seg", "train")) == sorted(ids)

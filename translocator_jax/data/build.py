@@ -62,6 +62,9 @@ class BuildOptions:
   workers: int = 1
   partition_paths: Sequence[str] = ()  # Coarse -> fine partition CSVs; empty: cells are -1.
   segmenter_dir: str | None = None  # transformers model folder for items without a map.
+  # Where a map fits the photo both as stored and EXIF-rotated (square or flipped photos): True when the maps were
+  # computed on the rotated view (data_prep.segment), False for the published maps (computed on stored pixels).
+  maps_oriented: bool = False
   max_pixels: int = images_lib.DEFAULT_MAX_PIXELS
   max_short_side: int = schema.MAX_SHORT_SIDE
   jpeg_quality: int = images_lib.DEFAULT_JPEG_QUALITY
@@ -72,6 +75,7 @@ class BuildOptions:
   def fingerprint_fields(self) -> dict:
     return {"name": self.name, "split": self.split, "piece_size": self.piece_size,
             "partitions": [str(p) for p in self.partition_paths], "segmenter": self.segmenter_dir,
+            "maps_oriented": self.maps_oriented,
             "max_pixels": self.max_pixels, "max_short_side": self.max_short_side, "quality": self.jpeg_quality}
 
 
@@ -141,7 +145,7 @@ def _process_item(item: Item, rgb_store, seg_store, options: BuildOptions) -> di
                                              max_pixels=options.max_pixels)
     except images_lib.BadInput as e:
       raise images_lib.BadInput(f"{where}: {e}") from None
-    transpose = images_lib.match_segmentation(seg_img.size[::-1], decoded)
+    transpose = images_lib.match_segmentation(seg_img.size[::-1], decoded, prefer_oriented=options.maps_oriented)
     jpeg, size, _ = images_lib.finish_image(decoded, transpose=transpose, max_short_side=options.max_short_side,
                                             quality=options.jpeg_quality)
     try:
@@ -187,6 +191,9 @@ def _write_piece(args) -> dict:
       examples.append(_process_item(item, rgb_store, seg_store, options))
     except images_lib.BadInput as e:
       skipped.append({"source": rgb_store.describe(item.rgb_name), "reason": str(e)})
+    except Exception as e:  # pylint: disable=broad-except  # A decoder or segmenter failure is one file's problem.
+      skipped.append({"source": rgb_store.describe(item.rgb_name),
+                      "reason": f"unexpected {type(e).__name__} while processing: {e}"})
   if examples:
     latlon = np.stack([ex[schema.LATLON] for ex in examples])
     cells = assign_cells(latlon, options.partition_paths)

@@ -190,8 +190,9 @@ def build_from_csv(*, name: str, split: str, csv_path, images, output_dir, segme
 
 
 def build_mp16(*, csv_path, images, segmentations, output_dir, **kw) -> dict:
-  """MP-16 from mp16_places365.csv + the RGB and colourised-map tarballs (or folders); missing maps are skipped."""
-  kw.setdefault("missing_seg", "skip")
+  """MP-16 from mp16_places365.csv + the RGB and colourised-map tarballs (or folders); missing maps are skipped,
+  or computed when `segmenter_dir` is given."""
+  kw.setdefault("missing_seg", "segment" if kw.get("segmenter_dir") else "skip")
   return build_from_csv(name="mp16", split="train", csv_path=csv_path, images=images,
                         segmentations=segmentations, output_dir=output_dir, **kw)
 
@@ -218,12 +219,13 @@ def read_photo_csv(csv_path, columns=("path", "lat", "lon")) -> tuple[dict[str, 
 
 def build_photos(*, input_dir, output_dir, csv_path=None, segmentations=None, seg_name: str = DEFAULT_SEG_NAME,
                  segmenter_dir: str | None = None, name: str = "photos", split: str = "test",
-                 partition_paths: Sequence[str] | None = None, **options) -> dict:
+                 partition_paths: Sequence[str] | None = None, maps_oriented: bool = True, **options) -> dict:
   """Your own photos: every JPEG/PNG under `input_dir`, positioned by EXIF GPS or by `csv_path` (path,lat,lon,
   paths relative to `input_dir`; photos it does not list fall back to EXIF). Maps from `segmentations` (a
-  folder/tarball named like the photos) or computed with `segmenter_dir`.
+  folder/tarball named like the photos) or computed with `segmenter_dir`. `maps_oriented`: the given maps were
+  computed on the EXIF-rotated photos, as `data_prep.segment` writes them (decides square photos).
   """
-  opts = _options(name, split, output_dir, partition_paths, segmenter_dir, **options)
+  opts = _options(name, split, output_dir, partition_paths, segmenter_dir, maps_oriented=maps_oriented, **options)
   staging = opts.output_dir / build.STAGING
   staging.mkdir(parents=True, exist_ok=True)
   rgb_store, seg_store = _stores(input_dir, segmentations, staging)

@@ -82,13 +82,17 @@ def photos_main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--input", required=True, help="folder tree (or tarball) of JPEG/PNG photos")
   p.add_argument("--csv", default=None, help="CSV with header path,lat,lon (paths relative to --input)")
   p.add_argument("--seg", default=None, help="folder/tarball of segmentation maps named like the photos")
+  p.add_argument("--seg-on-stored-pixels", action="store_true",
+                 help="the --seg maps were computed on the photos as stored, before EXIF rotation (default: on the "
+                      "rotated photos, as data_prep.segment writes them); decides only square or flipped photos")
   p.add_argument("--name", default="photos")
   p.add_argument("--split", default="test")
   _common(p)
   a = p.parse_args(argv)
   kw = _kwargs(a)
   return _run(lambda: builders.build_photos(input_dir=a.input, csv_path=a.csv, segmentations=a.seg,
-                                            name=a.name, split=a.split, **kw))
+                                            maps_oriented=not a.seg_on_stored_pixels, name=a.name,
+                                            split=a.split, **kw))
 
 
 def segment_main(argv: Sequence[str] | None = None) -> int:

@@ -34,6 +34,7 @@ class DecodedImage:
   transposed_size: tuple[int, int]  # (width, height) after EXIF orientation.
   exif: Image.Exif | None
   passthrough: bytes | None  # The original bytes when they are already a plain RGB JPEG that needs no change.
+  orientation: int = 1  # EXIF orientation tag (1: as stored).
 
 
 def output_size(width: int, height: int, max_short_side: int = schema.MAX_SHORT_SIDE) -> tuple[int, int]:
@@ -121,7 +122,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     img.draft("RGB", (tw, th))
   _load(img)
   return DecodedImage(image=img, raw_size=raw_size, transposed_size=transposed_size, exif=exif,
-                      passthrough=passthrough)
+                      passthrough=passthrough, orientation=int(orientation or 1))
 
 
 def finish_image(decoded: DecodedImage, *, transpose: bool, max_short_side: int = schema.MAX_SHORT_SIDE,
@@ -193,17 +194,25 @@ def decode_segmentation(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
   return segmentation_classes(open_segmentation(data, max_pixels=max_pixels), mapper=mapper)
 
 
-def match_segmentation(classes_shape: tuple[int, int], image: DecodedImage) -> bool:
+def match_segmentation(classes_shape: tuple[int, int], image: DecodedImage, *, prefer_oriented: bool = False
+                       ) -> bool:
   """Whether the photo must be EXIF-rotated to line up with a map of `classes_shape` (H, W); BadInput if neither.
 
   The map must have the stored size of the photo, or its size after EXIF rotation, or be a uniform rescale of
   either (within a pixel of rounding); anything else is the map of another image. When both fit (square photos)
-  the stored orientation wins: the published maps were computed without EXIF rotation.
+  the shape cannot tell, so the map's origin decides: the published MP-16 / benchmark maps were computed on the
+  stored pixels (the default), while `data_prep.segment` and the in-process segmenter see the EXIF-rotated photo
+  (`prefer_oriented=True`).
   """
   h, w = classes_shape
-  if _same_shape((w, h), image.raw_size):
+  rotated = image.orientation not in (1, 0)  # Flips and 180-degree turns keep the size but move the pixels.
+  fits_stored = _same_shape((w, h), image.raw_size)
+  fits_oriented = rotated and _same_shape((w, h), image.transposed_size)
+  if fits_stored and fits_oriented:
+    return prefer_oriented
+  if fits_stored:
     return False
-  if image.transposed_size != image.raw_size and _same_shape((w, h), image.transposed_size):
+  if fits_oriented:
     return True
   raise BadInput(f"segmentation map size {w}x{h} does not match image size {image.raw_size[0]}x"
                  f"{image.raw_size[1]}")
