@@ -107,3 +107,26 @@ def test_exif_gps_becomes_the_true_location(predictor, test_records, tmp_path):
   (p,) = predictor.predict([str(path)], [records[1][schema.SEGMENTATION]])
   assert p.error is None
   np.testing.assert_allclose(p.true_latlon, (-(33 + 52 / 60 + 12 / 3600), 151 + 12 / 60 + 36 / 3600), atol=1e-4)
+
+
+def test_a_map_of_another_photo_or_a_failing_segmenter_is_that_photos_error_only(predictor, test_records, tmp_path):
+  _, records = test_records
+  paths = []
+  for i in range(3):
+    paths.append(tmp_path / f"p{i}.png")
+    Image.fromarray(records[i][schema.IMAGE]).save(paths[-1])
+  seg = records[0][schema.SEGMENTATION][..., 0]
+  wrong = np.zeros((seg.shape[0] + 7, seg.shape[1] * 2), np.uint8)  # another photo's shape
+  preds = predictor.predict([str(p) for p in paths], [seg, wrong, records[2][schema.SEGMENTATION]], top_k=2)
+  assert [p.error is None for p in preds] == [True, False, True]
+  assert "segmentation map size" in preds[1].error and str(paths[1]) in preds[1].error
+  assert len(preds[0].candidates) == 2 and len(preds[2].candidates) == 2
+
+  def broken_segmenter(pixels):
+    raise RuntimeError("out of memory on the segmenter")
+  predictor.segmenter = broken_segmenter
+  try:
+    (p,) = predictor.predict([str(paths[0])])
+  finally:
+    predictor.segmenter = None
+  assert p.error and "out of memory on the segmenter" in p.error and not p.candidates

@@ -155,6 +155,16 @@ class Predictor:
 
   def preprocess(self, image, seg=None) -> tuple[str, np.ndarray, np.ndarray, tuple[float, float] | None]:
     """(source, model image [S, S, 3], model seg, EXIF latlon or None) of one photo; PredictError if unusable."""
+    from translocator_jax.data import images  # pylint: disable=g-import-not-at-top
+    try:
+      return self._preprocess(image, seg)
+    except PredictError:
+      raise
+    except (images.BadInput, OSError, ValueError, RuntimeError) as e:  # a map of another photo, a segmenter failure
+      raise PredictError(f"{_source_name(image, 0) if not isinstance(image, np.ndarray) else '<array>'}: "
+                         f"{e}") from e
+
+  def _preprocess(self, image, seg):
     from translocator_jax.data import augment, images  # pylint: disable=g-import-not-at-top
     from PIL import ImageOps  # pylint: disable=g-import-not-at-top
     name, pixels, decoded = _load_photo(image)
@@ -165,8 +175,10 @@ class Predictor:
         true_latlon = tuple(float(v) for v in images.exif_latlon(decoded.exif))
       except images.BadInput:
         pass
-      # Published maps were computed on the stored (unrotated) pixels; rotate only when the map says so.
-      transpose = images.match_segmentation(classes.shape, decoded) if classes is not None else True
+      # A map's shape says whether it was computed on the stored or the EXIF-rotated photo; where both fit
+      # (square photos) the rotated view wins, as data_prep.segment and the segmenter see it.
+      transpose = (images.match_segmentation(classes.shape, decoded, prefer_oriented=True)
+                   if classes is not None else True)
       img = ImageOps.exif_transpose(decoded.image) if transpose else decoded.image
       pixels = np.asarray(images._to_rgb(img))  # pylint: disable=protected-access
     if classes is None:
