@@ -15,6 +15,7 @@ INSTALL_REQUIRES = [
     "s2sphere>=0.2.5,<0.3",
     "ml-collections>=1.1,<2",
     "tqdm>=4.66,<5",
+    "etils[epath]>=1.7,<2",  # local and gs:// paths (checkpoints, predictions)
     "pillow>=10,<13",
     # Training input pipeline: libjpeg-turbo decode, bilinear warp and table lookups (see data/codecs.py).
     "opencv-python-headless>=4.11,<5",

@@ -102,3 +102,19 @@ def test_format_rows_has_paper_row():
                                                     "geoscore": 2000.0, "n": 237}),
                                  ("im2gps / paper", eval_model.paper_table("im2gps"))])
   assert "812.3" in text and "19.9" in text and "86.7" in text
+
+
+def test_evaluation_and_prediction_need_only_the_partitions_of_an_unbuilt_training_set(tmp_path):
+  """A real MP-16 checkpoint is evaluated on a benchmark without MP-16's records on disk."""
+  from translocator_jax import paths, predict  # pylint: disable=g-import-not-at-top
+  from translocator_jax.train import config_io  # pylint: disable=g-import-not-at-top
+  from translocator_jax.train import data as data_lib  # pylint: disable=g-import-not-at-top
+  config = config_io.load_config(f"{paths.REPO_ROOT / 'configs/translocator_b16_mp16.py'}:runlocal")
+  config.data.data_dir = str(tmp_path)  # nothing built here
+  with pytest.raises(data_lib.DatasetMissingError, match="build_mp16"):
+    data_lib.dataset_info(config, "mp16")
+  info = data_lib.dataset_info(config, "mp16", need_records=False)
+  assert info.tfds_dir is None
+  partitions, palette = predict.inference_assets(config)
+  assert [p.num_classes for p in partitions] == [3298, 7202, 12893]
+  assert palette.shape == (150, 3)

@@ -66,3 +66,15 @@ def test_skip_bad_counts_and_lists(tmp_path, capsys):
   preds = read_predictions_csv(path, skip_bad=True)
   assert preds.image_ids == ["a", "b"]
   np.testing.assert_array_equal(preds.pred_latlon, [[10, 20], [0, 1]])
+
+
+def test_a_stray_blank_line_between_rows_loses_no_rows_and_a_summary_block_is_ignored(tmp_path):
+  path = tmp_path / "p.csv"
+  write_predictions_csv(path, ["a", "b", "c"], [[10, 20], [0, 0], [1, 1]], [[10, 20], [0, 1], [1, 1]])
+  lines = path.read_text().splitlines()
+  lines.insert(2, "")  # between rows a and b
+  lines += ["", "street acc (1km),city acc (25km)", "0.5,0.75"]
+  path.write_text("\n".join(lines) + "\n")
+  preds = read_predictions_csv(path)
+  assert preds.image_ids == ["a", "b", "c"] and preds.bad_rows == []
+  np.testing.assert_array_equal(preds.pred_latlon, [[10, 20], [0, 1], [1, 1]])

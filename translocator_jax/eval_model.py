@@ -25,6 +25,7 @@ import numpy as np
 import tqdm
 
 from translocator_jax.data import schema
+from translocator_jax.geo.distance import haversine_km_numpy
 
 THRESHOLDS_KM = (1, 25, 200, 750, 2500)
 ACC_KEYS = tuple(f"acc_{t}km" for t in THRESHOLDS_KM)
@@ -236,6 +237,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   p.add_argument("--batch-size", type=int, default=None, help="global eval batch (default: config.eval.batch_size)")
   p.add_argument("--output-dir", default=None, help="per-image CSVs go here (default: WORKDIR/predictions)")
   p.add_argument("--no-knn", action="store_true", help="skip the raw-thumbnail kNN baseline on earth_patches")
+  p.add_argument("--maps", default=None, metavar="DIR",
+                 help="draw DIR/<dataset>_errors.png (true -> predicted over the Blue Marble) and "
+                      "DIR/<dataset>_accuracy_curve.png (share within d km against d, per method)")
   p.add_argument("--json", action="store_true", help="print one JSON object per dataset instead of the table")
   return p.parse_args(argv)
 
@@ -244,7 +248,7 @@ def evaluate_dataset(config: ml_collections.ConfigDict, model, params, name: str
                      partitions, tta: str, batch_size: int, knn: bool = True) -> tuple[Predictions, dict]:
   """Predictions and result tables ('fstar', partitions, 'chance', 'knn') of one dataset."""
   from translocator_jax.train import data as data_lib  # pylint: disable=g-import-not-at-top
-  info = train_info if name == train_info.name else data_lib.dataset_info(config, name)
+  info = train_info if name == train_info.name and train_info.tfds_dir else data_lib.dataset_info(config, name)
   split = SPLITS.get(name, "test")
   batches, n = data_lib.eval_batches(config, info, split, batch_size, tta)
   preds = predict_dataset(model, params, batches, mesh=mesh, partitions=partitions, heads=config.model.heads,
@@ -259,6 +263,20 @@ def evaluate_dataset(config: ml_collections.ConfigDict, model, params, name: str
     tables["knn"] = knn_table(sources.open_source(info.tfds_dir, "train"), sources.open_source(info.tfds_dir, split),
                               preds.index, preds.true_latlon)
   return preds, tables
+
+
+def draw_dataset_maps(out_dir, name: str, preds: Predictions, partitions, main_method: str) -> list[pathlib.Path]:
+  """The error map (main method) and the accuracy-against-distance curves (every method and chance) of a dataset."""
+  from translocator_jax import maps  # pylint: disable=g-import-not-at-top
+  out_dir = pathlib.Path(out_dir)
+  errors = maps.draw_errors(out_dir / f"{name}_errors.png", preds.pred_latlon[main_method], preds.true_latlon,
+                            title=f"{name}: true location -> prediction ({main_method})")
+  curves = {("TransLocator-JAX (f*)" if m == "fstar" else f"{m} partition only"):
+            haversine_km_numpy(preds.pred_latlon[m], preds.true_latlon) for m in preds.pred_latlon}
+  chance = np.broadcast_to(most_common_cell_latlon(partitions), preds.true_latlon.shape)
+  curves["chance (most common cell)"] = haversine_km_numpy(chance, preds.true_latlon)
+  curve = maps.plot_accuracy_curve(out_dir / f"{name}_accuracy_curve.png", curves, title=name)
+  return [errors, curve]
 
 
 def image_ids(info, split: str, index: np.ndarray) -> list[str]:
@@ -292,12 +310,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   batch_size = int(args.batch_size or config.eval.get("batch_size", 256))
   batch_size = max(jax.device_count(), batch_size // jax.device_count() * jax.device_count())
   model = models.build_model(config.model)
-  train_info = data_lib.dataset_info(config, config.data.train)
+  train_info = data_lib.dataset_info(config, config.data.train, need_records=False)  # its partitions
   partitions = data_lib.load_partitions(train_info)
   if partitions is None:
     raise SystemExit(f"translocator-eval: the training set {config.data.train!r} has no partitions to predict with")
-  workdir = pathlib.Path(args.workdir) if args.workdir else pathlib.Path(args.checkpoint).absolute().parents[1]
-  out_dir = pathlib.Path(args.output_dir) if args.output_dir else workdir / "predictions"
+  out_dir = (checkpoints.as_path(args.output_dir) if args.output_dir
+             else checkpoints.workdir_of(path) / "predictions")  # local or gs://
   rows, missing, results = [], [], []
   for name in datasets:
     name = name.strip()
@@ -309,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       print(f"translocator-eval: {e}", file=sys.stderr)
       continue
     main_method = "fstar" if "fstar" in tables else [m for m in schema.PARTITION_NAMES if m in tables][-1]
-    info = train_info if name == train_info.name else data_lib.dataset_info(config, name)
+    info = train_info if name == train_info.name and train_info.tfds_dir else data_lib.dataset_info(config, name)
     csv_path = out_dir / f"{name}.csv"
     if jax.process_index() == 0:
       out_dir.mkdir(parents=True, exist_ok=True)
@@ -318,6 +336,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       extra.update({f"pred_lon_{m}": preds.pred_latlon[m][:, 1] for m in preds.pred_latlon if m != main_method})
       predictions_io.write_predictions_csv(csv_path, image_ids(info, SPLITS.get(name, "test"), preds.index),
                                            preds.true_latlon, preds.pred_latlon[main_method], extra_columns=extra)
+    if args.maps and jax.process_index() == 0:
+      draw_dataset_maps(args.maps, name, preds, partitions, main_method)
     record = {"dataset": name, "method": main_method, **tables[main_method],
               "chance_acc_750km": tables["chance"]["acc_750km"], "predictions_csv": str(csv_path)}
     if "knn" in tables:

@@ -271,19 +271,14 @@ def _source_name(item, pos: int) -> str:
 
 
 def inference_assets(config) -> tuple[list[Any], np.ndarray | None]:
-  """The [coarse, middle, fine] partitions and the segmentation palette the model was trained with."""
+  """The [coarse, middle, fine] partitions and the segmentation palette the model was trained with (the training
+  records themselves need not be on disk; the Earth-patches set is built if it is not)."""
   from translocator_jax.train import data as data_lib  # pylint: disable=g-import-not-at-top
-  from translocator_jax.geo import cells  # pylint: disable=g-import-not-at-top
-  if config.data.train == "earth_patches":
-    info = data_lib.dataset_info(config, "earth_patches")  # builds the set if it is not on disk
-    return data_lib.load_partitions(info), info.palette
-  import pathlib as _pl  # pylint: disable=g-import-not-at-top,reimported
-  from translocator_jax import paths  # pylint: disable=g-import-not-at-top
-  part_dir = _pl.Path(config.data.partitions_dir)
-  if not part_dir.is_dir():
-    part_dir = paths.shared_data_dir() / "partitions"
-  partitions = [cells.load_partition_csv(part_dir / f) for f in config.data.partition_files]
-  return partitions, data_lib.ade20k_palette()
+  info = data_lib.dataset_info(config, config.data.train, need_records=False)
+  partitions = data_lib.load_partitions(info)
+  if partitions is None:
+    raise ValueError(f"the training set {config.data.train!r} has no partitions to predict with")
+  return partitions, info.palette
 
 
 # ------------------------------------------------------------------------------------------------ CLI

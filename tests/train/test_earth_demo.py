@@ -74,11 +74,12 @@ def test_sigkill_and_restart_is_bit_identical(reference_run, train_tools, tfds_d
     assert fp == ref_prints[step], step
 
 
-def test_eval_cli_json_and_predictions(reference_run, train_tools, tfds_dir):
+def test_eval_cli_json_and_predictions(reference_run, train_tools, tfds_dir, tmp_path):
   workdir, _, _ = reference_run
   env = {**train_tools.env(), "TFDS_DATA_DIR": str(tfds_dir)}
   proc = subprocess.run([sys.executable, "-m", "translocator_jax.evaluate", "--workdir", str(workdir),
-                         "--datasets", "earth_patches,im2gps", "--json"], env=env, cwd=train_tools.repo,
+                         "--datasets", "earth_patches,im2gps", "--json", "--maps", str(tmp_path / "maps")],
+                        env=env, cwd=train_tools.repo,
                         capture_output=True, text=True, timeout=300)
   # im2gps is not built here: a clear message naming the builder, exit status 2, earth_patches still evaluated.
   assert proc.returncode == 2, proc.stderr[-3000:]
@@ -95,3 +96,9 @@ def test_eval_cli_json_and_predictions(reference_run, train_tools, tfds_dir):
   table = metrics.accuracy_table(rows.pred_latlon, rows.true_latlon)
   for k in ("acc_200km", "acc_750km", "acc_2500km", "median_km"):
     assert table[k] == pytest.approx(r[k], rel=1e-5), k
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  for name in ("earth_patches_errors.png", "earth_patches_accuracy_curve.png"):
+    with Image.open(tmp_path / "maps" / name) as im:
+      assert im.format == "PNG" and min(im.size) >= 300, name
+      assert np.asarray(im.convert("L"), np.float32).std() > 10, name  # a drawing, not a blank canvas
+  assert not list((tmp_path / "maps").glob("im2gps*"))

@@ -1,5 +1,6 @@
 """Resuming past a corrupt latest checkpoint (SIGKILL + restart is tested on the real pipeline in test_earth_demo)."""
 import json
+import re
 
 from translocator_jax.train import checkpoints
 
@@ -28,3 +29,18 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(run_train, tmp_path):
   config2, params2 = checkpoints.restore_for_inference(workdir / "checkpoints" / "8")
   assert checkpoints.params_fingerprint(params2) != second["params_fingerprint"]
   assert config2.train.total_steps == 12
+
+
+def test_a_changed_model_config_stops_instead_of_discarding_the_checkpoints(run_train, tmp_path):
+  workdir = tmp_path / "run"
+  base = ("train.total_steps=4", "train.ckpt_every=4", "train.tensorboard=False")
+  first, _ = run_train(workdir, base)
+  assert first["checkpoints"] == [4]
+  _, out = run_train(workdir, base + ("train.total_steps=8", "model.width=48"), check=False)
+  assert "Traceback" not in out, out[-3000:]  # a clear message, not a crash
+  assert "CheckpointMismatchError" in out and "checkpoints/4 holds parameters of another model" in out, out[-3000:]
+  assert re.search(r"checkpoint \([^)]*32[^)]*\) vs config \([^)]*48", out), out[-3000:]  # names the shapes
+  assert (workdir / "checkpoints" / "4").is_dir() and not (workdir / checkpoints.CORRUPT_DIR).exists()
+  # The unchanged config still resumes from it.
+  second, out = run_train(workdir, base[1:] + ("train.total_steps=8",))
+  assert second["resumed_from"] == 4, out[-3000:]

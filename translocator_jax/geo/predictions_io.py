@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import math
-import pathlib
 from typing import Mapping, Sequence
 
+from etils import epath
 import numpy as np
 
 PROJECT_COLUMNS = ("img_id", "gt_lat", "gt_lon", "pred_lat", "pred_lon")
@@ -38,15 +39,16 @@ def write_predictions_csv(path, image_ids: Sequence[str], true_latlon, pred_latl
   for name, col in [("true_latlon", true_latlon), ("pred_latlon", pred_latlon), *extra_columns.items()]:
     if len(col) != n:
       raise ValueError(f"{name} has {len(col)} rows, image_ids has {n}")
-  path = pathlib.Path(path)
+  f = io.StringIO(newline="")
+  w = csv.writer(f)
+  w.writerow(list(PROJECT_COLUMNS) + list(extra_columns))
+  for i in range(n):
+    w.writerow([image_ids[i], f"{true_latlon[i, 0]:.6f}", f"{true_latlon[i, 1]:.6f}",
+                f"{pred_latlon[i, 0]:.6f}", f"{pred_latlon[i, 1]:.6f}"]
+               + [col[i] for col in extra_columns.values()])
+  path = epath.Path(path)  # a local path or gs://... (the evaluator writes beside a cloud workdir)
   path.parent.mkdir(parents=True, exist_ok=True)
-  with path.open("w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(list(PROJECT_COLUMNS) + list(extra_columns))
-    for i in range(n):
-      w.writerow([image_ids[i], f"{true_latlon[i, 0]:.6f}", f"{true_latlon[i, 1]:.6f}",
-                  f"{pred_latlon[i, 0]:.6f}", f"{pred_latlon[i, 1]:.6f}"]
-                 + [col[i] for col in extra_columns.values()])
+  path.write_text(f.getvalue())
 
 
 def _check_value(name: str, text: str) -> float:
@@ -64,9 +66,8 @@ def _check_value(name: str, text: str) -> float:
 
 def read_predictions_csv(path, skip_bad: bool = False) -> Predictions:
   """Read either layout. Bad rows raise a ValueError naming each line, or with skip_bad are listed."""
-  path = pathlib.Path(path)
-  with path.open(newline="") as f:
-    rows = list(csv.reader(f))
+  path = epath.Path(path)
+  rows = list(csv.reader(io.StringIO(path.read_text(), newline="")))
   if not rows:
     raise ValueError(f"{path}: empty file")
   header = [h.strip() for h in rows[0]]
@@ -79,9 +80,22 @@ def read_predictions_csv(path, skip_bad: bool = False) -> Predictions:
                      "GeoEstimation results header (img_id,gt_lat,predicted_lat,gt_long,predicted_long,...)")
   id_col = header.index("img_id")
   ids, latlon, bad = [], [], []
+  def is_blank(row):
+    return not row or not "".join(row).strip()
+
+  def looks_like_data(row):
+    try:
+      return len(row) >= len(header) and all(math.isfinite(float(row[i])) for i in idx)
+    except ValueError:
+      return False
+
   for line_no, row in enumerate(rows[1:], start=2):
-    if not row or not "".join(row).strip():
-      break  # a blank line ends the rows; a summary block may follow
+    if is_blank(row):
+      # A blank line ends the rows when a summary block (or nothing) follows; a stray one between rows does not.
+      following = next((r for r in rows[line_no:] if not is_blank(r)), None)
+      if following is None or not looks_like_data(following):
+        break
+      continue
     try:
       if len(row) < len(header):
         raise ValueError(f"{len(row)} fields, header has {len(header)}")

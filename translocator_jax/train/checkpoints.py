@@ -130,9 +130,15 @@ class Checkpointer:
     """(step, state) of the newest checkpoint that loads; (None, None) when there is none.
 
     `data_iterator` (if given) is set to the saved iterator state. A checkpoint that fails to load is
-    reported with a warning and the one before it is tried.
+    reported with a warning and the one before it is tried. A readable checkpoint of another model (the config
+    changed under the same workdir) raises CheckpointMismatchError instead: retraining over it would lose it.
     """
     for step in reversed(self.all_steps()):
+      problem = self._params_mismatch(step, abstract_state)
+      if problem:
+        raise CheckpointMismatchError(
+            f"{self.step_dir(step)} holds parameters of another model than this config ({problem}). Resume with "
+            "the config the run was started with (saved in the checkpoint's 'config' item), or use a new workdir.")
       try:
         items = {"state": ocp.args.StandardRestore(abstract_state)}
         if data_iterator is not None:
@@ -151,6 +157,22 @@ class Checkpointer:
         print(f"WARNING: {msg}", flush=True)
     return None, None
 
+  def _params_mismatch(self, step: int, abstract_state: Any) -> str | None:
+    """How the saved parameter tree differs from the config's (names, shapes); None if equal or unreadable."""
+    try:
+      saved = ocp.PyTreeCheckpointHandler().metadata(self.step_dir(step) / "state")  # shapes only, no arrays
+      saved = (saved.tree if hasattr(saved, "tree") else saved)["params"]
+      saved = {jax.tree_util.keystr(k): tuple(v.shape) for k, v in jax.tree_util.tree_flatten_with_path(saved)[0]}
+    except Exception:  # pylint: disable=broad-except  # unreadable metadata: the restore reports it as corrupt
+      return None
+    want = {jax.tree_util.keystr(k): tuple(v.shape)
+            for k, v in jax.tree_util.tree_flatten_with_path(abstract_state["params"])[0]}
+    missing, extra = sorted(set(want) - set(saved)), sorted(set(saved) - set(want))
+    if missing or extra:
+      return f"keys only in the config: {missing[:3]}, only in the checkpoint: {extra[:3]}"
+    shapes = [f"{k}: checkpoint {saved[k]} vs config {want[k]}" for k in sorted(want) if saved[k] != want[k]]
+    return "; ".join(shapes[:3]) or None
+
   def _set_aside(self, step: int) -> epath.Path:
     """Moves an unreadable step out of the manager's way (kept for inspection), so training can redo it."""
     target = self.directory.parent / CORRUPT_DIR / f"{step}.{int(time.time())}"
@@ -162,6 +184,10 @@ class Checkpointer:
       multihost_utils.sync_global_devices(f"set_aside_checkpoint_{step}")
     self.manager.reload()
     return target
+
+
+class CheckpointMismatchError(ValueError):
+  """The workdir's checkpoints are of another model than the config (names or shapes differ)."""
 
 
 def best_step(workdir, steps) -> int | None:
@@ -190,6 +216,12 @@ def _find_checkpoint(path: pathlib.Path, which: str) -> tuple[pathlib.Path, int 
   if any(p.name.isdigit() for p in path.iterdir()) if path.is_dir() else False:
     return path, None
   raise FileNotFoundError(f"{path}: not a workdir (no {CHECKPOINT_DIR}/), nor a checkpoint step directory")
+
+
+def workdir_of(path: str | os.PathLike) -> epath.Path:
+  """The training workdir of a workdir, its checkpoints dir or one checkpoint step directory (local or gs://)."""
+  ckpt_dir, _ = _find_checkpoint(as_path(path), "latest")
+  return ckpt_dir.parent
 
 
 def restore_for_inference(path: str | pathlib.Path, which: str = "latest"

@@ -130,8 +130,12 @@ def find_tfds_dir(data_dir: str | pathlib.Path | None, name: str) -> pathlib.Pat
                             f"dataset_info.json). Build it with: {cmd}")
 
 
-def dataset_info(config: ml_collections.ConfigDict, name: str) -> DatasetInfo:
-  """Where `name` lives, its partitions (coarse -> fine) and segmentation palette."""
+def dataset_info(config: ml_collections.ConfigDict, name: str, *, need_records: bool = True) -> DatasetInfo:
+  """Where `name` lives, its partitions (coarse -> fine) and segmentation palette.
+
+  need_records=False: the partitions and palette alone (tfds_dir None when the dataset is not built), which is
+  all evaluation and prediction need of the training set.
+  """
   if name == "synthetic":
     return DatasetInfo(name, None, None, None, int(config.model.get("num_seg_classes", 150)))
   if name == "earth_patches":
@@ -140,12 +144,17 @@ def dataset_info(config: ml_collections.ConfigDict, name: str) -> DatasetInfo:
     info = earth_patches.ensure_built(data_dir=config.data.get("data_dir"), **opts)
     return DatasetInfo(name, str(info.data_dir), tuple(str(p) for p in info.partition_paths),
                        np.asarray(info.palette, np.uint8), int(info.num_seg_classes))
-  tfds_dir = find_tfds_dir(config.data.get("data_dir"), name)
+  try:
+    tfds_dir = str(find_tfds_dir(config.data.get("data_dir"), name))
+  except DatasetMissingError:
+    if need_records:
+      raise
+    tfds_dir = None
   part_dir = pathlib.Path(config.data.partitions_dir)
   if not part_dir.is_absolute() and not part_dir.exists():
     part_dir = paths.shared_data_dir() / "partitions"
   parts = tuple(str(part_dir / f) for f in config.data.partition_files)
-  return DatasetInfo(name, str(tfds_dir), parts, ade20k_palette(), 150)
+  return DatasetInfo(name, tfds_dir, parts, ade20k_palette(), 150)
 
 
 def load_partitions(info: DatasetInfo) -> list[Any] | None:

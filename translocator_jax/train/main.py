@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
   except loop.NonFiniteLossError as e:
     print(f"translocator-train: {e}", file=sys.stderr)
     return 1
+  except loop.ckpt_lib.CheckpointMismatchError as e:
+    print(f"translocator-train: {type(e).__name__}: {e}", file=sys.stderr)
+    return 2
   if args.summary_json:
     with open(args.summary_json, "w") as f:
       json.dump(summary, f)
