@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -40,6 +41,8 @@ def parse_args(argv=None):
   p.add_argument("--heads", default="coarse=3298,middle=7202,fine=12893,scene=3")
   p.add_argument("--no-flags", action="store_true", help="do not set the CPU XLA flags (to measure them)")
   p.add_argument("--no-torch", action="store_true")
+  p.add_argument("--no-keep-memory", action="store_true",
+                 help="glibc malloc defaults instead of perf.keep_freed_host_memory (to measure it)")
   p.add_argument("--remat", action="store_true")
   p.add_argument("--depth", type=int, default=None, help="fewer layers (same per-layer shapes) for quick sweeps")
   return p.parse_args(argv)
@@ -49,6 +52,7 @@ def main(argv=None):
   args = parse_args(argv)
   if not args.no_flags:
     perf.cpu_performance_flags()
+  keep_memory = False if args.no_keep_memory else perf.keep_freed_host_memory()
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -136,12 +140,20 @@ def main(argv=None):
       rates.append(2 * n ** 3 / statistics.median(times) / 1e9)
     return max(rates)
 
+  faults = {}
+
   def timed(fn, block):
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
     t = time.perf_counter()
     for _ in range(args.steps):
       out = fn()
     block(out)
-    return (time.perf_counter() - t) / args.steps
+    seconds = (time.perf_counter() - t) / args.steps
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    # Kernel time and page faults per step: fresh host buffers faulted in every step show up here.
+    faults.setdefault(fn, []).append(((r1.ru_stime - r0.ru_stime) / args.steps,
+                                      (r1.ru_minflt - r0.ru_minflt) / args.steps))
+    return seconds
 
   jax_block = lambda out: jax.block_until_ready(out)
   load_start = os.getloadavg()[0]
@@ -165,9 +177,14 @@ def main(argv=None):
       rounds=args.rounds, steps_per_round=args.steps, depth=models.model_kwargs(cfg)["depth"],
       loadavg_start=round(load_start, 2), loadavg_end=round(load_end, 2), cpus=os.cpu_count(),
       per_round=dict(step_s=[round(x, 4) for x in ours], torch_step_s=[round(x, 4) for x in theirs],
-                     matmul_gflop_per_s=[round(x, 1) for x in rates]))
+                     matmul_gflop_per_s=[round(x, 1) for x in rates]),
+      sys_s_per_step=round(statistics.median(f[0] for f in faults[run_ours][1:]), 3),
+      minor_faults_per_step=int(statistics.median(f[1] for f in faults[run_ours][1:])),
+      host_memory_kept=keep_memory)
   if run_torch:
     t_theirs = statistics.median(theirs)
+    result.update(torch_sys_s_per_step=round(statistics.median(f[0] for f in faults[run_torch][1:]), 3),
+                  torch_minor_faults_per_step=int(statistics.median(f[1] for f in faults[run_torch][1:])))
     result.update(torch_step_s=round(t_theirs, 4), torch_images_per_s=round(b / t_theirs, 3),
                   speed_vs_torch=round(statistics.median(t / o for o, t in zip(ours, theirs)), 3),
                   torch_threads=torch.get_num_threads())

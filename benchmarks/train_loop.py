@@ -12,7 +12,7 @@ import time
 
 from translocator_jax import perf
 
-perf.cpu_performance_flags()
+perf.configure_cpu_runtime()
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 

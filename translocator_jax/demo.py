@@ -119,4 +119,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+  from translocator_jax import perf  # pylint: disable=g-import-not-at-top
+  perf.configure_cpu_runtime()  # before JAX starts its CPU backend
   sys.exit(main())

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
   logging.basicConfig(level=logging.WARNING)
   from translocator_jax import perf  # pylint: disable=g-import-not-at-top
-  perf.cpu_performance_flags()  # before JAX starts its CPU backend
+  perf.configure_cpu_runtime()  # before JAX starts its CPU backend
   from translocator_jax.train import sharding  # pylint: disable=g-import-not-at-top
   sharding.maybe_initialize_distributed()
   from translocator_jax.train import loop  # pylint: disable=g-import-not-at-top
