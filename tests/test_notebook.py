@@ -1,9 +1,13 @@
 """The Colab notebook runs top to bottom (quick variant, reusing the session's tiny Earth-demo run)."""
-import os
+import json
 import pathlib
 
 import nbclient
 import nbformat
+import pytest
+
+from translocator_jax.eval_model import ACC_KEYS
+from translocator_jax.geo import metrics, predictions_io
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -20,7 +24,14 @@ def test_notebook_runs_without_errors(earth_tiny_run, monkeypatch):
   client.execute()  # raises CellExecutionError naming the cell on any error
   outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
   assert "=== done ===" in outputs                      # the demo ran to its end
-  assert "earth_patches test / TransLocator-JAX (f*)" in outputs
+  # The printed row is the run's own result: the table of its per-image predictions file.
+  row = next(l for l in outputs.splitlines() if l.startswith("earth_patches test / TransLocator-JAX (f*)"))
+  printed = [float(v) for v in row.split(")", 1)[1].split()[:5]]
+  preds = predictions_io.read_predictions_csv(workdir / "predictions" / "earth_patches.csv")
+  table = metrics.accuracy_table(preds.pred_latlon, preds.true_latlon)
+  assert printed == pytest.approx([100 * table[k] for k in ACC_KEYS], abs=0.051)
+  summary = json.loads((workdir / "demo" / "summary.json").read_text())
+  assert summary["test_table"]["n"] == len(preds.image_ids) > 0
   assert "50% of the probability within" in outputs     # the upload stand-in was predicted
   images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
             if "image/png" in o.get("data", {})]

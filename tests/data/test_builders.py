@@ -362,3 +362,16 @@ def test_mp16_skips_a_missing_map_and_computes_it_when_a_segmenter_is_given(tmp_
   report = builders.build_mp16(output_dir=tmp_path / "seg", segmenter_dir=str(tiny_segmenter), **common)
   assert report["written"] == 4 and report["skipped"] == []
   assert sorted(r["image_id"].decode() for r in _read_records(tmp_path / "seg", "train")) == sorted(ids)
+
+
+def test_partitions_from_a_built_dataset_read_its_coordinates(folder_build, tmp_path):
+  out, report = folder_build
+  latlon = np.stack([r["latlon"] for r in _read_records(out, "train")]).astype(np.float64)
+  assert cli.partitions_main(["--input", str(out), "--output", str(tmp_path / "p"), "--tau-min", "0",
+                              "--tau-max", "1000", "--no-progress"]) == 0
+  part_report = json.loads((tmp_path / "p" / "partitions_report.json").read_text())
+  assert part_report["coordinates"] == report["written"] == len(latlon)
+  from translocator_jax.geo import cells  # pylint: disable=g-import-not-at-top
+  part = cells.load_partition_csv(tmp_path / "p" / "cells_0_1000.csv")
+  assert int(part.counts.sum()) == len(latlon)
+  assert (np.asarray(part.assign(latlon.astype(np.float32))) >= 0).all()

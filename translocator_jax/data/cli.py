@@ -107,3 +107,31 @@ def segment_main(argv: Sequence[str] | None = None) -> int:
   from translocator_jax.data import segmenter  # pylint: disable=g-import-not-at-top
   return _run(lambda: segmenter.write_maps(images=a.images, output_dir=a.output, model_dir=a.model,
                                            existing=a.existing, seg_name=a.seg_name, progress=not a.no_progress))
+
+
+def partitions_main(argv: Sequence[str] | None = None) -> int:
+  from translocator_jax.data import partitions_build  # pylint: disable=g-import-not-at-top
+  p = argparse.ArgumentParser(description="Build the S2 partitions (GeoEstimation CSV layout) from training "
+                                          "coordinates: a CSV with LAT/LON columns or a built dataset folder.")
+  p.add_argument("--input", required=True, help="mp16_places365.csv, or a built TFDS dataset dir (.../1.0.0)")
+  p.add_argument("--split", default="train", help="the dataset split (dataset input)")
+  p.add_argument("--output", "--out_dir", dest="output", required=True, help="folder for cells_*.csv")
+  p.add_argument("--tau-min", "--tau_min", dest="tau_min", type=int, default=50)
+  p.add_argument("--tau-max", "--tau_max", dest="tau_max", type=int, nargs="+",
+                 default=list(partitions_build.DEFAULT_TAU_MAX))
+  p.add_argument("--lat-column", default="LAT")
+  p.add_argument("--lon-column", default="LON")
+  p.add_argument("--no-progress", action="store_true")
+  a = p.parse_args(argv)
+  try:
+    report = partitions_build.build_partitions(
+        a.input, a.output, split=a.split, tau_min=a.tau_min, tau_max=a.tau_max, lat_column=a.lat_column,
+        lon_column=a.lon_column, progress=not a.no_progress)
+  except (FileNotFoundError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  for part in report["partitions"]:
+    print(f"{part['file']}: {part['classes']} classes, {part['assigned']} of {report['coordinates']} assigned")
+  print(f"coordinates: {report['coordinates']}  skipped rows: {len(report['skipped'])}"
+        + (f" (listed in {a.output}/partitions_report.json)" if report["skipped"] else ""))
+  return 0
