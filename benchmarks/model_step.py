@@ -12,6 +12,9 @@ busy shared CPU slows all three alike; ratios are medians over rounds of per-rou
   matmul_gflop_per_s    float32 matmul rate: best of a jitted JAX and a numpy 2048^3 matmul, per round
   fraction_of_matmul    median of per-round gflop_per_s / matmul_gflop_per_s
   loadavg_start/_end    1-minute load average: other work on a shared CPU makes every figure noisier
+  sys_s_per_step, minor_faults_per_step   kernel time and page faults a step (fresh host buffers show up here)
+  mfu                   on an accelerator: FLOPs/s over the chips' peak (--peak-tflops or the PEAK_TFLOPS table)
+GPU (B/16 bfloat16 training): model_step.py --variant B/16 --dtype bfloat16 --batch 256 --no-torch
 train mode: forward of both streams, summed cross-entropy of all heads, backward, SGD momentum (jitted, donated).
 """
 from __future__ import annotations
@@ -27,6 +30,14 @@ import time
 # The flag helper must run before JAX's CPU backend starts.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from translocator_jax import perf  # pylint: disable=g-import-not-at-top
+
+
+# Dense matmul peaks (TFLOP/s per chip) by jax device_kind, bfloat16 / float32 (float32: TF32 off on GPUs), for MFU.
+PEAK_TFLOPS = {
+    "NVIDIA H100 80GB HBM3": (989.0, 67.0), "NVIDIA H200": (989.0, 67.0), "NVIDIA A100-SXM4-80GB": (312.0, 19.5),
+    "NVIDIA A100-SXM4-40GB": (312.0, 19.5), "TPU v4": (275.0, 275.0 / 4), "TPU v5 lite": (197.0, 197.0 / 4),
+    "TPU v5e": (197.0, 197.0 / 4),
+}
 
 
 def parse_args(argv=None):
@@ -45,6 +56,8 @@ def parse_args(argv=None):
                  help="glibc malloc defaults instead of perf.keep_freed_host_memory (to measure it)")
   p.add_argument("--remat", action="store_true")
   p.add_argument("--depth", type=int, default=None, help="fewer layers (same per-layer shapes) for quick sweeps")
+  p.add_argument("--peak-tflops", type=float, default=None,
+                 help="the accelerator's dense peak for --dtype, for `mfu` (default: PEAK_TFLOPS by device kind)")
   return p.parse_args(argv)
 
 
@@ -181,6 +194,11 @@ def main(argv=None):
       sys_s_per_step=round(statistics.median(f[0] for f in faults[run_ours][1:]), 3),
       minor_faults_per_step=int(statistics.median(f[1] for f in faults[run_ours][1:])),
       host_memory_kept=keep_memory)
+  kind = jax.devices()[0].device_kind
+  peak = args.peak_tflops or {k: v[0 if args.dtype == "bfloat16" else 1] for k, v in PEAK_TFLOPS.items()}.get(kind)
+  result.update(device_kind=kind, device_count=jax.device_count())
+  if peak:  # model FLOPs utilisation on an accelerator (XLA's FLOP count of the step over the chips' peak)
+    result.update(peak_tflops=peak, mfu=round(flops / t_ours / 1e12 / (peak * jax.device_count()), 4))
   if run_torch:
     t_theirs = statistics.median(theirs)
     result.update(torch_sys_s_per_step=round(statistics.median(f[0] for f in faults[run_torch][1:]), 3),
