@@ -153,7 +153,7 @@ class Checkpointer:
         moved = self._set_aside(step)
         msg = (f"checkpoint {self.step_dir(step)} could not be restored ({type(e).__name__}: "
                f"{str(e).splitlines()[0][:300] if str(e) else ''}); moved it to {moved}; trying the previous one")
-        log.warning(msg)
+        log.warning(msg, exc_info=True)  # the traceback says why, for the record
         print(f"WARNING: {msg}", flush=True)
     return None, None
 
