@@ -16,6 +16,9 @@ INSTALL_REQUIRES = [
     "ml-collections>=1.1,<2",
     "tqdm>=4.66,<5",
     "etils[epath]>=1.7,<2",  # local and gs:// paths (checkpoints, predictions)
+    # orbax logs through humanize; 4.17 imports inside naturalsize(), and while another thread is inside an etils
+    # lazy-import block that import returns a LazyModule: restores failed at random ("not callable").
+    "humanize>=4.9,<4.17",
     "pillow>=10,<13",
     # Training input pipeline: libjpeg-turbo decode, bilinear warp and table lookups (see data/codecs.py).
     "opencv-python-headless>=4.11,<5",

@@ -159,12 +159,15 @@ class Checkpointer:
 
   def _params_mismatch(self, step: int, abstract_state: Any) -> str | None:
     """How the saved parameter tree differs from the config's (names, shapes); None if equal or unreadable."""
+    handler = ocp.PyTreeCheckpointHandler()
     try:
-      saved = ocp.PyTreeCheckpointHandler().metadata(self.step_dir(step) / "state")  # shapes only, no arrays
+      saved = handler.metadata(self.step_dir(step) / "state")  # shapes only, no arrays
       saved = (saved.tree if hasattr(saved, "tree") else saved)["params"]
       saved = {jax.tree_util.keystr(k): tuple(v.shape) for k, v in jax.tree_util.tree_flatten_with_path(saved)[0]}
     except Exception:  # pylint: disable=broad-except  # unreadable metadata: the restore reports it as corrupt
       return None
+    finally:
+      handler.close()
     want = {jax.tree_util.keystr(k): tuple(v.shape)
             for k, v in jax.tree_util.tree_flatten_with_path(abstract_state["params"])[0]}
     missing, extra = sorted(set(want) - set(saved)), sorted(set(saved) - set(want))
