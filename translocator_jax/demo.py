@@ -82,8 +82,7 @@ def run(workdir, *, quick: bool = False, data_dir: str | None = None, num_exampl
 
   _banner(5, "maps and plots")
   pred_latlon, true_latlon = table.pred_latlon, table.true_latlon
-  errors_png = out / "earth_patches_errors.png"  # drawn by the evaluator (--maps)
-  curve_png = out / "earth_patches_accuracy_curve.png"
+  errors_png, curve_png = eval_model.dataset_map_paths(out, "earth_patches")  # drawn by the evaluator (--maps)
   summary = {
       "workdir": str(workdir), "dataset": str(info.tfds_dir), "predictions_csv": str(csv_path),
       "maps": [str(p) for p in map_paths] + [str(errors_png), str(curve_png)],

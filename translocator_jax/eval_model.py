@@ -265,17 +265,23 @@ def evaluate_dataset(config: ml_collections.ConfigDict, model, params, name: str
   return preds, tables
 
 
+def dataset_map_paths(out_dir, name: str) -> tuple[pathlib.Path, pathlib.Path]:
+  """(error map, accuracy curve) files that `--maps out_dir` writes for dataset `name`."""
+  out_dir = pathlib.Path(out_dir)
+  return out_dir / f"{name}_errors.png", out_dir / f"{name}_accuracy_curve.png"
+
+
 def draw_dataset_maps(out_dir, name: str, preds: Predictions, partitions, main_method: str) -> list[pathlib.Path]:
   """The error map (main method) and the accuracy-against-distance curves (every method and chance) of a dataset."""
   from translocator_jax import maps  # pylint: disable=g-import-not-at-top
-  out_dir = pathlib.Path(out_dir)
-  errors = maps.draw_errors(out_dir / f"{name}_errors.png", preds.pred_latlon[main_method], preds.true_latlon,
+  errors_png, curve_png = dataset_map_paths(out_dir, name)
+  errors = maps.draw_errors(errors_png, preds.pred_latlon[main_method], preds.true_latlon,
                             title=f"{name}: true location -> prediction ({main_method})")
   curves = {("TransLocator-JAX (f*)" if m == "fstar" else f"{m} partition only"):
             haversine_km_numpy(preds.pred_latlon[m], preds.true_latlon) for m in preds.pred_latlon}
   chance = np.broadcast_to(most_common_cell_latlon(partitions), preds.true_latlon.shape)
   curves["chance (most common cell)"] = haversine_km_numpy(chance, preds.true_latlon)
-  curve = maps.plot_accuracy_curve(out_dir / f"{name}_accuracy_curve.png", curves, title=name)
+  curve = maps.plot_accuracy_curve(curve_png, curves, title=name)
   return [errors, curve]
 
 
