@@ -13,7 +13,9 @@ busy shared CPU slows all three alike; ratios are medians over rounds of per-rou
   fraction_of_matmul    median of per-round gflop_per_s / matmul_gflop_per_s
   loadavg_start/_end    1-minute load average: other work on a shared CPU makes every figure noisier
   sys_s_per_step, minor_faults_per_step   kernel time and page faults a step (fresh host buffers show up here)
-  mfu                   on an accelerator: FLOPs/s over the chips' peak (--peak-tflops or the PEAK_TFLOPS table)
+  model_gflop_per_step  the model's matmul FLOPs counted from its shapes (model_matmul_flops); XLA's cost analysis
+                        leaves out the cuBLAS / cuDNN calls on a GPU, so accelerator figures use this count
+  mfu                   on an accelerator: model FLOPs/s over the chips' peak (--peak-tflops or the PEAK_TFLOPS table)
 GPU (B/16 bfloat16 training): model_step.py --variant B/16 --dtype bfloat16 --batch 256 --no-torch
 train mode: forward of both streams, summed cross-entropy of all heads, backward, SGD momentum (jitted, donated).
 """
@@ -40,6 +42,22 @@ PEAK_TFLOPS = {
 }
 
 
+def model_matmul_flops(kw: dict, image_size: int, train: bool) -> float:
+  """Matmul FLOPs (2 per multiply-add) of one image through TransLocator (models.model_kwargs `kw`), the count
+  MFU is defined on; training is forward + backward = 3x the forward."""
+  d, m, depth, p = kw["width"], kw["mlp_dim"], kw["depth"], kw["patch_size"]
+  patches = (image_size // p) ** 2
+  n = patches + 1
+  per_layer = 2 * n * d * 3 * d + 2 * 2 * n * n * d + 2 * n * d * d + 2 * 2 * n * d * m  # qkv, attention, out, MLP
+  stream = 2 * patches * (p * p * 3) * d + depth * per_layer
+  streams = 1 if kw["fusion"] == "none" else 2
+  fusion = depth * 3 * 2 * d * d if kw["fusion"] == "cls_sum" else 0  # f on both CLS tokens, g once, per layer
+  rep = 2 * d if kw["fusion"] == "late_concat" else d
+  heads = 2 * rep * sum(n_classes for _, n_classes in kw["heads"])
+  forward = streams * stream + fusion + heads
+  return float(3 * forward if train else forward)
+
+
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--variant", default="S/16")
@@ -55,6 +73,8 @@ def parse_args(argv=None):
   p.add_argument("--no-keep-memory", action="store_true",
                  help="glibc malloc defaults instead of perf.keep_freed_host_memory (to measure it)")
   p.add_argument("--remat", action="store_true")
+  p.add_argument("--attention", default="auto", choices=("auto", "xla", "cudnn"),
+                 help="config.model.attention ('auto': cuDNN fused attention on a GPU in bfloat16, else XLA)")
   p.add_argument("--depth", type=int, default=None, help="fewer layers (same per-layer shapes) for quick sweeps")
   p.add_argument("--peak-tflops", type=float, default=None,
                  help="the accelerator's dense peak for --dtype, for `mfu` (default: PEAK_TFLOPS by device kind)")
@@ -74,7 +94,7 @@ def main(argv=None):
 
   heads = {k: int(v) for k, v in (kv.split("=") for kv in args.heads.split(","))}
   cfg = dict(variant=args.variant, image_size=args.image_size, heads=heads, fusion="cls_sum", dtype=args.dtype,
-             remat=args.remat, depth=args.depth)
+             remat=args.remat, depth=args.depth, attention=args.attention)
   model = models.build_model(cfg)
   b, s = args.batch, args.image_size
   rng = np.random.default_rng(0)
@@ -111,6 +131,8 @@ def main(argv=None):
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost["flops"])
+  kw = models.model_kwargs(cfg)
+  model_flops = b * model_matmul_flops(kw, s, train=args.mode == "train")
 
   run_torch = None
   if not args.no_torch:
@@ -118,7 +140,6 @@ def main(argv=None):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import torch_reference  # pylint: disable=g-import-not-at-top
     torch.set_num_threads(os.cpu_count())
-    kw = models.model_kwargs(cfg)
     tmodel = torch_reference.TorchTransLocator(
         heads, kw["width"], kw["depth"], kw["mlp_dim"], kw["num_heads"], kw["patch_size"], s)
     timage = torch.from_numpy(np.asarray(image).transpose(0, 3, 1, 2).copy())
@@ -182,9 +203,10 @@ def main(argv=None):
   t_ours = statistics.median(ours)
   load_end = os.getloadavg()[0]
   result = dict(
-      variant=args.variant, image_size=s, batch=b, mode=args.mode, dtype=args.dtype,
+      variant=args.variant, image_size=s, batch=b, mode=args.mode, dtype=args.dtype, attention=args.attention,
       xla_flags=os.environ.get("XLA_FLAGS", ""), step_s=round(t_ours, 4), images_per_s=round(b / t_ours, 3),
       gflop_per_step=round(flops / 1e9, 2), gflop_per_s=round(flops / t_ours / 1e9, 1),
+      model_gflop_per_step=round(model_flops / 1e9, 2), model_gflop_per_s=round(model_flops / t_ours / 1e9, 1),
       matmul_gflop_per_s=round(statistics.median(rates), 1),
       fraction_of_matmul=round(statistics.median(flops / o / 1e9 / r for o, r in zip(ours, rates)), 3),
       rounds=args.rounds, steps_per_round=args.steps, depth=models.model_kwargs(cfg)["depth"],
@@ -198,7 +220,7 @@ def main(argv=None):
   peak = args.peak_tflops or {k: v[0 if args.dtype == "bfloat16" else 1] for k, v in PEAK_TFLOPS.items()}.get(kind)
   result.update(device_kind=kind, device_count=jax.device_count())
   if peak:  # model FLOPs utilisation on an accelerator (XLA's FLOP count of the step over the chips' peak)
-    result.update(peak_tflops=peak, mfu=round(flops / t_ours / 1e12 / (peak * jax.device_count()), 4))
+    result.update(peak_tflops=peak, mfu=round(model_flops / t_ours / 1e12 / (peak * jax.device_count()), 4))
   if run_torch:
     t_theirs = statistics.median(theirs)
     result.update(torch_sys_s_per_step=round(statistics.median(f[0] for f in faults[run_torch][1:]), 3),

@@ -204,3 +204,36 @@ def test_bad_inputs_and_config(tiny):
     models.build_model(dict(variant="XL/16", heads={"a": 2}))
   with pytest.raises(ValueError, match="multiple of the patch size"):
     models.build_model(tiny().model).init(jax.random.key(0), image[:, :30, :30], image[:, :30, :30])
+
+
+def test_attention_auto_is_xla_off_gpu_and_rejects_unknown_names(tiny):
+  assert jax.default_backend() == "cpu"
+  for dtype in (jnp.float32, jnp.bfloat16):
+    assert vit.resolve_attention("auto", dtype, 64) == "xla"
+  assert vit.resolve_attention("cudnn", jnp.float32, 64) == "cudnn"  # an explicit choice is kept
+  model = models.build_model(tiny("attention=flash").model)
+  image, seg = _batch(tiny().model)
+  with pytest.raises(ValueError, match=r"config.model.attention='flash'"):
+    model.init(jax.random.key(0), image, seg)
+
+
+@pytest.mark.parametrize("tokens", [197, 50])
+def test_fused_attention_padding_matches_plain_softmax_attention(tokens):
+  # The cuDNN path pads odd lengths by one masked token; jax's XLA implementation takes the same lengths, so the
+  # padding and masking are checked here, on CPU, against softmax(q k^T) v written out (values and gradients).
+  b, h, dh = 2, 3, 8
+  q, k, v = (jax.random.normal(jax.random.key(i), (b, tokens, h, dh)) for i in range(3))
+
+  def plain(q, k, v):
+    probs = jax.nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q, k), axis=-1)
+    return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+
+  def fused(q, k, v):
+    return vit.fused_attention(q, k, v, "xla")
+
+  out = fused(q, k, v)
+  assert out.shape == (b, tokens, h, dh)
+  np.testing.assert_allclose(out, plain(q, k, v), atol=1e-5)
+  grads = [jax.grad(lambda *a, fn=fn: (fn(*a) ** 2).sum(), argnums=(0, 1, 2))(q, k, v) for fn in (fused, plain)]
+  for got, want in zip(*grads):
+    np.testing.assert_allclose(got, want, atol=1e-4)

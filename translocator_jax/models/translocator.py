@@ -76,6 +76,7 @@ class TransLocator(nn.Module):
   gelu_approximate: bool = True
   remat: bool = False
   head_zeroinit: bool = True
+  attention: str = "auto"
 
   def setup(self):
     if self.fusion not in FUSIONS:
@@ -84,7 +85,7 @@ class TransLocator(nn.Module):
       raise ValueError(f"config.model.seg_input={self.seg_input!r}; expected one of {SEG_INPUTS}")
     enc = dict(width=self.width, depth=self.depth, mlp_dim=self.mlp_dim, num_heads=self.num_heads,
                patch_size=self.patch_size, dtype=self.dtype, dropout=self.dropout, ln_epsilon=self.ln_epsilon,
-               gelu_approximate=self.gelu_approximate, remat=self.remat)
+               gelu_approximate=self.gelu_approximate, remat=self.remat, attention=self.attention)
     self.rgb = vit.ViTEncoder(**enc)
     if self.fusion != "none":
       self.seg = vit.ViTEncoder(**enc)
@@ -182,6 +183,7 @@ def model_kwargs(model_config: Mapping[str, Any]) -> dict[str, Any]:
       gelu_approximate=bool(_get(model_config, "gelu_approximate", True)),
       remat=bool(_get(model_config, "remat", False)),
       head_zeroinit=bool(_get(model_config, "head_zeroinit", True)),
+      attention=str(_get(model_config, "attention", "auto")),
   )
 
 
@@ -195,4 +197,5 @@ def build_encoder(model_config: Mapping[str, Any]) -> vit.ViTEncoder:
   kw = model_kwargs(model_config)
   return vit.ViTEncoder(width=kw["width"], depth=kw["depth"], mlp_dim=kw["mlp_dim"], num_heads=kw["num_heads"],
                         patch_size=kw["patch_size"], dtype=kw["dtype"], dropout=kw["dropout"],
-                        ln_epsilon=kw["ln_epsilon"], gelu_approximate=kw["gelu_approximate"], remat=kw["remat"])
+                        ln_epsilon=kw["ln_epsilon"], gelu_approximate=kw["gelu_approximate"], remat=kw["remat"],
+                        attention=kw["attention"])
