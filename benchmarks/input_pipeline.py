@@ -10,10 +10,11 @@ Reference ("raw JPEG decode"): what a plain reader does with the same records in
 record from the ArrayRecord shards (sources.open_source(decode=False): protobuf parse) and decode its JPEG with
 `np.asarray(Image.open(...).convert("RGB"))`, one thread. For context also: the same plus the PNG map
 (`raw_jpeg_and_png_decode`), and the lean decoders the pipeline uses (codecs.decode_rgb / decode_gray).
-Pipeline: pipeline.train_loader over the same records (decode photo and map, random resized crop + flip of both,
-normalise, map as palette colours or classes, batch); in this process with no reader threads ("per worker" speed),
-then with grain worker processes, also without reader threads (images/s divided by workers; the float32 arrays
-are then made in this process, train_loader's default: --finish). Passes of the reference,
+Pipeline: pipeline.train_loader over the same records as the trainer runs it (decode photo and map, random
+resized crop + flip of both, batch; --finish device: uint8 batches that the jitted train step normalises and
+colours, data/device_finish.py; --finish main/workers: float32 batches made on the host); in this process with no
+reader threads ("per worker" speed), then with grain worker processes, also without reader threads (images/s
+divided by workers). Passes of the reference,
 the lean decoders and the in-process pipeline are interleaved and the best pass of each is kept (the machine may
 be shared: the best pass is the least disturbed); worker pipelines run after them, their first pass (worker
 buffers filled while idle) is not counted. Every figure is also given per CPU second of the process and its
@@ -125,7 +126,7 @@ def make_loader(dataset_dir: str, split: str, n: int, args, palette, workers: in
                                seg_input=args.seg_input, palette=palette, seed=0, shard_index=0, shard_count=1,
                                num_epochs=None, worker_count=workers, num_threads=0,
                                antialias=not args.no_antialias,
-                               finish_in_main={"auto": None, "main": True, "workers": False}[args.finish])
+                               finish=args.finish)
 
 
 def pipeline_pass(it, steps: int, batch_size: int):
@@ -150,8 +151,9 @@ def main(argv=None) -> int:
   p.add_argument("--image-size", type=int, help="model input side (default: 2/3 of the stored short side)")
   p.add_argument("--seg-input", default="palette", choices=("palette", "classes"))
   p.add_argument("--no-antialias", action="store_true", help="train_loader(antialias=False)")
-  p.add_argument("--finish", default="auto", choices=("auto", "main", "workers"),
-                 help="where float32 batches are made with workers (train_loader finish_in_main)")
+  p.add_argument("--finish", default="device", choices=pipeline.FINISH_PLACES,
+                 help="train_loader(finish=...): 'device' (the trainer's: uint8 batches, finished in the jitted "
+                      "step), or float32 batches made on the host: 'main', 'workers', 'auto'")
   p.add_argument("--workers", default="0,2", help="comma-separated worker counts to measure")
   p.add_argument("--repeats", type=int, default=3, help="passes per measurement; the best is reported")
   args = p.parse_args(argv)

@@ -43,7 +43,7 @@ def main():
   params = step_lib.init_params(model, config.model, jax.random.key(0), mesh, False)
   state, shardings = step_lib.create_state(params, tx, mesh, False)
   train_step = step_lib.make_train_step(model, tx, config, schedule=sched, mesh=mesh, state_shardings=shardings,
-                                        cell_latlon=cell_latlon)
+                                        cell_latlon=cell_latlon, palette=info.palette)
   batch_size = int(config.data.batch_size)
   it = data_lib.train_iterator(config, info, batch_size)
   local = next(it)

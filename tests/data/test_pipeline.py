@@ -323,17 +323,53 @@ def test_encoded_records_give_the_batches_of_decoded_ones(seg_input):
   assert not np.array_equal(b[0]["image"], b[2]["image"])  # epochs differ
 
 
-def test_float_batches_made_in_workers_or_here_are_the_same():
+@pytest.mark.parametrize("seg_input", ["palette", "classes"])
+def test_batches_finished_in_workers_here_or_on_device_are_the_same(seg_input):
+  import jax  # pylint: disable=g-import-not-at-top
+  from translocator_jax.data import device_finish  # pylint: disable=g-import-not-at-top
   src = ListSource(blocky_records(8, height=16, width=16, block=4))
-  kw = dict(batch_size=4, image_size=8, seg_input="palette", palette=PALETTE, seed=3, shard_index=0,
+  kw = dict(batch_size=4, image_size=8, seg_input=seg_input, palette=PALETTE, seed=3, shard_index=0,
             shard_count=1, num_epochs=1)
-  here = list(pipeline.train_loader(src, finish_in_main=True, **kw))
-  there = list(pipeline.train_loader(src, finish_in_main=False, **kw))
-  assert len(here) == len(there) == 2
-  for a, b in zip(here, there):
-    assert a["image"].dtype == np.float32 and a["seg"].dtype == np.float32
+  here = list(pipeline.train_loader(src, finish="main", **kw))
+  there = list(pipeline.train_loader(src, finish="workers", **kw))
+  raw = list(pipeline.train_loader(src, finish="device", **kw))
+  assert len(here) == len(there) == len(raw) == 2
+  finish = jax.jit(device_finish.DeviceFinish(seg_input, PALETTE))
+  for a, b, r in zip(here, there, raw):
+    assert a["image"].dtype == np.float32
+    assert a["seg"].dtype == (np.float32 if seg_input == "palette" else np.int32)
+    assert r["image"].dtype == r["seg"].dtype == np.uint8 and r["seg"].shape == (4, 8, 8)
+    image, seg = finish(r["image"], r["seg"])
+    np.testing.assert_array_equal(image, a["image"])
+    np.testing.assert_array_equal(seg, a["seg"])
+    assert seg.dtype == a["seg"].dtype
     for k in a:
       np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+      if k not in ("image", "seg"):
+        np.testing.assert_array_equal(a[k], r[k], err_msg=k)
+
+
+def test_device_finish_passes_float_inputs_and_needs_a_palette_for_uint8_maps():
+  from translocator_jax.data import device_finish  # pylint: disable=g-import-not-at-top
+  image = np.random.default_rng(0).standard_normal((2, 4, 4, 3)).astype(np.float32)
+  colours = np.random.default_rng(1).standard_normal((2, 4, 4, 3)).astype(np.float32)
+  out_image, out_seg = device_finish.DeviceFinish("palette", None)(image, colours)
+  np.testing.assert_array_equal(out_image, image)
+  np.testing.assert_array_equal(out_seg, colours)
+  with pytest.raises(ValueError, match="needs the dataset's palette"):
+    device_finish.DeviceFinish("palette", None).seg(np.zeros((2, 4, 4), np.uint8))
+
+
+def test_classes_past_the_palette_are_refused_naming_the_records():
+  records = blocky_records(4, height=16, width=16, block=4)
+  records[2][schema.SEGMENTATION] = np.full_like(records[2][schema.SEGMENTATION], len(PALETTE) + 3)
+  kw = dict(batch_size=4, image_size=8, seg_input="palette", palette=PALETTE, seed=3, shard_index=0,
+            shard_count=1, num_epochs=1)
+  for finish in ("device", "workers"):
+    with pytest.raises(ValueError, match=r"past the palette \(8 colours\).*'img2': 11"):
+      next(iter(pipeline.train_loader(ListSource(records), finish=finish, **kw)))
+  with pytest.raises(ValueError, match="finish must be one of"):
+    pipeline.train_loader(ListSource(records), finish="gpu", **kw)
 
 
 def test_shards_get_different_augmentations():

@@ -129,3 +129,33 @@ def test_gradient_accumulation_equals_full_batch():
   np.testing.assert_allclose(g4, g1, rtol=1e-4)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), p1, p4)
   assert not np.allclose(p1["head_fine"]["kernel"], jax.device_get(params)["head_fine"]["kernel"])
+
+
+def test_step_on_uint8_batches_equals_step_on_host_finished_batches():
+  # train_loader(finish='device') hands the step uint8 photos and class maps; the step's lookups must give the
+  # same update as the float32 inputs the host would have made (augment.normalize / seg_to_model_input).
+  from translocator_jax.data import augment  # pylint: disable=g-import-not-at-top
+  config = config_io.load_config(SYNTHETIC)
+  config.optim.update(warmup_steps=0)  # a real update at step 0
+  mesh = sharding_lib.make_mesh()
+  model = models.build_model(config.model)
+  tx, sched = optim_lib.make_optimizer(config.optim, 10)
+  rng = np.random.default_rng(4)
+  palette = rng.integers(0, 256, (int(config.model.num_seg_classes), 3)).astype(np.uint8)
+  s = int(config.model.image_size)
+  raw = {"image": rng.integers(0, 256, (8, s, s, 3)).astype(np.uint8),
+         "seg": rng.integers(0, len(palette), (8, s, s)).astype(np.uint8), **_batch(rng, 8)}
+  host = dict(raw, image=augment.normalize(raw["image"]), seg=augment.seg_to_model_input(raw["seg"], "palette",
+                                                                                           palette))
+  params = step_lib.init_params(model, config.model, jax.random.key(0), mesh, False)
+  results = []
+  for batch in (raw, host):
+    state, shardings = step_lib.create_state(params, tx, mesh, False)
+    train_step = step_lib.make_train_step(model, tx, config, schedule=sched, mesh=mesh, state_shardings=shardings,
+                                          palette=palette)
+    state, metrics = train_step(state, sharding_lib.put_batch({k: batch[k] for k in step_lib.STEP_KEYS}, mesh))
+    results.append((jax.device_get(state["params"]), float(metrics["loss"])))
+  (p_raw, l_raw), (p_host, l_host) = results
+  assert l_raw == l_host
+  jax.tree.map(np.testing.assert_array_equal, p_raw, p_host)
+  assert not np.array_equal(p_raw["head_fine"]["kernel"], jax.device_get(params)["head_fine"]["kernel"])

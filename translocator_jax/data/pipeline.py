@@ -4,6 +4,8 @@ Batches are dicts of numpy arrays (the shared batch contract):
   image   float32 [B, S, S, 3] ImageNet-normalised
   seg     float32 [B, S, S, 3] palette colours normalised like the image (seg_input='palette'),
           or int32 [B, S, S] class indices (seg_input='classes')
+  (train_loader(finish='device'), what the trainer uses: image uint8 [B, S, S, 3] and seg uint8 [B, S, S] class
+  indices, which data.device_finish.DeviceFinish turns into the above inside the jitted step.)
   latlon  float32 [B, 2];  cells int32 [B, 3];  scene int32 [B] (-1 unknown)
   mask    bool [B] (False on padding);  index int64 [B] (position in the source, -1 on padding)
 With tta='five_crop' image and seg get a crop axis after the batch axis: [B, 5, S, S, ...].
@@ -34,6 +36,7 @@ from translocator_jax.data import schema
 from translocator_jax.data import sources
 
 BATCH_KEYS = ("image", "seg", "latlon", "cells", "scene", "mask", "index")
+FINISH_PLACES = ("auto", "main", "workers", "device")
 
 
 def _process_shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
@@ -92,6 +95,16 @@ class _Fields:
 
   def seg(self, seg: np.ndarray) -> np.ndarray:
     return augment.seg_to_model_input(seg, self.seg_input, self._palette_norm)
+
+  def check_classes(self, segs: np.ndarray, records: list[dict[str, Any]]) -> None:
+    """Raises naming the records whose uint8 class maps [B, H, W] hold a class past the palette."""
+    if self.seg_input != "palette" or not segs.size or int(segs.max()) < len(self.palette):
+      return
+    worst = segs.reshape(len(segs), -1).max(axis=1)
+    bad = {ex.get(schema.IMAGE_ID, ex.get(sources.INDEX)): int(m) for ex, m in zip(records, worst)
+           if m >= len(self.palette)}
+    raise ValueError(f"segmentation maps with classes past the palette ({len(self.palette)} colours), record: "
+                     f"largest class {bad}")
 
 
 def _split(ex: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -210,6 +223,7 @@ class TrainBatches:
     out = {"image": np.empty((len(keys), size, size, 3), np.uint8),
            "seg": np.empty((len(keys), size, size), np.uint8)}
     self.augment_fn(records, rng, out["image"], out["seg"])
+    self.fields.check_classes(out["seg"], records)
     out.update(self.fields.batch_labels(records))
     return out
 
@@ -238,10 +252,7 @@ class FinishBatch(grain.transforms.Map):
     if self.fields.seg_input != "palette":
       batch["seg"] = self.fields.seg(segs)
       return batch
-    if segs.size and int(segs.max()) >= len(self.fields.palette):
-      raise ValueError(f"class {int(segs.max())} in a segmentation map is past the palette "
-                       f"({len(self.fields.palette)} colours)")
-    batch["seg"] = augment.palette_lookup(segs, self._palette_lut)
+    batch["seg"] = augment.palette_lookup(segs, self._palette_lut)  # classes were checked by TrainBatches
     return batch
 
 
@@ -250,7 +261,7 @@ def train_loader(source: Any, *, batch_size: int, image_size: int, seg_input: st
                  shard_count: int | None = None, worker_count: int = 0, num_epochs: int | None = None,
                  scene_key: str = schema.SCENE_S3, crop_scale: tuple[float, float] = (0.35, 1.0),
                  flip: bool = True, antialias: bool = True, num_threads: int = 4,
-                 worker_buffer_size: int = 2, finish_in_main: bool | None = None) -> "TrainLoader":
+                 worker_buffer_size: int = 2, finish: str = "auto") -> "TrainLoader":
   """Shuffled, augmented, batched training examples of this process's shard (whole batches only).
 
   Every shard holds len(source) // shard_count consecutive records (so all processes run the same number of
@@ -274,13 +285,20 @@ def train_loader(source: Any, *, batch_size: int, image_size: int, seg_input: st
       False warps them with plain bilinear interpolation (faster, aliased; upscaled crops are the same).
     num_threads: reader (and decoding) threads, in this process or in each worker.
     worker_buffer_size: batches each worker keeps ready.
-    finish_in_main: make the float32 arrays (FinishBatch) in this process rather than in the workers, which then
-      pass uint8 batches (~6x fewer bytes through shared memory) at the price of this process's time. Default:
-      only with workers (measure with benchmarks/input_pipeline.py).
+    finish: where the uint8 crops become the model's float32 inputs (FinishBatch):
+      'device': nowhere on the host: batches stay uint8 (image [B,S,S,3], class map [B,S,S]) and the train step
+        finishes them (data.device_finish.DeviceFinish; bit-identical values). The trainer's choice: the host
+        only decodes and crops, and 4-12x fewer bytes go to the accelerator.
+      'main': in this process, after the workers (which then pass uint8 batches through shared memory);
+      'workers': in the workers (or in this process without workers);
+      'auto': 'main' with workers, else 'workers'.
   """
   _check_seg_input(seg_input, palette)
   shard_index, shard_count = _process_shard(shard_index, shard_count)
-  finish_in_main = bool(worker_count) if finish_in_main is None else bool(finish_in_main)
+  if finish not in FINISH_PLACES:
+    raise ValueError(f"finish must be one of {FINISH_PLACES}, got {finish!r}")
+  if finish == "auto":
+    finish = "main" if worker_count else "workers"
   shard_len = len(source) // shard_count
   if shard_len < batch_size:
     raise ValueError(f"{source!r}: {len(source)} records cannot fill a batch of {batch_size} on each of "
@@ -294,12 +312,13 @@ def train_loader(source: Any, *, batch_size: int, image_size: int, seg_input: st
   sampler = grain.samplers.IndexSampler(num_records=len(batches), shuffle=False, num_epochs=1)
   if worker_count:
     _absl_flags_ready()
-  finish = FinishBatch(fields)
-  loader = grain.DataLoader(data_source=batches, sampler=sampler, operations=[] if finish_in_main else [finish],
+  finish_batch = FinishBatch(fields)
+  loader = grain.DataLoader(data_source=batches, sampler=sampler,
+                            operations=[finish_batch] if finish == "workers" else [],
                             worker_count=worker_count, worker_buffer_size=worker_buffer_size,
                             read_options=grain.ReadOptions(num_threads=num_threads,
                                                            prefetch_buffer_size=max(2, num_threads)))
-  return TrainLoader(loader, finish if finish_in_main else None)
+  return TrainLoader(loader, finish_batch if finish == "main" else None)
 
 
 class TrainLoader:

@@ -174,7 +174,8 @@ def train_iterator(config: ml_collections.ConfigDict, info: DatasetInfo, global_
       source, batch_size=global_batch // jax.process_count(), image_size=int(config.model.image_size),
       seg_input=config.model.get("seg_input", "palette"), palette=info.palette,
       seed=int(config.data.get("shuffle_seed", 0)), shard_index=jax.process_index(),
-      shard_count=jax.process_count(), worker_count=int(config.data.get("worker_count", 0)))
+      shard_count=jax.process_count(), worker_count=int(config.data.get("worker_count", 0)),
+      finish="device")  # uint8 batches: the train step normalises and looks up the palette (step.py)
   return iter(loader)
 
 

@@ -123,7 +123,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
   last_saved = start if restored is not None else None
 
   train_step = step_lib.make_train_step(model, tx, config, schedule=schedule, mesh=mesh,
-                                        state_shardings=state_shardings, cell_latlon=cell_latlon)
+                                        state_shardings=state_shardings, cell_latlon=cell_latlon,
+                                        palette=info.palette)
   validate = build_validation(config, info, model, mesh, partitions)
   writer = metrics_writer.MetricWriter(workdir, tensorboard=bool(config.train.get("tensorboard", True)))
   log_every = max(int(config.train.get("log_every", 100)), 1)

@@ -11,6 +11,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from translocator_jax.data import device_finish
 from translocator_jax.train import loss as loss_lib
 from translocator_jax.train import sharding as sharding_lib
 
@@ -65,8 +66,13 @@ def abstract_state(state_shardings: Any, template: Any) -> Any:
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, config: ml_collections.ConfigDict, *,
                     schedule: optax.Schedule, mesh: Mesh, state_shardings: Any,
-                    cell_latlon: Mapping[str, np.ndarray] | None = None) -> Callable:
+                    cell_latlon: Mapping[str, np.ndarray] | None = None,
+                    palette: np.ndarray | None = None) -> Callable:
   """Returns train_step(state, batch) -> (state, metrics), jitted over `mesh` with the state donated.
+
+  Batches may hold the pipeline's uint8 image and class map (train_loader(finish='device')): the step turns them
+  into the model's inputs (data.device_finish; `palette`, [K, 3] uint8, for seg_input='palette'). Float batches
+  pass through.
 
   The dropout key is fold_in(seed, step): stateless, so a resumed run draws the same masks. With
   config.optim.grad_accum_steps = A > 1 the batch is cut into A interleaved micro-batches whose gradients are
@@ -76,9 +82,11 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, config: 
   accum = int(config.optim.get("grad_accum_steps", 1) or 1)
   seed = int(config.get("seed", 0))
   cells = {k: jnp.asarray(v, jnp.float32) for k, v in (cell_latlon or {}).items()}
+  finish = device_finish.DeviceFinish(config.model.get("seg_input", "palette"), palette)
 
   def loss_fn(params, micro, n_valid, rng):
-    logits = model.apply({"params": params}, micro["image"], micro["seg"], train=True, rngs={"dropout": rng})
+    image, seg = finish(micro["image"], micro["seg"])
+    logits = model.apply({"params": params}, image, seg, train=True, rngs={"dropout": rng})
     return loss_lib.multitask_loss(logits, micro, config.loss, cell_latlon=cells, n_valid=n_valid)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
