@@ -13,7 +13,7 @@ busy shared CPU slows all three alike; ratios are medians over rounds of per-rou
   fraction_of_matmul    median of per-round gflop_per_s / matmul_gflop_per_s
   loadavg_start/_end    1-minute load average: other work on a shared CPU makes every figure noisier
   sys_s_per_step, minor_faults_per_step   kernel time and page faults a step (fresh host buffers show up here)
-  model_gflop_per_step  the model's matmul FLOPs counted from its shapes (model_matmul_flops); XLA's cost analysis
+  model_gflop_per_step  the model's matmul FLOPs counted from its shapes (models/flops.py); XLA's cost analysis
                         leaves out the cuBLAS / cuDNN calls on a GPU, so accelerator figures use this count
   mfu                   on an accelerator: model FLOPs/s over the chips' peak (--peak-tflops or the PEAK_TFLOPS table)
 GPU (B/16 bfloat16 training): model_step.py --variant B/16 --dtype bfloat16 --batch 256 --no-torch
@@ -40,22 +40,6 @@ PEAK_TFLOPS = {
     "NVIDIA A100-SXM4-40GB": (312.0, 19.5), "TPU v4": (275.0, 275.0 / 4), "TPU v5 lite": (197.0, 197.0 / 4),
     "TPU v5e": (197.0, 197.0 / 4),
 }
-
-
-def model_matmul_flops(kw: dict, image_size: int, train: bool) -> float:
-  """Matmul FLOPs (2 per multiply-add) of one image through TransLocator (models.model_kwargs `kw`), the count
-  MFU is defined on; training is forward + backward = 3x the forward."""
-  d, m, depth, p = kw["width"], kw["mlp_dim"], kw["depth"], kw["patch_size"]
-  patches = (image_size // p) ** 2
-  n = patches + 1
-  per_layer = 2 * n * d * 3 * d + 2 * 2 * n * n * d + 2 * n * d * d + 2 * 2 * n * d * m  # qkv, attention, out, MLP
-  stream = 2 * patches * (p * p * 3) * d + depth * per_layer
-  streams = 1 if kw["fusion"] == "none" else 2
-  fusion = depth * 3 * 2 * d * d if kw["fusion"] == "cls_sum" else 0  # f on both CLS tokens, g once, per layer
-  rep = 2 * d if kw["fusion"] == "late_concat" else d
-  heads = 2 * rep * sum(n_classes for _, n_classes in kw["heads"])
-  forward = streams * stream + fusion + heads
-  return float(3 * forward if train else forward)
 
 
 def parse_args(argv=None):
@@ -91,6 +75,7 @@ def main(argv=None):
   import numpy as np  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   from translocator_jax import models  # pylint: disable=g-import-not-at-top
+  from translocator_jax.models import flops as flops_lib  # pylint: disable=g-import-not-at-top
 
   heads = {k: int(v) for k, v in (kv.split("=") for kv in args.heads.split(","))}
   cfg = dict(variant=args.variant, image_size=args.image_size, heads=heads, fusion="cls_sum", dtype=args.dtype,
@@ -132,7 +117,7 @@ def main(argv=None):
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost["flops"])
   kw = models.model_kwargs(cfg)
-  model_flops = b * model_matmul_flops(kw, s, train=args.mode == "train")
+  model_flops = b * flops_lib.matmul_flops(kw, s, train=args.mode == "train")
 
   run_torch = None
   if not args.no_torch:

@@ -237,3 +237,27 @@ def test_fused_attention_padding_matches_plain_softmax_attention(tokens):
   grads = [jax.grad(lambda *a, fn=fn: (fn(*a) ** 2).sum(), argnums=(0, 1, 2))(q, k, v) for fn in (fused, plain)]
   for got, want in zip(*grads):
     np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+@pytest.mark.parametrize("fusion", ["cls_sum", "late_concat", "none"])
+@pytest.mark.parametrize("train", [False, True])
+def test_matmul_flop_count_matches_xla_cost_analysis(fusion, train):
+  # MFU figures rest on models.flops (XLA's GPU cost analysis leaves out cuBLAS / cuDNN calls); on CPU XLA counts
+  # every dot, so the two must agree up to the elementwise work the shape count leaves out.
+  import optax  # pylint: disable=g-import-not-at-top
+  from translocator_jax.models import flops  # pylint: disable=g-import-not-at-top
+  cfg = dict(variant="S/16", depth=1, image_size=224, fusion=fusion, heads={"coarse": 300, "fine": 900, "scene": 3})
+  model = models.build_model(cfg)
+  image = jnp.zeros((2, 224, 224, 3), jnp.float32)  # 197 tokens: attention is 8% of a layer's matmuls
+  params = jax.eval_shape(model.init, jax.random.key(0), image, image)["params"]
+
+  def loss(p):
+    logits = model.apply({"params": p}, image, image)
+    return sum(optax.softmax_cross_entropy_with_integer_labels(v, jnp.zeros(2, jnp.int32)).mean()
+               for v in logits.values())
+
+  fn = jax.grad(loss) if train else loss
+  cost = jax.jit(fn).lower(params).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  counted = 2 * flops.matmul_flops(models.model_kwargs(cfg), 224, train=train)
+  assert counted == pytest.approx(float(cost["flops"]), rel=0.015)
