@@ -32,7 +32,7 @@ def get_config(arg: str | None = None):
   c.model.heads = ml_collections.ConfigDict({"coarse": 0, "middle": 0, "fine": 0, "scene": 3})  # 0: from data
   c.model.dtype = "float32"
   c.model.remat = False
-  c.model.attention = "auto"        # "auto": cuDNN fused attention on a GPU in 16-bit, else "xla"
+  c.model.attention = "auto"  # "auto": cuDNN fused attention on a GPU in 16-bit, else "xla"
   c.model.dropout = 0.0
   c.model.head_zeroinit = True
 

@@ -33,7 +33,7 @@ def get_config(arg: str | None = None):
   c.model.heads = ml_collections.ConfigDict({"coarse": 3298, "middle": 7202, "fine": 12893, "scene": 3})
   c.model.dtype = "float32"           # matmul dtype; params and LayerNorm stay float32
   c.model.remat = False
-  c.model.attention = "auto"        # "auto": cuDNN fused attention on a GPU in 16-bit, else "xla"
+  c.model.attention = "auto"          # "auto": cuDNN fused attention on a GPU in 16-bit, else "xla"
   c.model.dropout = 0.0
   c.model.seg_embed_dim = 16          # seg_input='classes': channels of the learned class-embedding table
   c.model.ln_epsilon = 1e-6           # 1e-6 for original ViT .npz weights; 1e-12 for HF ViT weights
