@@ -118,3 +118,29 @@ def test_evaluation_and_prediction_need_only_the_partitions_of_an_unbuilt_traini
   partitions, palette = predict.inference_assets(config)
   assert [p.num_classes for p in partitions] == [3298, 7202, 12893]
   assert palette.shape == (150, 3)
+
+
+@pytest.mark.parametrize("tta", ["center", "five_crop"])
+def test_forward_finishes_uint8_batches_like_the_host(tta):
+  # The evaluator reads uint8 crops (eval_loader(finish='device')); make_forward(model, palette) must give the
+  # probabilities of the float32 inputs the host path makes.
+  import jax  # pylint: disable=g-import-not-at-top
+  from translocator_jax import models  # pylint: disable=g-import-not-at-top
+  from translocator_jax.data import augment  # pylint: disable=g-import-not-at-top
+  cfg = dict(variant="Ti/8", width=32, depth=1, mlp_dim=64, num_heads=2, image_size=16,
+             heads={"coarse": 5, "fine": 7}, head_zeroinit=False)
+  model = models.build_model(cfg)
+  rng = np.random.default_rng(0)
+  palette = rng.integers(0, 256, (10, 3)).astype(np.uint8)
+  lead = (3, 5) if tta == "five_crop" else (3,)
+  image = rng.integers(0, 256, lead + (16, 16, 3)).astype(np.uint8)
+  seg = rng.integers(0, len(palette), lead + (16, 16)).astype(np.uint8)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), jnp.zeros((1, 16, 16, 3)))["params"]
+  forward = eval_model.make_forward(model, palette)
+  on_device = forward(params, image, seg)
+  on_host = forward(params, augment.normalize(image), augment.seg_to_model_input(seg, "palette", palette))
+  assert set(on_device) == {"coarse", "fine"} and on_device["fine"].shape == (3, 7)
+  for head in on_device:
+    np.testing.assert_array_equal(on_device[head], on_host[head])
+  with pytest.raises(ValueError, match="needs the dataset's palette"):
+    eval_model.make_forward(model)(params, image, seg)

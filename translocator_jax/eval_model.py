@@ -57,10 +57,17 @@ def _gather(x) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def make_forward(model) -> Any:
-  """jitted (params, image, seg) -> head name -> probabilities [B, C]; five-crop inputs ([B, 5, ...]) averaged."""
+def make_forward(model, palette: np.ndarray | None = None) -> Any:
+  """jitted (params, image, seg) -> head name -> probabilities [B, C]; five-crop inputs ([B, 5, ...]) averaged.
+
+  uint8 batches (pipeline.eval_loader(finish='device')) are finished here (data.device_finish; `palette` for
+  seg_input='palette'); float32 ones pass through.
+  """
+  from translocator_jax.data import device_finish  # pylint: disable=g-import-not-at-top
+  finish = device_finish.DeviceFinish(getattr(model, "seg_input", "palette"), palette)
 
   def forward(params, image, seg):
+    image, seg = finish(image, seg)
     crops = image.ndim == 5
     if crops:
       b, k = image.shape[:2]
@@ -83,7 +90,7 @@ def _hierarchy(partitions):
 def predict_dataset(model, params, batches: Iterable[Mapping[str, np.ndarray]], *, mesh, partitions,
                     heads: Mapping[str, int], tta: str = "center", desc: str = "eval",
                     forward=None, total: int | None = None, progress: bool = True,
-                    fsdp: bool = False) -> Predictions:
+                    fsdp: bool = False, palette: np.ndarray | None = None) -> Predictions:
   """Runs the model over padded batches (this process's shard) and predicts coordinates.
 
   Args:
@@ -92,9 +99,10 @@ def predict_dataset(model, params, batches: Iterable[Mapping[str, np.ndarray]], 
     mesh: the device mesh (batches are split over its 'data' axis).
     partitions: [coarse, middle, fine] geo.cells.Partition of the training set.
     heads: config.model.heads (which partition heads the model has).
+    palette: [K, 3] uint8 colours, to finish uint8 class maps (seg_input='palette') when `forward` is not given.
   """
   from translocator_jax.train import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
-  forward = forward or make_forward(model)
+  forward = forward or make_forward(model, palette)
   geo_heads = [h for h in schema.PARTITION_NAMES if h in heads]
   if not geo_heads:
     raise ValueError(f"config.model.heads {list(heads)} has no geo-cell head ({schema.PARTITION_NAMES})")
@@ -253,7 +261,7 @@ def evaluate_dataset(config: ml_collections.ConfigDict, model, params, name: str
   batches, n = data_lib.eval_batches(config, info, split, batch_size, tta)
   preds = predict_dataset(model, params, batches, mesh=mesh, partitions=partitions, heads=config.model.heads,
                           tta=tta, desc=f"eval {name}", total=len(batches) if hasattr(batches, "__len__") else None,
-                          fsdp=bool(config.train.get("fsdp", False)))
+                          fsdp=bool(config.train.get("fsdp", False)), palette=info.palette)
   if len(preds.index) != n:
     raise RuntimeError(f"{name}: predicted {len(preds.index)} images of {n}")
   tables = tables_from_predictions(preds)

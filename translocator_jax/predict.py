@@ -117,7 +117,7 @@ class Predictor:
     self.segmenter = segmenter
     self._place_index = place_index
     self.model = models.build_model(config.model)
-    self._forward = make_forward(self.model)
+    self._forward = make_forward(self.model, palette)
     heads = config.model.heads
     self.geo_heads = [h for h in schema.PARTITION_NAMES if h in heads]
     if not self.geo_heads:

@@ -175,6 +175,27 @@ def test_eval_center_and_five_crop():
   np.testing.assert_array_equal(again["image"], five["image"])
 
 
+@pytest.mark.parametrize("tta", ["center", "five_crop"])
+@pytest.mark.parametrize("seg_input", ["palette", "classes"])
+def test_eval_batches_finished_on_device_equal_host_ones(tta, seg_input):
+  import jax  # pylint: disable=g-import-not-at-top
+  from translocator_jax.data import device_finish  # pylint: disable=g-import-not-at-top
+  src = ListSource(blocky_records(6, height=40, width=56, block=8))
+  kw = dict(batch_size=4, image_size=24, seg_input=seg_input, palette=PALETTE, tta=tta, shard_index=0,
+            shard_count=1)
+  host = pipeline.stack_batches(list(pipeline.eval_loader(src, finish="host", **kw)))
+  raw = pipeline.stack_batches(list(pipeline.eval_loader(src, finish="device", **kw)))
+  assert raw["image"].dtype == raw["seg"].dtype == np.uint8
+  assert raw["seg"].shape == host["image"].shape[:-1]  # class map: no colour axis
+  image, seg = jax.jit(device_finish.DeviceFinish(seg_input, PALETTE))(raw["image"], raw["seg"])
+  np.testing.assert_array_equal(image, host["image"])
+  np.testing.assert_array_equal(seg, host["seg"])
+  for k in ("latlon", "cells", "scene", "mask", "index"):
+    np.testing.assert_array_equal(raw[k], host[k], err_msg=k)
+  with pytest.raises(ValueError, match="eval finish"):
+    pipeline.eval_loader(src, finish="gpu", **kw)
+
+
 def test_bad_arguments_are_named():
   src = ListSource(blocky_records(4, height=16, width=16, block=4))
   with pytest.raises(ValueError, match="seg_input"):

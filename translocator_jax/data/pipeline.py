@@ -379,13 +379,22 @@ class _PaddedShard:
 
 
 class EvalTransform(grain.transforms.Map):
-  """Centre crop (resize the shorter side, crop the centre) or five crops; labels; padding flags."""
+  """Centre crop (resize the shorter side, crop the centre) or five crops; labels; padding flags.
 
-  def __init__(self, image_size: int, fields: _Fields, tta: str, crop_fraction: float):
+  finish_on_host=False leaves the crops uint8 (photo and class map) for DeviceFinish in the evaluation step.
+  """
+
+  def __init__(self, image_size: int, fields: _Fields, tta: str, crop_fraction: float, finish_on_host: bool = True):
     self.image_size = image_size
     self.fields = fields
     self.tta = tta
     self.crop_fraction = crop_fraction
+    self.finish_on_host = finish_on_host
+
+  def _finish(self, image: np.ndarray, seg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if not self.finish_on_host:
+      return image, seg
+    return augment.normalize(image), self.fields.seg(seg)
 
   def map(self, element: tuple[bool, dict[str, Any]]) -> dict[str, np.ndarray]:
     real, ex = element
@@ -393,12 +402,12 @@ class EvalTransform(grain.transforms.Map):
     h, w = image.shape[:2]
     if self.tta == "five_crop":
       boxes = augment.five_crop_boxes(h, w, self.crop_fraction)
-      crops = [augment.resample(image, seg, b, self.image_size) for b in boxes]
-      out = {"image": np.stack([augment.normalize(c[0]) for c in crops]),
-             "seg": np.stack([self.fields.seg(c[1]) for c in crops])}
+      crops = [self._finish(*augment.resample(image, seg, b, self.image_size)) for b in boxes]
+      out = {"image": np.stack([c[0] for c in crops]), "seg": np.stack([c[1] for c in crops])}
     else:
       img, sg = augment.resample(image, seg, augment.center_box(h, w, self.crop_fraction), self.image_size)
-      out = {"image": augment.normalize(img), "seg": self.fields.seg(sg)}
+      img, sg = self._finish(img, sg)
+      out = {"image": img, "seg": sg}
     out.update(self.fields.labels(ex))
     if not real:
       out["mask"] = np.bool_(False)
@@ -439,13 +448,16 @@ def shard_positions(num_examples: int, shard_index: int, shard_count: int) -> np
 def eval_loader(source: Any, *, batch_size: int, image_size: int, seg_input: str = "palette",
                 palette: np.ndarray | None = None, tta: str = "center", shard_index: int | None = None,
                 shard_count: int | None = None, scene_key: str = schema.SCENE_S3,
-                crop_fraction: float = 0.875, worker_count: int = 0, num_threads: int = 4) -> EvalLoader:
+                crop_fraction: float = 0.875, worker_count: int = 0, num_threads: int = 4,
+                finish: str = "host") -> EvalLoader:
   """Padded batches of this process's shard: every record once over all shards, mask False on padding.
 
   Args:
     tta: 'center' (one centre crop) or 'five_crop' (4 corners + centre, a crop axis after the batch axis).
     crop_fraction: side of each crop as a fraction of the shorter side (resize to S / crop_fraction, then crop
       S: the usual 0.875; 1.0 keeps the whole centred square).
+    finish: 'host' (float32 model inputs, the batch contract) or 'device' (uint8 photo and class map, for
+      data.device_finish.DeviceFinish in the evaluation step; what the evaluator and validation use).
     Others as in train_loader; batch_size is per process.
   """
   _check_seg_input(seg_input, palette)
@@ -453,6 +465,8 @@ def eval_loader(source: Any, *, batch_size: int, image_size: int, seg_input: str
     raise ValueError(f"tta must be 'center' or 'five_crop', got {tta!r}")
   if not 0.0 < crop_fraction <= 1.0:
     raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
+  if finish not in ("host", "device"):
+    raise ValueError(f"eval finish must be 'host' or 'device', got {finish!r}")
   shard_index, shard_count = _process_shard(shard_index, shard_count)
   n = len(source)
   positions = shard_positions(n, shard_index, shard_count)
@@ -461,7 +475,7 @@ def eval_loader(source: Any, *, batch_size: int, image_size: int, seg_input: str
   padded = _PaddedShard(source, positions, num_batches * batch_size)
   fields = _Fields(seg_input, None if palette is None else np.asarray(palette, np.uint8), scene_key)
   ds = (grain.MapDataset.source(padded)
-        .map(EvalTransform(int(image_size), fields, tta, float(crop_fraction)))
+        .map(EvalTransform(int(image_size), fields, tta, float(crop_fraction), finish_on_host=finish == "host"))
         .batch(int(batch_size), drop_remainder=False))
   return EvalLoader(ds, num_batches, n, len(positions), int(worker_count), int(num_threads))
 

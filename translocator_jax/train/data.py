@@ -191,7 +191,8 @@ def eval_batches(config: ml_collections.ConfigDict, info: DatasetInfo, split: st
   loader = pipeline.eval_loader(
       source, batch_size=batch_size // jax.process_count(), image_size=int(config.model.image_size),
       seg_input=config.model.get("seg_input", "palette"), palette=info.palette, tta=tta,
-      shard_index=jax.process_index(), shard_count=jax.process_count())
+      shard_index=jax.process_index(), shard_count=jax.process_count(),
+      finish="device")  # uint8 crops: eval_model.make_forward(model, palette) finishes them
   return loader, len(source)
 
 

@@ -39,7 +39,7 @@ def build_validation(config: ml_collections.ConfigDict, info: data_lib.DatasetIn
   if not split or not int(config.train.get("eval_every", 0) or 0):
     return None
   from translocator_jax import eval_model  # pylint: disable=g-import-not-at-top
-  forward = eval_model.make_forward(model)  # compiled once, reused at every validation
+  forward = eval_model.make_forward(model, info.palette)  # compiled once, reused at every validation
 
   def validate(params) -> dict[str, float]:
     batches, _ = data_lib.eval_batches(config, info, split, int(config.eval.batch_size), "center")
