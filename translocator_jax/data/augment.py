@@ -182,7 +182,7 @@ def crop_resize(image: np.ndarray | Image.Image, seg: np.ndarray | Image.Image, 
 
 
 @functools.lru_cache(maxsize=1)
-def _image_lut() -> np.ndarray:
+def image_lut() -> np.ndarray:
   """[256, 1, 3] float32: normalize() of every uint8 value per channel (the same float32 operations)."""
   return normalize(np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1))[:, None, :]
 
@@ -192,7 +192,7 @@ def normalize_batch(rgb: np.ndarray) -> np.ndarray:
   rgb = np.ascontiguousarray(rgb)
   width = rgb.shape[-2]
   if codecs.cv2 is not None and rgb.size:
-    return codecs.cv2.LUT(rgb.reshape(-1, width, 3), _image_lut()).reshape(rgb.shape)
+    return codecs.cv2.LUT(rgb.reshape(-1, width, 3), image_lut()).reshape(rgb.shape)
   scale, shift = _tiled(width)
   out = np.empty(rgb.shape, np.float32)
   rows = out.reshape(-1, width * 3)

@@ -1,12 +1,14 @@
-"""The training pipeline's uint8 batches -> the model's inputs, inside the jitted step (train_loader(finish='device')).
+"""The pipelines' uint8 batches -> the model's inputs, inside the jitted step (finish='device').
+
+train_loader(finish='device') feeds train.step; eval_loader(finish='device') feeds eval_model.make_forward.
 
 The host then decodes and crops only: a batch crosses to the accelerator as uint8 photo [B,S,S,3] and uint8 class
 map [B,S,S] (4x and 12x fewer bytes than float32 image and palette colours), and the host CPU, the usual limit of
 an input pipeline on TPU hosts, saves the normalisation and palette lookup (~0.6 ms an image at 224 px here).
 
 The values are those of the host path bit for bit: both are lookups in the same float32 tables
-(augment._image_lut, augment.palette_table). Inputs that are already float32 (host-finished batches, synthetic
-data, evaluation batches) pass through unchanged, so one step serves every source.
+(augment.image_lut, augment.palette_table). Inputs that are already float32 (host-finished batches, synthetic
+data, Predictor's photos) pass through unchanged, so one step serves every source.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ class DeviceFinish:
       raise ValueError(f"seg_input must be 'palette' or 'classes', got {seg_input!r}")
     self.seg_input = seg_input
     # [3, 256] and [256, 3] float32, as numpy: jit embeds them as constants.
-    self._image_table = np.ascontiguousarray(augment._image_lut()[:, 0, :].T)  # pylint: disable=protected-access
+    self._image_table = np.ascontiguousarray(augment.image_lut()[:, 0, :].T)
     self._palette_table = None if palette is None else augment.palette_table(palette)[:, 0, :]
 
   def image(self, image: jax.Array) -> jax.Array:
@@ -45,7 +47,7 @@ class DeviceFinish:
     if self.seg_input == "classes":
       return seg.astype(jnp.int32)
     if self._palette_table is None:
-      raise ValueError("seg_input='palette' with uint8 class maps (train_loader(finish='device')) needs the "
+      raise ValueError("seg_input='palette' with uint8 class maps (a pipeline's finish='device') needs the "
                        "dataset's palette ([num_classes, 3] uint8) to finish them on device; none was given")
     return jnp.asarray(self._palette_table)[seg.astype(jnp.int32)]
 
