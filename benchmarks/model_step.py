@@ -31,7 +31,7 @@ import time
 
 # The flag helper must run before JAX's CPU backend starts.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from translocator_jax import perf  # pylint: disable=g-import-not-at-top
+from translocator_jax.runtime import perf  # pylint: disable=g-import-not-at-top
 
 
 # Dense matmul peaks (TFLOP/s per chip) by jax device_kind, bfloat16 / float32 (float32: TF32 off on GPUs), for MFU.

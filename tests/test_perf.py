@@ -8,7 +8,7 @@ import pytest
 
 PROBE = textwrap.dedent("""
     import sys
-    from translocator_jax import perf
+    from translocator_jax.runtime import perf
     kept = perf.keep_freed_host_memory() if sys.argv[1] == "keep" else False
     import numpy as np
     def rss_mb():

@@ -27,7 +27,7 @@ def _banner(step: int, text: str) -> None:
 
 
 def load_config(quick: bool, data_dir: str | None):
-  from translocator_jax.train import config_io  # pylint: disable=g-import-not-at-top
+  from translocator_jax.runtime import config_io  # pylint: disable=g-import-not-at-top
   config = config_io.load_config(f"{CONFIG}:tiny" if quick else str(CONFIG))
   if data_dir:
     config.data.data_dir = str(data_dir)
@@ -118,6 +118,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  from translocator_jax import perf  # pylint: disable=g-import-not-at-top
+  from translocator_jax.runtime import perf  # pylint: disable=g-import-not-at-top
   perf.configure_cpu_runtime()  # before JAX starts its CPU backend
   sys.exit(main())

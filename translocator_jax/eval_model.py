@@ -101,7 +101,7 @@ def predict_dataset(model, params, batches: Iterable[Mapping[str, np.ndarray]], 
     heads: config.model.heads (which partition heads the model has).
     palette: [K, 3] uint8 colours, to finish uint8 class maps (seg_input='palette') when `forward` is not given.
   """
-  from translocator_jax.train import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
+  from translocator_jax.runtime import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
   forward = forward or make_forward(model, palette)
   geo_heads = [h for h in schema.PARTITION_NAMES if h in heads]
   if not geo_heads:
@@ -309,9 +309,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else list(argv))
   from translocator_jax import models  # pylint: disable=g-import-not-at-top
   from translocator_jax.geo import predictions_io  # pylint: disable=g-import-not-at-top
-  from translocator_jax.train import checkpoints  # pylint: disable=g-import-not-at-top
+  from translocator_jax.runtime import checkpoints  # pylint: disable=g-import-not-at-top
   from translocator_jax.train import data as data_lib  # pylint: disable=g-import-not-at-top
-  from translocator_jax.train import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
+  from translocator_jax.runtime import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
 
   sharding_lib.maybe_initialize_distributed()
   path = args.workdir or args.checkpoint

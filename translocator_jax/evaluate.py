@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   if argv and argv[0] == "predictions":
     return _predictions_main(argv[1:])
-  from translocator_jax import perf  # pylint: disable=g-import-not-at-top
+  from translocator_jax.runtime import perf  # pylint: disable=g-import-not-at-top
   perf.configure_cpu_runtime()  # translocator-eval: before JAX starts its CPU backend
   from translocator_jax import eval_model  # lazy: pulls in the model stack
   return eval_model.main(argv)

@@ -133,7 +133,7 @@ class Predictor:
   @classmethod
   def from_checkpoint(cls, path, *, which: str = "latest", segmenter_dir=None, data_dir=None) -> "Predictor":
     """From a training workdir or one checkpoint step directory (config and partitions found beside it)."""
-    from translocator_jax.train import checkpoints  # pylint: disable=g-import-not-at-top
+    from translocator_jax.runtime import checkpoints  # pylint: disable=g-import-not-at-top
     config, params = checkpoints.restore_for_inference(path, which=which)
     if data_dir is not None:
       config.data.data_dir = str(data_dir)

@@ -12,8 +12,8 @@ import pytest
 
 from translocator_jax.geo import metrics
 from translocator_jax.geo import predictions_io
-from translocator_jax.train import checkpoints
-from translocator_jax.train import metrics_writer
+from translocator_jax.runtime import checkpoints
+from translocator_jax.runtime import metrics_writer
 
 EARTH_TINY = "configs/earth_demo.py:tiny"
 

@@ -5,8 +5,8 @@ import pytest
 from flax import traverse_util
 
 from translocator_jax import models
-from translocator_jax.train import checkpoints
-from translocator_jax.train import config_io
+from translocator_jax.runtime import checkpoints
+from translocator_jax.runtime import config_io
 from translocator_jax.train import loop
 from translocator_jax.train import step as step_lib
 

@@ -7,11 +7,11 @@ import optax
 
 from translocator_jax import models
 from translocator_jax.geo import distance
-from translocator_jax.train import config_io
+from translocator_jax.runtime import config_io
 from translocator_jax.train import data as data_lib
 from translocator_jax.train import loss as loss_lib
 from translocator_jax.train import optimizer as optim_lib
-from translocator_jax.train import sharding as sharding_lib
+from translocator_jax.runtime import sharding as sharding_lib
 from translocator_jax.train import step as step_lib
 
 SYNTHETIC = __file__.replace("test_loss_optim.py", "synthetic_config.py")

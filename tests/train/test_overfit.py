@@ -3,11 +3,11 @@ import numpy as np
 
 from translocator_jax import models
 from translocator_jax.data import schema
-from translocator_jax.train import checkpoints
-from translocator_jax.train import config_io
+from translocator_jax.runtime import checkpoints
+from translocator_jax.runtime import config_io
 from translocator_jax.train import data as data_lib
 from translocator_jax.train import loop
-from translocator_jax.train import metrics_writer
+from translocator_jax.runtime import metrics_writer
 
 
 def test_tiny_model_overfits_few_examples(tmp_path):

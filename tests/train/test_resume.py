@@ -2,7 +2,7 @@
 import json
 import re
 
-from translocator_jax.train import checkpoints
+from translocator_jax.runtime import checkpoints
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_previous(run_train, tmp_path):

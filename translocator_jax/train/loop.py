@@ -13,11 +13,11 @@ import numpy as np
 import tqdm
 
 from translocator_jax.data import schema
-from translocator_jax.train import checkpoints as ckpt_lib
+from translocator_jax.runtime import checkpoints as ckpt_lib
 from translocator_jax.train import data as data_lib
-from translocator_jax.train import metrics_writer
+from translocator_jax.runtime import metrics_writer
 from translocator_jax.train import optimizer as optim_lib
-from translocator_jax.train import sharding as sharding_lib
+from translocator_jax.runtime import sharding as sharding_lib
 from translocator_jax.train import step as step_lib
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ import json
 import logging
 import sys
 
-from translocator_jax.train import config_io
+from translocator_jax.runtime import config_io
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -32,9 +32,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
   logging.basicConfig(level=logging.WARNING)
-  from translocator_jax import perf  # pylint: disable=g-import-not-at-top
+  from translocator_jax.runtime import perf  # pylint: disable=g-import-not-at-top
   perf.configure_cpu_runtime()  # before JAX starts its CPU backend
-  from translocator_jax.train import sharding  # pylint: disable=g-import-not-at-top
+  from translocator_jax.runtime import sharding  # pylint: disable=g-import-not-at-top
   sharding.maybe_initialize_distributed()
   from translocator_jax.train import loop  # pylint: disable=g-import-not-at-top
   config = config_io.apply_overrides(config_io.load_config(args.config), args.overrides)

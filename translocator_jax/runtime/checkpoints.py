@@ -195,7 +195,7 @@ class CheckpointMismatchError(ValueError):
 
 def best_step(workdir, steps) -> int | None:
   """The kept step with the best validation metric (config.train.best_metric, from metrics.jsonl), if any."""
-  from translocator_jax.train import metrics_writer  # pylint: disable=g-import-not-at-top
+  from translocator_jax.runtime import metrics_writer  # pylint: disable=g-import-not-at-top
   config_path = epath.Path(workdir) / CONFIG_FILE
   if not config_path.exists():
     return None
