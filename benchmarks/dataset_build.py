@@ -16,8 +16,8 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests" / "data"))
 import dataset_fixtures as fx  # pylint: disable=g-import-not-at-top,wrong-import-position
-from translocator_jax.data import builders  # pylint: disable=wrong-import-position
-from translocator_jax.data import palette as palette_lib  # pylint: disable=wrong-import-position
+from translocator_jax.data.build import builders  # pylint: disable=wrong-import-position
+from translocator_jax.data.records import palette as palette_lib  # pylint: disable=wrong-import-position
 
 
 def main() -> None:

@@ -38,11 +38,11 @@ from PIL import Image
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import photo_records  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from translocator_jax.data import codecs  # pylint: disable=wrong-import-position
-from translocator_jax.data import earth_patches
-from translocator_jax.data import pipeline
-from translocator_jax.data import schema
-from translocator_jax.data import sources
+from translocator_jax.data.records import codecs  # pylint: disable=wrong-import-position
+from translocator_jax.data.earth_patches import dataset as earth_patches
+from translocator_jax.data.pipeline import loaders as pipeline
+from translocator_jax.data.records import schema
+from translocator_jax.data.records import sources
 
 TARGET_RATIO = 0.7
 

@@ -17,8 +17,8 @@ import numpy as np
 from PIL import Image
 from PIL import ImageFilter
 
-from translocator_jax.data import images as images_lib
-from translocator_jax.data import schema
+from translocator_jax.data.build import images as images_lib
+from translocator_jax.data.records import schema
 
 _FEATURE_KEYS = (schema.IMAGE, schema.SEGMENTATION, schema.LATLON, schema.CELLS, schema.IMAGE_ID, schema.SCENE_S3,
                  schema.SCENE_S16, schema.SCENE_S365)

@@ -19,9 +19,9 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from translocator_jax.data import earth_patches
-from translocator_jax.data import schema
-from translocator_jax.data import sources
+from translocator_jax.data.earth_patches import dataset as earth_patches
+from translocator_jax.data.records import schema
+from translocator_jax.data.records import sources
 
 
 def parse_args(argv):

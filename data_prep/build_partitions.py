@@ -4,11 +4,11 @@
   python -m data_prep.build_partitions --input /data/tfds/mp16/1.0.0 --split train --output partitions/
 
 Writes cells_{tau_min}_{tau_max}.csv for each --tau-max (default 5000 2000 1000) and partitions_report.json
-(bad CSV rows skipped and listed). Logic: translocator_jax/data/partitions_build.py.
+(bad CSV rows skipped and listed). Logic: translocator_jax/data/build/partitions.py.
 """
 import sys
 
-from translocator_jax.data import cli
+from translocator_jax.data.build import cli
 
 if __name__ == "__main__":
   sys.exit(cli.partitions_main())

@@ -6,7 +6,7 @@ Exit status 0 when written (skipped files listed in OUTPUT/report.json), 2 when 
 """
 import sys
 
-from translocator_jax.data import cli
+from translocator_jax.data.build import cli
 
 if __name__ == "__main__":
   sys.exit(cli.photos_main())

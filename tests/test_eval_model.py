@@ -126,7 +126,7 @@ def test_forward_finishes_uint8_batches_like_the_host(tta):
   # probabilities of the float32 inputs the host path makes.
   import jax  # pylint: disable=g-import-not-at-top
   from translocator_jax import models  # pylint: disable=g-import-not-at-top
-  from translocator_jax.data import augment  # pylint: disable=g-import-not-at-top
+  from translocator_jax.data.pipeline import augment  # pylint: disable=g-import-not-at-top
   cfg = dict(variant="Ti/8", width=32, depth=1, mlp_dim=64, num_heads=2, image_size=16,
              heads={"coarse": 5, "fine": 7}, head_zeroinit=False)
   model = models.build_model(cfg)

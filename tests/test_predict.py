@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from translocator_jax import eval_model, predict
-from translocator_jax.data import schema, sources
+from translocator_jax.data.records import schema, sources
 from translocator_jax.geo import distance
 from translocator_jax.train import data as data_lib
 from translocator_jax.runtime import sharding

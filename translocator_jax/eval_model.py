@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from translocator_jax.data import schema
+from translocator_jax.data.records import schema
 from translocator_jax.geo.distance import haversine_km_numpy
 
 THRESHOLDS_KM = (1, 25, 200, 750, 2500)
@@ -63,7 +63,7 @@ def make_forward(model, palette: np.ndarray | None = None) -> Any:
   uint8 batches (pipeline.eval_loader(finish='device')) are finished here (data.device_finish; `palette` for
   seg_input='palette'); float32 ones pass through.
   """
-  from translocator_jax.data import device_finish  # pylint: disable=g-import-not-at-top
+  from translocator_jax.data.pipeline import device_finish  # pylint: disable=g-import-not-at-top
   finish = device_finish.DeviceFinish(getattr(model, "seg_input", "palette"), palette)
 
   def forward(params, image, seg):
@@ -267,7 +267,7 @@ def evaluate_dataset(config: ml_collections.ConfigDict, model, params, name: str
   tables = tables_from_predictions(preds)
   tables["chance"] = chance_table(partitions, preds.true_latlon)
   if knn and name == "earth_patches":
-    from translocator_jax.data import sources  # pylint: disable=g-import-not-at-top
+    from translocator_jax.data.records import sources  # pylint: disable=g-import-not-at-top
     tables["knn"] = knn_table(sources.open_source(info.tfds_dir, "train"), sources.open_source(info.tfds_dir, split),
                               preds.index, preds.true_latlon)
   return preds, tables
@@ -296,7 +296,7 @@ def draw_dataset_maps(out_dir, name: str, preds: Predictions, partitions, main_m
 def image_ids(info, split: str, index: np.ndarray) -> list[str]:
   if info.tfds_dir is None:
     return [str(i) for i in index]
-  from translocator_jax.data import sources  # pylint: disable=g-import-not-at-top
+  from translocator_jax.data.records import sources  # pylint: disable=g-import-not-at-top
   src = sources.open_source(info.tfds_dir, split, decode=False)
   ids = []
   for i in index:

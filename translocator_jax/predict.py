@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from translocator_jax.data import schema
+from translocator_jax.data.records import schema
 
 NO_SEG_MESSAGE = (
     "no segmentation map for {source}: this model reads the photo's ADE20K segmentation map too. Pass one with "
@@ -73,7 +73,7 @@ def _read_bytes(item, what: str) -> tuple[str, bytes]:
 
 def _load_photo(item) -> tuple[str, np.ndarray, Any]:
   """(source name, uint8 RGB [H, W, 3] not yet oriented, DecodedImage or None) of a path, bytes or array."""
-  from translocator_jax.data import images  # pylint: disable=g-import-not-at-top
+  from translocator_jax.data.build import images  # pylint: disable=g-import-not-at-top
   if isinstance(item, np.ndarray):
     if item.ndim != 3 or item.shape[-1] != 3 or item.dtype != np.uint8:
       raise PredictError(f"image array must be uint8 [H, W, 3], got {item.dtype} {item.shape}")
@@ -87,7 +87,7 @@ def _load_photo(item) -> tuple[str, np.ndarray, Any]:
 
 
 def _load_seg(item) -> np.ndarray:
-  from translocator_jax.data import images  # pylint: disable=g-import-not-at-top
+  from translocator_jax.data.build import images  # pylint: disable=g-import-not-at-top
   if isinstance(item, np.ndarray):
     if item.ndim == 3 and item.shape[-1] == 1:
       item = item[..., 0]
@@ -140,7 +140,7 @@ class Predictor:
     partitions, palette = inference_assets(config)
     segmenter = None
     if segmenter_dir:
-      from translocator_jax.data import segmenter as segmenter_lib  # pylint: disable=g-import-not-at-top
+      from translocator_jax.data.build import segmenter as segmenter_lib  # pylint: disable=g-import-not-at-top
       segmenter = segmenter_lib.Segmenter(segmenter_dir)
     return cls(config, params, partitions, palette, segmenter=segmenter)
 
@@ -155,7 +155,7 @@ class Predictor:
 
   def preprocess(self, image, seg=None) -> tuple[str, np.ndarray, np.ndarray, tuple[float, float] | None]:
     """(source, model image [S, S, 3], model seg, EXIF latlon or None) of one photo; PredictError if unusable."""
-    from translocator_jax.data import images  # pylint: disable=g-import-not-at-top
+    from translocator_jax.data.build import images  # pylint: disable=g-import-not-at-top
     try:
       return self._preprocess(image, seg)
     except PredictError:
@@ -165,7 +165,8 @@ class Predictor:
                          f"{e}") from e
 
   def _preprocess(self, image, seg):
-    from translocator_jax.data import augment, images  # pylint: disable=g-import-not-at-top
+    from translocator_jax.data.pipeline import augment  # pylint: disable=g-import-not-at-top
+    from translocator_jax.data.build import images
     from PIL import ImageOps  # pylint: disable=g-import-not-at-top
     name, pixels, decoded = _load_photo(image)
     classes = _load_seg(seg) if seg is not None else None

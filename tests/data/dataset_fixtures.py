@@ -11,7 +11,7 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from translocator_jax.data import palette as palette_lib
+from translocator_jax.data.records import palette as palette_lib
 
 HEADER = ["IMG_ID", "AUTHOR", "LAT", "LON", "S3_Label", "S16_Label", "S365_Label", "Prob_indoor", "Prob_natural",
           "Prob_urban"]

@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 
 import dataset_fixtures as fx
-from translocator_jax.data import builders
-from translocator_jax.data import cli
+from translocator_jax.data.build import builders
+from translocator_jax.data.build import cli
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -176,7 +176,7 @@ def test_records_read_back_where_tensorflow_is_not_importable(folder_build):
 
 _SLOW_BUILD = textwrap.dedent("""
     import sys, time
-    from translocator_jax.data import build, cli
+    from translocator_jax.data.build import writer as build, cli
     write_piece = build._write_piece
     def slow(args):  # Slow pieces down so the test can kill the build between pieces.
       rep = write_piece(args)

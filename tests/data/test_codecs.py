@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from translocator_jax.data import codecs
-from translocator_jax.data import sources
+from translocator_jax.data.records import codecs
+from translocator_jax.data.records import sources
 
 
 def _photo(h, w, seed):

@@ -13,12 +13,12 @@ import pytest
 from PIL import Image
 
 from translocator_jax import paths
-from translocator_jax.data import earth_patches
-from translocator_jax.data import earth_render
-from translocator_jax.data import fine_cells
-from translocator_jax.data import rasters
-from translocator_jax.data import schema
-from translocator_jax.data import sources
+from translocator_jax.data.earth_patches import dataset as earth_patches
+from translocator_jax.data.earth_patches import render as earth_render
+from translocator_jax.data.earth_patches import cells as fine_cells
+from translocator_jax.data.earth_patches import rasters
+from translocator_jax.data.records import schema
+from translocator_jax.data.records import sources
 
 SPLITS = earth_patches.SPLITS
 
@@ -262,7 +262,9 @@ def test_reading_needs_no_tensorflow(tiny):
       except ModuleNotFoundError:
         pass
       import numpy as np
-      from translocator_jax.data import earth_patches, pipeline, sources
+      from translocator_jax.data.earth_patches import dataset as earth_patches
+      from translocator_jax.data.pipeline import loaders as pipeline
+      from translocator_jax.data.records import sources
       info = earth_patches.ensure_built({str(tiny.data_dir.parents[2])!r}, "tiny")
       src = sources.open_source(info.data_dir, "train")
       batch = next(iter(pipeline.train_loader(src, batch_size=4, image_size=16, palette=info.palette,

@@ -3,7 +3,7 @@ import csv
 
 import numpy as np
 
-from translocator_jax.data import palette as palette_lib
+from translocator_jax.data.records import palette as palette_lib
 
 
 def test_packaged_palette_equals_shared_file(shared_data):

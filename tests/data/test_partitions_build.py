@@ -4,7 +4,7 @@ import json
 import numpy as np
 
 import dataset_fixtures as fx
-from translocator_jax.data import cli
+from translocator_jax.data.build import cli
 from translocator_jax.geo import cells
 
 

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from translocator_jax.data import augment
-from translocator_jax.data import pipeline
-from translocator_jax.data import schema
-from translocator_jax.data import sources
+from translocator_jax.data.pipeline import augment
+from translocator_jax.data.pipeline import loaders as pipeline
+from translocator_jax.data.records import schema
+from translocator_jax.data.records import sources
 
 PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
                     [145, 30, 180], [70, 240, 240], [240, 50, 230]], np.uint8)
@@ -179,7 +179,7 @@ def test_eval_center_and_five_crop():
 @pytest.mark.parametrize("seg_input", ["palette", "classes"])
 def test_eval_batches_finished_on_device_equal_host_ones(tta, seg_input):
   import jax  # pylint: disable=g-import-not-at-top
-  from translocator_jax.data import device_finish  # pylint: disable=g-import-not-at-top
+  from translocator_jax.data.pipeline import device_finish  # pylint: disable=g-import-not-at-top
   src = ListSource(blocky_records(6, height=40, width=56, block=8))
   kw = dict(batch_size=4, image_size=24, seg_input=seg_input, palette=PALETTE, tta=tta, shard_index=0,
             shard_count=1)
@@ -347,7 +347,7 @@ def test_encoded_records_give_the_batches_of_decoded_ones(seg_input):
 @pytest.mark.parametrize("seg_input", ["palette", "classes"])
 def test_batches_finished_in_workers_here_or_on_device_are_the_same(seg_input):
   import jax  # pylint: disable=g-import-not-at-top
-  from translocator_jax.data import device_finish  # pylint: disable=g-import-not-at-top
+  from translocator_jax.data.pipeline import device_finish  # pylint: disable=g-import-not-at-top
   src = ListSource(blocky_records(8, height=16, width=16, block=4))
   kw = dict(batch_size=4, image_size=8, seg_input=seg_input, palette=PALETTE, seed=3, shard_index=0,
             shard_count=1, num_epochs=1)
@@ -371,7 +371,7 @@ def test_batches_finished_in_workers_here_or_on_device_are_the_same(seg_input):
 
 
 def test_device_finish_passes_float_inputs_and_needs_a_palette_for_uint8_maps():
-  from translocator_jax.data import device_finish  # pylint: disable=g-import-not-at-top
+  from translocator_jax.data.pipeline import device_finish  # pylint: disable=g-import-not-at-top
   image = np.random.default_rng(0).standard_normal((2, 4, 4, 3)).astype(np.float32)
   colours = np.random.default_rng(1).standard_normal((2, 4, 4, 3)).astype(np.float32)
   out_image, out_seg = device_finish.DeviceFinish("palette", None)(image, colours)

@@ -2,7 +2,7 @@
 import numpy as np
 
 from translocator_jax import models
-from translocator_jax.data import schema
+from translocator_jax.data.records import schema
 from translocator_jax.runtime import checkpoints
 from translocator_jax.runtime import config_io
 from translocator_jax.train import data as data_lib

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from translocator_jax import paths
-from translocator_jax.data import schema
+from translocator_jax.data.records import schema
 
 BENCHMARKS = ("im2gps", "im2gps3k", "yfcc4k", "yfcc26k")
 BUILD_COMMANDS = {
@@ -112,7 +112,7 @@ def make_synthetic_examples(config: ml_collections.ConfigDict, n: int, seed: int
 
 def ade20k_palette() -> np.ndarray:
   """[150, 3] uint8 colours of the colourised ADE20K-150 segmentation maps."""
-  from translocator_jax.data import palette  # pylint: disable=g-import-not-at-top
+  from translocator_jax.data.records import palette  # pylint: disable=g-import-not-at-top
   return palette.palette()
 
 
@@ -139,7 +139,7 @@ def dataset_info(config: ml_collections.ConfigDict, name: str, *, need_records: 
   if name == "synthetic":
     return DatasetInfo(name, None, None, None, int(config.model.get("num_seg_classes", 150)))
   if name == "earth_patches":
-    from translocator_jax.data import earth_patches  # pylint: disable=g-import-not-at-top
+    from translocator_jax.data.earth_patches import dataset as earth_patches  # pylint: disable=g-import-not-at-top
     opts = dict(config.data.get("earth_patches", {}) or {})
     info = earth_patches.ensure_built(data_dir=config.data.get("data_dir"), **opts)
     return DatasetInfo(name, str(info.data_dir), tuple(str(p) for p in info.partition_paths),
@@ -168,7 +168,8 @@ def train_iterator(config: ml_collections.ConfigDict, info: DatasetInfo, global_
   """This process's iterator over its shard of the training set (get_state / set_state for checkpoints)."""
   if info.name == "synthetic":
     return SyntheticIterator(config, global_batch, jax.process_index(), jax.process_count())
-  from translocator_jax.data import pipeline, sources  # pylint: disable=g-import-not-at-top
+  from translocator_jax.data.pipeline import loaders as pipeline  # pylint: disable=g-import-not-at-top
+  from translocator_jax.data.records import sources
   source = sources.open_source(info.tfds_dir, config.data.get("train_split", "train"))
   loader = pipeline.train_loader(
       source, batch_size=global_batch // jax.process_count(), image_size=int(config.model.image_size),
@@ -186,7 +187,8 @@ def eval_batches(config: ml_collections.ConfigDict, info: DatasetInfo, split: st
     ex = make_synthetic_examples(config, int(config.data.get("synthetic", {}).get("num_examples", 32)),
                                  int(config.data.get("synthetic", {}).get("seed", 0)))
     return _synthetic_eval_batches(ex, batch_size), len(ex["image"])
-  from translocator_jax.data import pipeline, sources  # pylint: disable=g-import-not-at-top
+  from translocator_jax.data.pipeline import loaders as pipeline  # pylint: disable=g-import-not-at-top
+  from translocator_jax.data.records import sources
   source = sources.open_source(info.tfds_dir, split)
   loader = pipeline.eval_loader(
       source, batch_size=batch_size // jax.process_count(), image_size=int(config.model.image_size),

@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from translocator_jax.data import schema
+from translocator_jax.data.records import schema
 from translocator_jax.runtime import checkpoints as ckpt_lib
 from translocator_jax.train import data as data_lib
 from translocator_jax.runtime import metrics_writer

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from translocator_jax.data import schema
+from translocator_jax.data.records import schema
 
 EARTH_RADIUS_KM = 6371.0
 

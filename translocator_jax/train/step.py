@@ -11,7 +11,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from translocator_jax.data import device_finish
+from translocator_jax.data.pipeline import device_finish
 from translocator_jax.train import loss as loss_lib
 from translocator_jax.runtime import sharding as sharding_lib
 

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from translocator_jax.data import augment
+from translocator_jax.data.pipeline import augment
 
 
 class DeviceFinish:

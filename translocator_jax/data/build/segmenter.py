@@ -16,7 +16,7 @@ import pathlib
 import numpy as np
 from PIL import Image
 
-from translocator_jax.data import palette as palette_lib
+from translocator_jax.data.records import palette as palette_lib
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -86,9 +86,9 @@ def write_maps(*, images, output_dir, model_dir, existing=None, seg_name: str = 
   output_dir/report.json): {"written": N, "skipped": [{"source", "reason"}], "already_present": M}.
   """
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-  from translocator_jax.data import builders  # pylint: disable=g-import-not-at-top
-  from translocator_jax.data import images as images_lib  # pylint: disable=g-import-not-at-top
-  from translocator_jax.data import inputs  # pylint: disable=g-import-not-at-top
+  from translocator_jax.data.build import builders  # pylint: disable=g-import-not-at-top
+  from translocator_jax.data.build import images as images_lib  # pylint: disable=g-import-not-at-top
+  from translocator_jax.data.build import stores as inputs  # pylint: disable=g-import-not-at-top
 
   output_dir = pathlib.Path(output_dir)
   output_dir.mkdir(parents=True, exist_ok=True)

@@ -30,8 +30,8 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from translocator_jax.data import images as images_lib
-from translocator_jax.data import schema
+from translocator_jax.data.build import images as images_lib
+from translocator_jax.data.records import schema
 
 STAGING = "_staging"
 REPORT = "report.json"
@@ -116,7 +116,7 @@ def _partitions(paths: Sequence[str]):
 def _segmenter(model_dir: str):
   key = ("segmenter", model_dir)
   if key not in _WORKER_CACHE:
-    from translocator_jax.data import segmenter  # pylint: disable=g-import-not-at-top
+    from translocator_jax.data.build import segmenter  # pylint: disable=g-import-not-at-top
     _WORKER_CACHE[key] = segmenter.Segmenter(model_dir)
   return _WORKER_CACHE[key]
 

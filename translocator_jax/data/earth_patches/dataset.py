@@ -28,9 +28,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from translocator_jax.data import earth_render
-from translocator_jax.data import rasters
-from translocator_jax.data import schema
+from translocator_jax.data.earth_patches import render as earth_render
+from translocator_jax.data.earth_patches import rasters
+from translocator_jax.data.records import schema
 
 NAME = "earth_patches"
 VERSION = "1.0.0"

@@ -31,10 +31,10 @@ from typing import Any, Iterator, Sequence
 import grain
 import numpy as np
 
-from translocator_jax.data import augment
-from translocator_jax.data import codecs
-from translocator_jax.data import schema
-from translocator_jax.data import sources
+from translocator_jax.data.pipeline import augment
+from translocator_jax.data.records import codecs
+from translocator_jax.data.records import schema
+from translocator_jax.data.records import sources
 
 BATCH_KEYS = ("image", "seg", "latlon", "cells", "scene", "mask", "index")
 FINISH_PLACES = ("auto", "main", "workers", "device")

@@ -15,7 +15,8 @@ from typing import Sequence
 import numpy as np
 import tqdm
 
-from translocator_jax.data import images, schema
+from translocator_jax.data.build import images
+from translocator_jax.data.records import schema
 
 DEFAULT_TAU_MAX = (5000, 2000, 1000)  # coarse, middle, fine (the MP-16 partitions)
 
@@ -37,7 +38,7 @@ def read_csv_latlon(path: pathlib.Path, lat_column: str = "LAT", lon_column: str
 
 
 def read_dataset_latlon(dataset_dir: pathlib.Path, split: str, progress: bool = True) -> np.ndarray:
-  from translocator_jax.data import sources  # pylint: disable=g-import-not-at-top
+  from translocator_jax.data.records import sources  # pylint: disable=g-import-not-at-top
   source = sources.open_source(dataset_dir, split, decode=False)  # coordinates only: no JPEG/PNG decoding
   return np.array([source[i][schema.LATLON] for i in tqdm.trange(len(source), desc="coordinates",
                                                                  disable=not progress)], np.float64).reshape(-1, 2)

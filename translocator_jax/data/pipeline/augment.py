@@ -14,7 +14,7 @@ import math
 import numpy as np
 from PIL import Image
 
-from translocator_jax.data import codecs
+from translocator_jax.data.records import codecs
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)

@@ -17,10 +17,10 @@ import pathlib
 import posixpath
 from typing import Sequence
 
-from translocator_jax.data import build
-from translocator_jax.data import images as images_lib
-from translocator_jax.data import inputs
-from translocator_jax.data import schema
+from translocator_jax.data.build import writer as build
+from translocator_jax.data.build import images as images_lib
+from translocator_jax.data.build import stores as inputs
+from translocator_jax.data.records import schema
 
 DEFAULT_SEG_NAME = "{stem}.png"
 PLACES365_COLUMNS = dict(id="IMG_ID", lat="LAT", lon="LON", s3="S3_Label", s16="S16_Label", s365="S365_Label")

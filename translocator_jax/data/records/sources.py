@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from translocator_jax.data import schema
+from translocator_jax.data.records import schema
 
 INDEX = "index"
 

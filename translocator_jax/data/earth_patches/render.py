@@ -18,8 +18,8 @@ import dataclasses
 
 import numpy as np
 
-from translocator_jax.data import fine_cells as fine_cells_lib
-from translocator_jax.data import rasters
+from translocator_jax.data.earth_patches import cells as fine_cells_lib
+from translocator_jax.data.earth_patches import rasters
 
 KM_PER_DEGREE = 111.195  # great-circle km per degree of latitude (R = 6371 km)
 S2_FACE_EDGE_KM = 10_007.5  # a level-0 S2 face spans 90 degrees

@@ -14,8 +14,8 @@ import warnings
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from translocator_jax.data import palette as palette_lib
-from translocator_jax.data import schema
+from translocator_jax.data.records import palette as palette_lib
+from translocator_jax.data.records import schema
 
 # PIL's own bomb guard only warns below 2x its limit; we check the header size ourselves before decoding.
 DEFAULT_MAX_PIXELS = 89_478_485
