@@ -18,7 +18,7 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from translocator_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 from translocator_jax.runtime import config_io  # pylint: disable=g-import-not-at-top,wrong-import-position
-from translocator_jax.train import data as data_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from translocator_jax.data import registry as data_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from translocator_jax.train import loop  # pylint: disable=g-import-not-at-top,wrong-import-position
 from translocator_jax.train import optimizer as optim_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from translocator_jax.runtime import sharding as sl  # pylint: disable=g-import-not-at-top,wrong-import-position

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from translocator_jax import eval_model
+from translocator_jax.eval import inference as eval_model
 from translocator_jax.geo import cells
 from translocator_jax.runtime import sharding
 
@@ -108,7 +108,7 @@ def test_evaluation_and_prediction_need_only_the_partitions_of_an_unbuilt_traini
   """A real MP-16 checkpoint is evaluated on a benchmark without MP-16's records on disk."""
   from translocator_jax import paths, predict  # pylint: disable=g-import-not-at-top
   from translocator_jax.runtime import config_io  # pylint: disable=g-import-not-at-top
-  from translocator_jax.train import data as data_lib  # pylint: disable=g-import-not-at-top
+  from translocator_jax.data import registry as data_lib  # pylint: disable=g-import-not-at-top
   config = config_io.load_config(f"{paths.REPO_ROOT / 'configs/translocator_b16_mp16.py'}:runlocal")
   config.data.data_dir = str(tmp_path)  # nothing built here
   with pytest.raises(data_lib.DatasetMissingError, match="build_mp16"):

@@ -6,7 +6,7 @@ import nbclient
 import nbformat
 import pytest
 
-from translocator_jax.eval_model import ACC_KEYS
+from translocator_jax.eval.inference import ACC_KEYS
 from translocator_jax.geo import metrics, predictions_io
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from translocator_jax import eval_model, predict
+from translocator_jax.eval import inference as eval_model
+from translocator_jax import predict
 from translocator_jax.data.records import schema, sources
 from translocator_jax.geo import distance
-from translocator_jax.train import data as data_lib
+from translocator_jax.data import registry as data_lib
 from translocator_jax.runtime import sharding
 
 

@@ -36,10 +36,11 @@ def load_config(quick: bool, data_dir: str | None):
 
 def run(workdir, *, quick: bool = False, data_dir: str | None = None, num_examples: int = 4) -> dict[str, Any]:
   """Runs the whole demo; returns its summary (also written to WORKDIR/demo/summary.json)."""
-  from translocator_jax import eval_model, maps, predict  # pylint: disable=g-import-not-at-top
+  from translocator_jax.eval import inference as eval_model, maps  # pylint: disable=g-import-not-at-top
+  from translocator_jax import predict
   from translocator_jax.data.records import schema, sources  # pylint: disable=g-import-not-at-top
   from translocator_jax.geo import distance, predictions_io  # pylint: disable=g-import-not-at-top
-  from translocator_jax.train import data as data_lib  # pylint: disable=g-import-not-at-top
+  from translocator_jax.data import registry as data_lib  # pylint: disable=g-import-not-at-top
   from translocator_jax.train import loop  # pylint: disable=g-import-not-at-top
 
   started = time.time()

@@ -4,7 +4,7 @@
 
 prints the results table (street 1 km ... continent 2500 km, median, mean km, GeoScore, count) of a
 per-image prediction file (project or GeoEstimation layout). Without the `predictions` subcommand,
-arguments go to translocator_jax.eval_model.main (model evaluation).
+arguments go to translocator_jax.eval.inference.main (model evaluation).
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _predictions_main(argv[1:])
   from translocator_jax.runtime import perf  # pylint: disable=g-import-not-at-top
   perf.configure_cpu_runtime()  # translocator-eval: before JAX starts its CPU backend
-  from translocator_jax import eval_model  # lazy: pulls in the model stack
+  from translocator_jax.eval import inference as eval_model  # lazy: pulls in the model stack
   return eval_model.main(argv)
 
 

@@ -108,7 +108,7 @@ class Predictor:
                place_index=None):
     import jax  # pylint: disable=g-import-not-at-top
     from translocator_jax import models  # pylint: disable=g-import-not-at-top
-    from translocator_jax.eval_model import make_forward  # pylint: disable=g-import-not-at-top
+    from translocator_jax.eval.inference import make_forward  # pylint: disable=g-import-not-at-top
     from translocator_jax.geo import hierarchy  # pylint: disable=g-import-not-at-top
     self.config = config
     self.params = jax.device_put(params)
@@ -274,7 +274,7 @@ def _source_name(item, pos: int) -> str:
 def inference_assets(config) -> tuple[list[Any], np.ndarray | None]:
   """The [coarse, middle, fine] partitions and the segmentation palette the model was trained with (the training
   records themselves need not be on disk; the Earth-patches set is built if it is not)."""
-  from translocator_jax.train import data as data_lib  # pylint: disable=g-import-not-at-top
+  from translocator_jax.data import registry as data_lib  # pylint: disable=g-import-not-at-top
   info = data_lib.dataset_info(config, config.data.train, need_records=False)
   partitions = data_lib.load_partitions(info)
   if partitions is None:
@@ -332,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   for p in predictions:
     print(json.dumps(p.to_json()) if args.json else format_prediction(p), flush=True)
   if args.map:
-    from translocator_jax import maps  # pylint: disable=g-import-not-at-top
+    from translocator_jax.eval import maps  # pylint: disable=g-import-not-at-top
     for p, out in zip(predictions, map_paths(pathlib.Path(args.map), predictions)):
       if p.error:
         continue

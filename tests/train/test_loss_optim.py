@@ -8,7 +8,7 @@ import optax
 from translocator_jax import models
 from translocator_jax.geo import distance
 from translocator_jax.runtime import config_io
-from translocator_jax.train import data as data_lib
+from translocator_jax.data import registry as data_lib
 from translocator_jax.train import loss as loss_lib
 from translocator_jax.train import optimizer as optim_lib
 from translocator_jax.runtime import sharding as sharding_lib

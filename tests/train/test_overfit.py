@@ -5,7 +5,7 @@ from translocator_jax import models
 from translocator_jax.data.records import schema
 from translocator_jax.runtime import checkpoints
 from translocator_jax.runtime import config_io
-from translocator_jax.train import data as data_lib
+from translocator_jax.data import registry as data_lib
 from translocator_jax.train import loop
 from translocator_jax.runtime import metrics_writer
 

@@ -14,7 +14,7 @@ import tqdm
 
 from translocator_jax.data.records import schema
 from translocator_jax.runtime import checkpoints as ckpt_lib
-from translocator_jax.train import data as data_lib
+from translocator_jax.data import registry as data_lib
 from translocator_jax.runtime import metrics_writer
 from translocator_jax.train import optimizer as optim_lib
 from translocator_jax.runtime import sharding as sharding_lib
@@ -38,7 +38,7 @@ def build_validation(config: ml_collections.ConfigDict, info: data_lib.DatasetIn
   split = config.data.get("val_split", None)
   if not split or not int(config.train.get("eval_every", 0) or 0):
     return None
-  from translocator_jax import eval_model  # pylint: disable=g-import-not-at-top
+  from translocator_jax.eval import inference as eval_model  # pylint: disable=g-import-not-at-top
   forward = eval_model.make_forward(model, info.palette)  # compiled once, reused at every validation
 
   def validate(params) -> dict[str, float]:

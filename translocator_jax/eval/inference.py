@@ -255,7 +255,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def evaluate_dataset(config: ml_collections.ConfigDict, model, params, name: str, *, mesh, train_info,
                      partitions, tta: str, batch_size: int, knn: bool = True) -> tuple[Predictions, dict]:
   """Predictions and result tables ('fstar', partitions, 'chance', 'knn') of one dataset."""
-  from translocator_jax.train import data as data_lib  # pylint: disable=g-import-not-at-top
+  from translocator_jax.data import registry as data_lib  # pylint: disable=g-import-not-at-top
   info = train_info if name == train_info.name and train_info.tfds_dir else data_lib.dataset_info(config, name)
   split = SPLITS.get(name, "test")
   batches, n = data_lib.eval_batches(config, info, split, batch_size, tta)
@@ -281,7 +281,7 @@ def dataset_map_paths(out_dir, name: str) -> tuple[pathlib.Path, pathlib.Path]:
 
 def draw_dataset_maps(out_dir, name: str, preds: Predictions, partitions, main_method: str) -> list[pathlib.Path]:
   """The error map (main method) and the accuracy-against-distance curves (every method and chance) of a dataset."""
-  from translocator_jax import maps  # pylint: disable=g-import-not-at-top
+  from translocator_jax.eval import maps  # pylint: disable=g-import-not-at-top
   errors_png, curve_png = dataset_map_paths(out_dir, name)
   errors = maps.draw_errors(errors_png, preds.pred_latlon[main_method], preds.true_latlon,
                             title=f"{name}: true location -> prediction ({main_method})")
@@ -310,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   from translocator_jax import models  # pylint: disable=g-import-not-at-top
   from translocator_jax.geo import predictions_io  # pylint: disable=g-import-not-at-top
   from translocator_jax.runtime import checkpoints  # pylint: disable=g-import-not-at-top
-  from translocator_jax.train import data as data_lib  # pylint: disable=g-import-not-at-top
+  from translocator_jax.data import registry as data_lib  # pylint: disable=g-import-not-at-top
   from translocator_jax.runtime import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
 
   sharding_lib.maybe_initialize_distributed()
