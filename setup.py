@@ -52,7 +52,7 @@ setup(
     entry_points={
         "console_scripts": [
             "translocator-train=translocator_jax.train.main:main",
-            "translocator-eval=translocator_jax.evaluate:main",
+            "translocator-eval=translocator_jax.eval.main:main",
             "translocator-predict=translocator_jax.predict:main",
         ],
     },

@@ -18,7 +18,8 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from translocator_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 from translocator_jax.runtime import config_io  # pylint: disable=g-import-not-at-top,wrong-import-position
-from translocator_jax.data import registry as data_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from translocator_jax.data import registry  # pylint: disable=g-import-not-at-top,wrong-import-position
+from translocator_jax.data.pipeline import inputs  # pylint: disable=g-import-not-at-top,wrong-import-position
 from translocator_jax.train import loop  # pylint: disable=g-import-not-at-top,wrong-import-position
 from translocator_jax.train import optimizer as optim_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from translocator_jax.runtime import sharding as sl  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -31,8 +32,8 @@ def main():
   p.add_argument("--steps", type=int, default=20)
   args = p.parse_args()
   config = config_io.load_config(args.config)
-  info = data_lib.dataset_info(config, config.data.train)
-  partitions = data_lib.load_partitions(info)
+  info = registry.dataset_info(config, config.data.train)
+  partitions = registry.load_partitions(info)
   loop.resolve_head_sizes(config, partitions)
   cell_latlon = None
   if partitions:
@@ -45,7 +46,7 @@ def main():
   train_step = step_lib.make_train_step(model, tx, config, schedule=sched, mesh=mesh, state_shardings=shardings,
                                         cell_latlon=cell_latlon, palette=info.palette)
   batch_size = int(config.data.batch_size)
-  it = data_lib.train_iterator(config, info, batch_size)
+  it = inputs.train_iterator(config, info, batch_size)
   local = next(it)
   batch = sl.put_batch({k: local[k] for k in step_lib.STEP_KEYS}, mesh)
   state, m = train_step(state, batch)

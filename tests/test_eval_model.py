@@ -4,8 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from translocator_jax.eval import inference as eval_model
-from translocator_jax.geo import cells
+from translocator_jax.data import registry
+from translocator_jax.eval import baselines, inference
+from translocator_jax.geo import cells, metrics
 from translocator_jax.runtime import sharding
 
 KM_PER_DEG = 6371.0 * np.pi / 180.0
@@ -67,14 +68,15 @@ def test_fixed_logits_reproduce_hand_computed_table():
     batches.append({"image": image, "seg": np.zeros((4, 8, 8, 3), np.float32), "mask": mask,
                     "latlon": np.where(mask[:, None], true[np.minimum(idx, 4)], 0.0).astype(np.float32),
                     "index": np.where(mask, idx, -1).astype(np.int64)})
-  preds = eval_model.predict_dataset(model, {}, batches, mesh=sharding.make_mesh(), partitions=[coarse, middle, fine],
+  preds = inference.predict_dataset(model, {}, batches, mesh=sharding.make_mesh(), partitions=[coarse, middle, fine],
                                      heads={"coarse": 2, "middle": 2, "fine": 4, "scene": 3})
   np.testing.assert_array_equal(preds.index, np.arange(5))
-  np.testing.assert_allclose(preds.pred_latlon["fstar"], FINE_POINTS[targets], atol=1e-5)
+  assert preds.method == "fstar"
+  np.testing.assert_allclose(preds.pred_latlon, FINE_POINTS[targets], atol=1e-5)
   fine_only = [0, 0, 1, 0, 0]
-  np.testing.assert_allclose(preds.pred_latlon["fine"], FINE_POINTS[fine_only], atol=1e-5)
+  np.testing.assert_allclose(preds.others["fine"], FINE_POINTS[fine_only], atol=1e-5)
   np.testing.assert_array_equal(preds.fine_class, np.asarray(fine_order)[targets])
-  tables = eval_model.tables_from_predictions(preds)
+  tables = inference.tables_from_predictions(preds)
   d = offsets_deg * KM_PER_DEG  # 0.56, 11.1, 166.8, 667.2, 2223.9 km
   expected = {"acc_1km": 0.2, "acc_25km": 0.4, "acc_200km": 0.6, "acc_750km": 0.8, "acc_2500km": 1.0,
               "median_km": d[2], "mean_km": d.mean(), "geoscore": np.mean(5000 * np.exp(-d / 1492.7)), "n": 5}
@@ -83,24 +85,24 @@ def test_fixed_logits_reproduce_hand_computed_table():
   # Fine alone puts images 1 and 3 in Paris: thousands of km off.
   assert tables["fine"]["acc_2500km"] == pytest.approx(0.6)
   # Chance: every image at the coarse partition's most populous cell (Kansas: 21 > 20 images).
-  chance = eval_model.chance_table([coarse, middle, fine], preds.true_latlon)
+  chance = baselines.chance_table([coarse, middle, fine], preds.true_latlon)
   kansas = FINE_POINTS[2:].mean(0)
-  np.testing.assert_allclose(eval_model.most_common_cell_latlon([coarse, middle, fine]), kansas, atol=1e-5)
+  np.testing.assert_allclose(baselines.most_common_cell_latlon([coarse, middle, fine]), kansas, atol=1e-5)
   assert chance["acc_2500km"] == pytest.approx(0.4)  # images 1 and 3 (Kansas, <= 6 deg north)
 
 
 def test_knn_predicts_nearest_thumbnail():
   train = np.array([[0.0, 0.0], [10.0, 10.0], [5.0, 0.0]], np.float32)
   latlon = np.array([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]], np.float32)
-  got = eval_model.knn_predict(train, latlon, np.array([[9.0, 9.0], [4.0, 1.0], [0.1, 0.0]], np.float32))
+  got = baselines.knn_predict(train, latlon, np.array([[9.0, 9.0], [4.0, 1.0], [0.1, 0.0]], np.float32))
   np.testing.assert_array_equal(got, latlon[[1, 2, 0]])
 
 
-def test_format_rows_has_paper_row():
-  text = eval_model.format_rows([("im2gps / ours", {"acc_1km": 0.1, "acc_25km": 0.2, "acc_200km": 0.3,
+def test_format_table_has_paper_row():
+  text = metrics.format_table([("im2gps / ours", {"acc_1km": 0.1, "acc_25km": 0.2, "acc_200km": 0.3,
                                                     "acc_750km": 0.4, "acc_2500km": 0.5, "median_km": 812.3,
                                                     "geoscore": 2000.0, "n": 237}),
-                                 ("im2gps / paper", eval_model.paper_table("im2gps"))])
+                                 ("im2gps / paper", registry.paper_table("im2gps"))])
   assert "812.3" in text and "19.9" in text and "86.7" in text
 
 
@@ -108,12 +110,11 @@ def test_evaluation_and_prediction_need_only_the_partitions_of_an_unbuilt_traini
   """A real MP-16 checkpoint is evaluated on a benchmark without MP-16's records on disk."""
   from translocator_jax import paths, predict  # pylint: disable=g-import-not-at-top
   from translocator_jax.runtime import config_io  # pylint: disable=g-import-not-at-top
-  from translocator_jax.data import registry as data_lib  # pylint: disable=g-import-not-at-top
   config = config_io.load_config(f"{paths.REPO_ROOT / 'configs/translocator_b16_mp16.py'}:runlocal")
   config.data.data_dir = str(tmp_path)  # nothing built here
-  with pytest.raises(data_lib.DatasetMissingError, match="build_mp16"):
-    data_lib.dataset_info(config, "mp16")
-  info = data_lib.dataset_info(config, "mp16", need_records=False)
+  with pytest.raises(registry.DatasetMissingError, match="build_mp16"):
+    registry.dataset_info(config, "mp16")
+  info = registry.dataset_info(config, "mp16", need_records=False)
   assert info.tfds_dir is None
   partitions, palette = predict.inference_assets(config)
   assert [p.num_classes for p in partitions] == [3298, 7202, 12893]
@@ -136,11 +137,11 @@ def test_forward_finishes_uint8_batches_like_the_host(tta):
   image = rng.integers(0, 256, lead + (16, 16, 3)).astype(np.uint8)
   seg = rng.integers(0, len(palette), lead + (16, 16)).astype(np.uint8)
   params = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), jnp.zeros((1, 16, 16, 3)))["params"]
-  forward = eval_model.make_forward(model, palette)
+  forward = inference.make_forward(model, palette)
   on_device = forward(params, image, seg)
   on_host = forward(params, augment.normalize(image), augment.seg_to_model_input(seg, "palette", palette))
   assert set(on_device) == {"coarse", "fine"} and on_device["fine"].shape == (3, 7)
   for head in on_device:
     np.testing.assert_array_equal(on_device[head], on_host[head])
   with pytest.raises(ValueError, match="needs the dataset's palette"):
-    eval_model.make_forward(model)(params, image, seg)
+    inference.make_forward(model)(params, image, seg)

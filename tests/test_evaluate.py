@@ -34,7 +34,7 @@ def test_table_output(shared_data, capsys):
   path = _isns_files(shared_data)[0]
   assert evaluate.main(["predictions", str(path)]) == 0
   out = capsys.readouterr().out
-  assert "street 1 km" in out and "GeoScore" in out and "237" in out
+  assert "2500 km" in out and "mean km" in out and "GeoScore" in out and "237" in out
 
 
 def _write_bad(tmp_path):

@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from translocator_jax.eval import inference as eval_model
+from translocator_jax.eval import inference
 from translocator_jax import predict
 from translocator_jax.data.records import schema, sources
 from translocator_jax.geo import distance
-from translocator_jax.data import registry as data_lib
+from translocator_jax.data import registry
+from translocator_jax.data.pipeline import inputs
 from translocator_jax.runtime import sharding
 
 
@@ -21,7 +22,7 @@ def predictor(earth_tiny_run):
 
 @pytest.fixture(scope="module")
 def test_records(predictor):
-  info = data_lib.dataset_info(predictor.config, "earth_patches")
+  info = registry.dataset_info(predictor.config, "earth_patches")
   src = sources.open_source(info.tfds_dir, "test")
   return info, [src[i] for i in range(7)]
 
@@ -61,13 +62,37 @@ def test_batching_does_not_change_predictions(predictor, test_records):
 def test_predictor_agrees_with_the_evaluator(predictor, test_records):
   """Same preprocessing and f* as translocator-eval: the top-1 coordinates match image by image."""
   info, records = test_records
-  batches = eval_model.predict_dataset(
+  batches = inference.predict_dataset(
       predictor.model, predictor.params,
-      data_lib.eval_batches(predictor.config, info, "test", 8)[0], mesh=sharding.make_mesh(),
+      inputs.eval_batches(predictor.config, info, "test", 8)[0], mesh=sharding.make_mesh(),
       partitions=predictor.partitions, heads=predictor.config.model.heads, progress=False)
   preds = predictor.predict([r[schema.IMAGE] for r in records], [r[schema.SEGMENTATION] for r in records], top_k=1)
   got = np.array([p.candidates[0].latlon for p in preds], np.float32)
-  np.testing.assert_allclose(got, batches.pred_latlon["fstar"][:len(records)], atol=1e-4)
+  assert batches.method == "fstar"
+  np.testing.assert_allclose(got, batches.pred_latlon[:len(records)], atol=1e-4)
+
+
+def test_evaluation_and_predictor_share_one_crop_and_finish_path(predictor, test_records):
+  """The same photo reaches the model as the same uint8 crop, finished by the same forward, at the config's
+  crop_fraction (a non-default one, so a path that ignored it would differ)."""
+  info, records = test_records
+  config = predictor.config.copy_and_resolve_references()
+  config.eval.crop_fraction = 0.6
+  cropped = predict.Predictor(config, predictor.params, predictor.partitions, predictor.palette)
+  batch = next(iter(inputs.eval_batches(config, info, "test", 8)[0]))
+  image, seg = (np.stack(x) for x in zip(*[cropped.preprocess(r[schema.IMAGE], r[schema.SEGMENTATION])[1:3]
+                                           for r in records]))
+  assert image.dtype == seg.dtype == np.uint8
+  np.testing.assert_array_equal(image, batch["image"][:len(records)])
+  np.testing.assert_array_equal(seg, batch["seg"][:len(records)])
+  forward = inference.make_forward(cropped.model, info.palette)
+  from_eval = forward(cropped.params, batch["image"], batch["seg"])
+  from_predictor = forward(cropped.params, image, seg)
+  for head, probs in from_eval.items():
+    np.testing.assert_allclose(from_predictor[head], probs[:len(records)], rtol=1e-5, atol=1e-7, err_msg=head)
+  np.testing.assert_allclose(cropped.probabilities(image, seg).sum(axis=1), 1.0, rtol=1e-6)
+  default_crop = predictor.preprocess(records[0][schema.IMAGE], records[0][schema.SEGMENTATION])[1]
+  assert not np.array_equal(default_crop, image[0])  # crop_fraction is honoured, not ignored
 
 
 def test_cli_reports_bad_files_and_goes_on(earth_tiny_run, test_records, tmp_path, capsys):

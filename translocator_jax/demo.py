@@ -19,6 +19,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from translocator_jax import predict
+from translocator_jax.data import registry
+from translocator_jax.data.records import schema, sources
+from translocator_jax.eval import main as evaluation, maps
+from translocator_jax.geo import distance, metrics, predictions as predictions_lib
+from translocator_jax.runtime import cli, config_io
+from translocator_jax.train import loop
+
 CONFIG = pathlib.Path(__file__).resolve().parent.parent / "configs" / "earth_demo.py"
 
 
@@ -27,7 +35,6 @@ def _banner(step: int, text: str) -> None:
 
 
 def load_config(quick: bool, data_dir: str | None):
-  from translocator_jax.runtime import config_io  # pylint: disable=g-import-not-at-top
   config = config_io.load_config(f"{CONFIG}:tiny" if quick else str(CONFIG))
   if data_dir:
     config.data.data_dir = str(data_dir)
@@ -36,12 +43,6 @@ def load_config(quick: bool, data_dir: str | None):
 
 def run(workdir, *, quick: bool = False, data_dir: str | None = None, num_examples: int = 4) -> dict[str, Any]:
   """Runs the whole demo; returns its summary (also written to WORKDIR/demo/summary.json)."""
-  from translocator_jax.eval import inference as eval_model, maps  # pylint: disable=g-import-not-at-top
-  from translocator_jax import predict
-  from translocator_jax.data.records import schema, sources  # pylint: disable=g-import-not-at-top
-  from translocator_jax.geo import distance, predictions_io  # pylint: disable=g-import-not-at-top
-  from translocator_jax.data import registry as data_lib  # pylint: disable=g-import-not-at-top
-  from translocator_jax.train import loop  # pylint: disable=g-import-not-at-top
 
   started = time.time()
   workdir = pathlib.Path(workdir)
@@ -50,20 +51,19 @@ def run(workdir, *, quick: bool = False, data_dir: str | None = None, num_exampl
   config = load_config(quick, data_dir)
 
   _banner(1, "Earth patches: build the dataset (first use only)")
-  info = data_lib.dataset_info(config, "earth_patches")
+  info = registry.dataset_info(config, "earth_patches")
   print(f"dataset: {info.tfds_dir}", flush=True)
 
   _banner(2, f"train configs/earth_demo.py{':tiny' if quick else ''} ({config.train.total_steps} steps)")
   loop.train(config, workdir)
 
   _banner(3, "evaluate on the held-out test patches (f*, each partition, chance, kNN baseline)")
-  eval_args = ["--workdir", str(workdir), "--datasets", "earth_patches", "--maps", str(out)]
-  if data_dir:
-    eval_args += ["--data-dir", str(data_dir)]
-  if eval_model.main(eval_args) != 0:
+  result = evaluation.evaluate_checkpoint(workdir, datasets=["earth_patches"], data_dir=data_dir, maps_dir=out)
+  if result.missing:
     raise RuntimeError("evaluation failed (see the messages above)")
+  evaluation.print_evaluation(workdir, result)
   csv_path = workdir / "predictions" / "earth_patches.csv"
-  table = predictions_io.read_predictions_csv(csv_path)
+  table = predictions_lib.read_predictions_csv(csv_path)
 
   _banner(4, f"predict {num_examples} test patches with the Predictor API")
   predictor = predict.Predictor.from_checkpoint(workdir, data_dir=data_dir)
@@ -83,7 +83,7 @@ def run(workdir, *, quick: bool = False, data_dir: str | None = None, num_exampl
 
   _banner(5, "maps and plots")
   pred_latlon, true_latlon = table.pred_latlon, table.true_latlon
-  errors_png, curve_png = eval_model.dataset_map_paths(out, "earth_patches")  # drawn by the evaluator (--maps)
+  errors_png, curve_png = evaluation.dataset_map_paths(out, "earth_patches")  # drawn by the evaluator (--maps)
   summary = {
       "workdir": str(workdir), "dataset": str(info.tfds_dir), "predictions_csv": str(csv_path),
       "maps": [str(p) for p in map_paths] + [str(errors_png), str(curve_png)],
@@ -98,7 +98,6 @@ def run(workdir, *, quick: bool = False, data_dir: str | None = None, num_exampl
 
 
 def _table(pred_latlon, true_latlon) -> dict[str, float]:
-  from translocator_jax.geo import metrics  # pylint: disable=g-import-not-at-top
   return metrics.accuracy_table(np.asarray(pred_latlon, np.float32), np.asarray(true_latlon, np.float32))
 
 
@@ -119,6 +118,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  from translocator_jax.runtime import perf  # pylint: disable=g-import-not-at-top
-  perf.configure_cpu_runtime()  # before JAX starts its CPU backend
-  sys.exit(main())
+  sys.exit(cli.run(main, prog="python -m translocator_jax.demo", distributed=False))

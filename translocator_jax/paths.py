@@ -17,3 +17,8 @@ def shared_data_dir() -> pathlib.Path:
         f"shared data folder not found at {path}; set TRANSLOCATOR_SHARED_DATA to the folder holding "
         "partitions/ and benchmarks/")
   return path
+
+
+def tfds_data_dir(data_dir: str | os.PathLike | None = None) -> pathlib.Path:
+  """Where datasets live: `data_dir` (config.data.data_dir) if given, else $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
+  return pathlib.Path(data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets").expanduser()

@@ -24,9 +24,20 @@ import pathlib
 import sys
 from typing import Any, Sequence
 
+import jax
 import numpy as np
+from PIL import Image, ImageOps
+import tqdm
 
+from translocator_jax import models
+from translocator_jax.data import registry
+from translocator_jax.data.build import images as images_lib
+from translocator_jax.data.build import segmenter as segmenter_lib
+from translocator_jax.data.pipeline import augment, inputs
 from translocator_jax.data.records import schema
+from translocator_jax.eval import inference, maps
+from translocator_jax.geo import distance, hierarchy, places
+from translocator_jax.runtime import checkpoints, cli
 
 NO_SEG_MESSAGE = (
     "no segmentation map for {source}: this model reads the photo's ADE20K segmentation map too. Pass one with "
@@ -73,21 +84,19 @@ def _read_bytes(item, what: str) -> tuple[str, bytes]:
 
 def _load_photo(item) -> tuple[str, np.ndarray, Any]:
   """(source name, uint8 RGB [H, W, 3] not yet oriented, DecodedImage or None) of a path, bytes or array."""
-  from translocator_jax.data.build import images  # pylint: disable=g-import-not-at-top
   if isinstance(item, np.ndarray):
     if item.ndim != 3 or item.shape[-1] != 3 or item.dtype != np.uint8:
       raise PredictError(f"image array must be uint8 [H, W, 3], got {item.dtype} {item.shape}")
     return "<array>", item, None
   name, data = ("<bytes>", bytes(item)) if isinstance(item, (bytes, bytearray)) else _read_bytes(item, "image")
   try:
-    decoded = images.decode_image(data)
-  except images.BadInput as e:
+    decoded = images_lib.decode_image(data)
+  except images_lib.BadInput as e:
     raise PredictError(f"{name}: {e}") from None
   return name, decoded, decoded
 
 
 def _load_seg(item) -> np.ndarray:
-  from translocator_jax.data.build import images  # pylint: disable=g-import-not-at-top
   if isinstance(item, np.ndarray):
     if item.ndim == 3 and item.shape[-1] == 1:
       item = item[..., 0]
@@ -96,8 +105,8 @@ def _load_seg(item) -> np.ndarray:
     return item.astype(np.uint8)
   name, data = _read_bytes(item, "segmentation map")
   try:
-    return images.decode_segmentation(data)
-  except images.BadInput as e:
+    return images_lib.decode_segmentation(data)
+  except images_lib.BadInput as e:
     raise PredictError(f"{name}: {e}") from None
 
 
@@ -106,10 +115,6 @@ class Predictor:
 
   def __init__(self, config, params, partitions, palette: np.ndarray | None, *, segmenter=None,
                place_index=None):
-    import jax  # pylint: disable=g-import-not-at-top
-    from translocator_jax import models  # pylint: disable=g-import-not-at-top
-    from translocator_jax.eval.inference import make_forward  # pylint: disable=g-import-not-at-top
-    from translocator_jax.geo import hierarchy  # pylint: disable=g-import-not-at-top
     self.config = config
     self.params = jax.device_put(params)
     self.partitions = list(partitions)
@@ -117,71 +122,62 @@ class Predictor:
     self.segmenter = segmenter
     self._place_index = place_index
     self.model = models.build_model(config.model)
-    self._forward = make_forward(self.model, palette)
-    heads = config.model.heads
-    self.geo_heads = [h for h in schema.PARTITION_NAMES if h in heads]
-    if not self.geo_heads:
-      raise ValueError(f"config.model.heads {list(heads)} has no geo-cell head")
-    self.hierarchy = hierarchy.Hierarchy.from_partitions(self.partitions) if len(self.geo_heads) == 3 else None
+    self._forward = inference.make_forward(self.model, palette)
+    self.geo_heads = inference.geo_heads(config.model.heads, self.partitions)
+    self.hierarchy = inference.fstar_hierarchy(self.geo_heads, self.partitions)
     finest = dict(zip(schema.PARTITION_NAMES, self.partitions))[self.geo_heads[-1]]
     self.cell_latlon = np.asarray(finest.latlon_mean, np.float32)
     self.image_size = int(config.model.image_size)
-    self.seg_input = config.model.get("seg_input", "palette")
     self.needs_seg = config.model.get("fusion", "cls_sum") != "none"
-    self.crop_fraction = float(config.get("eval", {}).get("crop_fraction", 0.875))
+    self.crop_fraction = inputs.eval_crop_fraction(config)  # the same crop as evaluation
 
   @classmethod
   def from_checkpoint(cls, path, *, which: str = "latest", segmenter_dir=None, data_dir=None) -> "Predictor":
     """From a training workdir or one checkpoint step directory (config and partitions found beside it)."""
-    from translocator_jax.runtime import checkpoints  # pylint: disable=g-import-not-at-top
     config, params = checkpoints.restore_for_inference(path, which=which)
     if data_dir is not None:
       config.data.data_dir = str(data_dir)
     partitions, palette = inference_assets(config)
     segmenter = None
     if segmenter_dir:
-      from translocator_jax.data.build import segmenter as segmenter_lib  # pylint: disable=g-import-not-at-top
       segmenter = segmenter_lib.Segmenter(segmenter_dir)
     return cls(config, params, partitions, palette, segmenter=segmenter)
 
   @property
   def place_index(self):
     if self._place_index is None:
-      from translocator_jax.geo import places  # pylint: disable=g-import-not-at-top
       self._place_index = places.default_index()
     return self._place_index
 
   # ---------------------------------------------------------------------------------------------- inputs
 
   def preprocess(self, image, seg=None) -> tuple[str, np.ndarray, np.ndarray, tuple[float, float] | None]:
-    """(source, model image [S, S, 3], model seg, EXIF latlon or None) of one photo; PredictError if unusable."""
-    from translocator_jax.data.build import images  # pylint: disable=g-import-not-at-top
+    """(source, uint8 crop [S, S, 3], uint8 class map [S, S], EXIF latlon or None) of one photo, cropped as
+    evaluation crops (augment.eval_crops) and finished on the device by the same forward; PredictError if unusable."""
     try:
       return self._preprocess(image, seg)
     except PredictError:
       raise
-    except (images.BadInput, OSError, ValueError, RuntimeError) as e:  # a map of another photo, a segmenter failure
+    except (images_lib.BadInput, OSError, ValueError, RuntimeError) as e:  # a map of another photo, a segmenter failure
       raise PredictError(f"{_source_name(image, 0) if not isinstance(image, np.ndarray) else '<array>'}: "
                          f"{e}") from e
 
   def _preprocess(self, image, seg):
-    from translocator_jax.data.pipeline import augment  # pylint: disable=g-import-not-at-top
-    from translocator_jax.data.build import images
     from PIL import ImageOps  # pylint: disable=g-import-not-at-top
     name, pixels, decoded = _load_photo(image)
     classes = _load_seg(seg) if seg is not None else None
     true_latlon = None
     if decoded is not None:
       try:
-        true_latlon = tuple(float(v) for v in images.exif_latlon(decoded.exif))
-      except images.BadInput:
+        true_latlon = tuple(float(v) for v in images_lib.exif_latlon(decoded.exif))
+      except images_lib.BadInput:
         pass
       # A map's shape says whether it was computed on the stored or the EXIF-rotated photo; where both fit
       # (square photos) the rotated view wins, as data_prep.segment and the segmenter see it.
-      transpose = (images.match_segmentation(classes.shape, decoded, prefer_oriented=True)
+      transpose = (images_lib.match_segmentation(classes.shape, decoded, prefer_oriented=True)
                    if classes is not None else True)
       img = ImageOps.exif_transpose(decoded.image) if transpose else decoded.image
-      pixels = np.asarray(images._to_rgb(img))  # pylint: disable=protected-access
+      pixels = np.asarray(images_lib.to_rgb(img))
     if classes is None:
       if self.segmenter is not None:
         classes = self.segmenter(pixels)
@@ -190,20 +186,18 @@ class Predictor:
       else:
         classes = np.zeros(pixels.shape[:2], np.uint8)  # unused by an RGB-only model
     if classes.shape != pixels.shape[:2]:
-      from PIL import Image  # pylint: disable=g-import-not-at-top
       classes = np.asarray(Image.fromarray(classes).resize(pixels.shape[1::-1], Image.Resampling.NEAREST))
     num_seg = int(self.config.model.get("num_seg_classes", 150))
     if classes.max(initial=0) >= num_seg:
       raise PredictError(f"{name}: segmentation class {int(classes.max())} >= the model's {num_seg} classes")
-    box = augment.center_box(*pixels.shape[:2], self.crop_fraction)
-    img, sg = augment.resample(np.ascontiguousarray(pixels), classes, box, self.image_size)
-    return name, augment.normalize(img), augment.seg_to_model_input(sg, self.seg_input, self.palette), true_latlon
+    img, sg = augment.eval_crops(np.ascontiguousarray(pixels), classes, self.image_size, "center",
+                                 self.crop_fraction)
+    return name, img, sg, true_latlon
 
   # ---------------------------------------------------------------------------------------------- model
 
   def probabilities(self, image: np.ndarray, seg: np.ndarray) -> np.ndarray:
     """[B, C_fine] probabilities over the finest partition's cells (f* normalised, or the finest head)."""
-    from translocator_jax.geo import hierarchy  # pylint: disable=g-import-not-at-top
     probs = self._forward(self.params, image, seg)
     if self.hierarchy is not None:
       scores = np.asarray(hierarchy.fstar_scores(self.hierarchy.fine_to_middle, self.hierarchy.fine_to_coarse,
@@ -213,7 +207,6 @@ class Predictor:
     return scores / np.maximum(scores.sum(axis=1, keepdims=True), 1e-30)
 
   def _describe(self, source: str, probs: np.ndarray, k: int, true_latlon) -> Prediction:
-    from translocator_jax.geo import distance  # pylint: disable=g-import-not-at-top
     top = np.argsort(-probs, kind="stable")[:k]
     latlon = self.cell_latlon[top]
     nearest = self.place_index.nearest(latlon)
@@ -230,7 +223,6 @@ class Predictor:
   def predict(self, images: Sequence[Any], segs: Sequence[Any] | None = None, *, top_k: int = 5,
               batch_size: int = 16, progress: bool = False) -> list[Prediction]:
     """One Prediction per image (paths, bytes or uint8 arrays), in order; unreadable ones carry `error`."""
-    import tqdm  # pylint: disable=g-import-not-at-top
     if segs is not None and len(segs) != len(images):
       raise ValueError(f"{len(images)} images but {len(segs)} segmentation maps")
     top_k = max(1, min(int(top_k), len(self.cell_latlon)))
@@ -274,9 +266,8 @@ def _source_name(item, pos: int) -> str:
 def inference_assets(config) -> tuple[list[Any], np.ndarray | None]:
   """The [coarse, middle, fine] partitions and the segmentation palette the model was trained with (the training
   records themselves need not be on disk; the Earth-patches set is built if it is not)."""
-  from translocator_jax.data import registry as data_lib  # pylint: disable=g-import-not-at-top
-  info = data_lib.dataset_info(config, config.data.train, need_records=False)
-  partitions = data_lib.load_partitions(info)
+  info = registry.dataset_info(config, config.data.train, need_records=False)
+  partitions = registry.load_partitions(info)
   if partitions is None:
     raise ValueError(f"the training set {config.data.train!r} has no partitions to predict with")
   return partitions, info.palette
@@ -321,7 +312,11 @@ def parse_args(argv):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  args = parse_args(sys.argv[1:] if argv is None else argv)
+  return cli.run(_main, sys.argv[1:] if argv is None else argv, prog="translocator-predict", distributed=False)
+
+
+def _main(argv: Sequence[str]) -> int:
+  args = parse_args(argv)
   if args.seg is not None and len(args.seg) != len(args.photos):
     print(f"error: {len(args.photos)} photos but {len(args.seg)} --seg maps", file=sys.stderr)
     return 2
@@ -332,7 +327,6 @@ def main(argv: Sequence[str] | None = None) -> int:
   for p in predictions:
     print(json.dumps(p.to_json()) if args.json else format_prediction(p), flush=True)
   if args.map:
-    from translocator_jax.eval import maps  # pylint: disable=g-import-not-at-top
     for p, out in zip(predictions, map_paths(pathlib.Path(args.map), predictions)):
       if p.error:
         continue

@@ -19,6 +19,7 @@ from translocator_jax.data.earth_patches import cells as fine_cells
 from translocator_jax.data.earth_patches import rasters
 from translocator_jax.data.records import schema
 from translocator_jax.data.records import sources
+from translocator_jax.geo import cells as cells_lib
 
 SPLITS = earth_patches.SPLITS
 
@@ -152,7 +153,6 @@ def test_tiny_build_sizes_and_record_schema(tiny):
 
 
 def test_records_match_their_plan_and_partitions(tiny):
-  from translocator_jax.geo import cells as cells_lib
 
   options = earth_patches.PRESETS["tiny"]
   plan = earth_patches.make_plan(options)
@@ -231,11 +231,11 @@ def test_packaged_fine_cells_equal_the_shared_partition(shared_data):
   import s2sphere
 
   packaged = fine_cells.load_fine_cells()
-  shared = fine_cells.read_partition_csv_rows(shared_data / "partitions" / "cells_50_1000.csv")
-  assert len(packaged) == len(shared) == 12893
-  assert packaged.hex_ids == tuple(r[0] for r in shared)
-  np.testing.assert_array_equal(packaged.counts, [r[1] for r in shared])
-  np.testing.assert_allclose(packaged.latlon, [(r[2], r[3]) for r in shared], rtol=0, atol=5.1e-7)
+  shared = cells_lib.load_partition_csv(shared_data / "partitions" / "cells_50_1000.csv")
+  assert len(packaged) == shared.num_classes == 12893
+  assert packaged.hex_ids == tuple(shared.hex_ids)
+  np.testing.assert_array_equal(packaged.counts, shared.counts)
+  np.testing.assert_allclose(packaged.latlon, shared.latlon_mean64, rtol=0, atol=5.1e-7)
   levels = [s2sphere.CellId.from_token(h).level() for h in packaged.hex_ids]
   np.testing.assert_array_equal(packaged.levels, levels)
   assert packaged.counts.sum() == 4658503

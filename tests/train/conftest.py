@@ -22,8 +22,27 @@ def subprocess_env(cache_dir: pathlib.Path, devices: int = 1) -> dict[str, str]:
   return env
 
 
-def train_cmd(workdir, config=SYNTHETIC_CONFIG, overrides=(), summary=None) -> list[str]:
-  cmd = [sys.executable, "-m", "translocator_jax.train.main", "--config", config, "--workdir", str(workdir)]
+# translocator-train with every step slowed by {delay} s (so a test can kill the run mid-way): the test wraps the
+# train step from outside; the trainer itself has no hook for it.
+_SLOW_TRAIN = """
+import sys, time
+from translocator_jax.train import main, step
+make = step.make_train_step
+def slow_make_train_step(*args, **kwargs):
+  train_step = make(*args, **kwargs)
+  def slowed(state, batch):
+    time.sleep({delay})
+    return train_step(state, batch)
+  return slowed
+step.make_train_step = slow_make_train_step
+sys.exit(main.main())
+"""
+
+
+def train_cmd(workdir, config=SYNTHETIC_CONFIG, overrides=(), summary=None, step_delay_s=None) -> list[str]:
+  entry = ["-m", "translocator_jax.train.main"] if step_delay_s is None else [
+      "-c", _SLOW_TRAIN.format(delay=float(step_delay_s))]
+  cmd = [sys.executable, *entry, "--config", config, "--workdir", str(workdir)]
   for o in overrides:
     cmd += ["--set", o]
   if summary:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from translocator_jax.geo import metrics
-from translocator_jax.geo import predictions_io
+from translocator_jax.geo import predictions as predictions_lib
 from translocator_jax.runtime import checkpoints
 from translocator_jax.runtime import metrics_writer
 
@@ -54,8 +54,8 @@ def test_sigkill_and_restart_is_bit_identical(reference_run, train_tools, tfds_d
   kill_after = random.Random().randint(9, 22)  # after the first save (step 8), before the end
   workdir = tmp_path / "killed"
   env = {**train_tools.env(), "TFDS_DATA_DIR": str(tfds_dir)}
-  proc = subprocess.Popen(train_tools.cmd(workdir, config=EARTH_TINY, overrides=("train.log_every=1",
-                                                                                 "train.debug_step_delay_s=0.2")),
+  proc = subprocess.Popen(train_tools.cmd(workdir, config=EARTH_TINY, overrides=("train.log_every=1",),
+                                         step_delay_s=0.2),
                           env=env, cwd=train_tools.repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 240
   while time.time() < deadline and proc.poll() is None:
@@ -92,7 +92,7 @@ def test_eval_cli_json_and_predictions(reference_run, train_tools, tfds_dir, tmp
             "chance_acc_750km", "knn_acc_750km"):
     assert 0 <= r[k] and np.isfinite(r[k]), k
   # The per-image file reproduces the summary through the geo evaluator.
-  rows = predictions_io.read_predictions_csv(r["predictions_csv"])
+  rows = predictions_lib.read_predictions_csv(r["predictions_csv"])
   table = metrics.accuracy_table(rows.pred_latlon, rows.true_latlon)
   for k in ("acc_200km", "acc_750km", "acc_2500km", "median_km"):
     assert table[k] == pytest.approx(r[k], rel=1e-5), k

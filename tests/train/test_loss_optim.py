@@ -8,7 +8,7 @@ import optax
 from translocator_jax import models
 from translocator_jax.geo import distance
 from translocator_jax.runtime import config_io
-from translocator_jax.data import registry as data_lib
+from translocator_jax.data.pipeline import synthetic
 from translocator_jax.train import loss as loss_lib
 from translocator_jax.train import optimizer as optim_lib
 from translocator_jax.runtime import sharding as sharding_lib
@@ -113,7 +113,7 @@ def test_gradient_accumulation_equals_full_batch():
   mesh = sharding_lib.make_mesh()
   model = models.build_model(config.model)
   tx, sched = optim_lib.make_optimizer(config.optim, 10)
-  batch = next(data_lib.SyntheticIterator(config, 8))
+  batch = next(synthetic.SyntheticIterator(config, 8))
   batch["cells"][2, 1] = -1  # unequal label counts across micro-batches
   batch = sharding_lib.put_batch({k: batch[k] for k in step_lib.STEP_KEYS}, mesh)
   results = []

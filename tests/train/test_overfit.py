@@ -5,7 +5,7 @@ from translocator_jax import models
 from translocator_jax.data.records import schema
 from translocator_jax.runtime import checkpoints
 from translocator_jax.runtime import config_io
-from translocator_jax.data import registry as data_lib
+from translocator_jax.data.pipeline import synthetic
 from translocator_jax.train import loop
 from translocator_jax.runtime import metrics_writer
 
@@ -20,7 +20,7 @@ def test_tiny_model_overfits_few_examples(tmp_path):
   restored_config, params = checkpoints.restore_for_inference(tmp_path)
   assert checkpoints.params_fingerprint(params) == summary["params_fingerprint"]
   model = models.build_model(restored_config.model)
-  ex = data_lib.make_synthetic_examples(config, 24, 0)
+  ex = synthetic.make_synthetic_examples(config, 24, 0)
   logits = model.apply({"params": params}, ex["image"], ex["seg"], train=False)
   for i, name in enumerate(schema.PARTITION_NAMES):
     np.testing.assert_array_equal(np.argmax(logits[name], -1), ex["cells"][:, i])

@@ -3,7 +3,7 @@ from translocator_jax.geo.cells import Partition, build_partition, load_partitio
 from translocator_jax.geo.distance import EARTH_RADIUS_KM, haversine_km
 from translocator_jax.geo.hierarchy import Hierarchy, fstar_topk, topk_latlon
 from translocator_jax.geo.metrics import THRESHOLDS_KM, accuracy_table, format_table
-from translocator_jax.geo.predictions_io import read_predictions_csv, write_predictions_csv
+from translocator_jax.geo.predictions import read_predictions_csv, write_predictions_csv
 
 __all__ = [
     "EARTH_RADIUS_KM", "Hierarchy", "Partition", "THRESHOLDS_KM", "accuracy_table", "build_partition",

@@ -42,7 +42,6 @@ from translocator_jax.geo.distance import EARTH_RADIUS_KM, haversine_terms, term
 THRESHOLDS_KM = (1, 25, 200, 750, 2500)
 GEOSCORE_SCALE_KM = 1492.7
 GEOSCORE_MAX = 5000.0
-THRESHOLD_NAMES = {1: "street", 25: "city", 200: "region", 750: "country", 2500: "continent"}
 
 _PIECE = 1 << 20             # pairs per kernel piece (4 MB of distances)
 _CHUNK = 1 << 17             # host pass: values per numpy call (masks stay in cache)
@@ -53,6 +52,9 @@ _ALIGN = 64                  # numpy buffers aligned like this are aliased by ja
 
 def threshold_key(t: float) -> str:
   return f"acc_{t:g}km"
+
+
+ACC_KEYS = tuple(threshold_key(t) for t in THRESHOLDS_KM)  # acc_1km ... acc_2500km
 
 
 # Fast math lets LLVM contract the polynomials into FMAs; the formulas' exact differences are shielded from
@@ -275,16 +277,24 @@ def accuracy_table_numpy(pred_latlon, true_latlon, thresholds_km: Sequence[float
   return table
 
 
-def format_table(rows: Mapping[str, Mapping[str, float]],
-                 thresholds_km: Sequence[float] = THRESHOLDS_KM) -> str:
-  """The results table: one line per named row; accuracies in percent."""
-  heads = [f"{THRESHOLD_NAMES.get(t, '')} {t:g} km".strip() for t in thresholds_km]
-  heads += ["median km", "mean km", "GeoScore", "count"]
-  name_w = max([len("")] + [len(k) for k in rows])
-  widths = [max(len(h), 9) for h in heads]
-  lines = [" " * name_w + "  " + "  ".join(h.rjust(w) for h, w in zip(heads, widths))]
-  for name, r in rows.items():
-    cells = [f"{100 * r[threshold_key(t)]:.1f}%" for t in thresholds_km]
-    cells += [f"{r['median_km']:.1f}", f"{r['mean_km']:.1f}", f"{r['geoscore']:.0f}", f"{int(r['n'])}"]
-    lines.append(name.ljust(name_w) + "  " + "  ".join(c.rjust(w) for c, w in zip(cells, widths)))
+def format_table(rows: Sequence[tuple[str, Mapping[str, float] | None]] | Mapping[str, Mapping[str, float]],
+                 thresholds_km: Sequence[float] = THRESHOLDS_KM, mean_km: bool = False) -> str:
+  """The results table in the paper's layout: one line per (name, table) row, % within each threshold, median km
+  (mean km when asked), GeoScore and count. A None table is a blank line; a missing value is left blank."""
+  rows = list(rows.items()) if isinstance(rows, Mapping) else list(rows)
+  keys = [threshold_key(t) for t in thresholds_km]
+  head = f"{'':50s}" + "".join(f"{f'{t:g} km':>9s}" for t in thresholds_km) + f"{'median km':>11s}"
+  head += (f"{'mean km':>11s}" if mean_km else "") + f"{'GeoScore':>10s}" + f"{'n':>8s}"
+  lines = [head, "-" * len(head)]
+  for name, t in rows:
+    if t is None:
+      lines.append("")
+      continue
+    accs = "".join(f"{100.0 * t[k]:9.1f}" if k in t else f"{'':9s}" for k in keys)
+    med = f"{t['median_km']:11.1f}" if "median_km" in t else f"{'-':>11s}"
+    if mean_km:
+      med += f"{t['mean_km']:11.1f}" if "mean_km" in t else f"{'-':>11s}"
+    gs = f"{t['geoscore']:10.1f}" if "geoscore" in t else f"{'-':>10s}"
+    n = f"{int(t['n']):8d}" if "n" in t else f"{'':8s}"
+    lines.append(f"{name:50s}{accs}{med}{gs}{n}")
   return "\n".join(lines)

@@ -25,6 +25,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
+from translocator_jax.runtime import metrics_writer
+
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +197,6 @@ class CheckpointMismatchError(ValueError):
 
 def best_step(workdir, steps) -> int | None:
   """The kept step with the best validation metric (config.train.best_metric, from metrics.jsonl), if any."""
-  from translocator_jax.runtime import metrics_writer  # pylint: disable=g-import-not-at-top
   config_path = epath.Path(workdir) / CONFIG_FILE
   if not config_path.exists():
     return None

@@ -14,11 +14,15 @@ import tqdm
 
 from translocator_jax.data.records import schema
 from translocator_jax.runtime import checkpoints as ckpt_lib
-from translocator_jax.data import registry as data_lib
+from translocator_jax.data import registry
 from translocator_jax.runtime import metrics_writer
 from translocator_jax.train import optimizer as optim_lib
 from translocator_jax.runtime import sharding as sharding_lib
 from translocator_jax.train import step as step_lib
+from translocator_jax import models
+from translocator_jax.data.pipeline import inputs
+from translocator_jax.eval import inference
+from translocator_jax.models import load as load_lib
 
 log = logging.getLogger(__name__)
 
@@ -33,20 +37,19 @@ def _log_line(step: int, total: int, m: dict[str, float], images_per_s: float, e
           f"{images_per_s:.1f} img/s ETA {eta}")
 
 
-def build_validation(config: ml_collections.ConfigDict, info: data_lib.DatasetInfo, model, mesh, partitions):
+def build_validation(config: ml_collections.ConfigDict, info: registry.DatasetInfo, model, mesh, partitions):
   """A function params -> validation metrics dict (val_acc_750km, ...), or None when the run has none."""
   split = config.data.get("val_split", None)
   if not split or not int(config.train.get("eval_every", 0) or 0):
     return None
-  from translocator_jax.eval import inference as eval_model  # pylint: disable=g-import-not-at-top
-  forward = eval_model.make_forward(model, info.palette)  # compiled once, reused at every validation
+  forward = inference.make_forward(model, info.palette)  # compiled once, reused at every validation
 
   def validate(params) -> dict[str, float]:
-    batches, _ = data_lib.eval_batches(config, info, split, int(config.eval.batch_size), "center")
-    preds = eval_model.predict_dataset(model, params, batches, mesh=mesh, partitions=partitions,
-                                       heads=config.model.heads, tta="center", desc=f"validate {split}",
-                                       forward=forward, progress=bool(config.train.get("progress_bar", True)))
-    tables = eval_model.tables_from_predictions(preds)
+    batches, _ = inputs.eval_batches(config, info, split, int(config.eval.batch_size), "center")
+    preds = inference.predict_dataset(model, params, batches, mesh=mesh, partitions=partitions,
+                                      heads=config.model.heads, desc=f"validate {split}",
+                                      forward=forward, progress=bool(config.train.get("progress_bar", True)))
+    tables = inference.tables_from_predictions(preds)
     best = tables.get("fstar") or next(iter(tables.values()))
     return {f"val_{k}": float(v) for k, v in best.items() if k != "n"}
 
@@ -74,23 +77,19 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
   sharding_lib.local_batch_size(global_batch)  # validates divisibility
   is_main = jax.process_index() == 0
 
-  from translocator_jax import models  # pylint: disable=g-import-not-at-top
-  info = data_lib.dataset_info(config, config.data.train)
+  info = registry.dataset_info(config, config.data.train)
   if info.num_seg_classes and config.model.get("seg_input") == "classes":
     if int(config.model.num_seg_classes) < info.num_seg_classes:
       raise ValueError(f"config.model.num_seg_classes={config.model.num_seg_classes} < the dataset's "
                        f"{info.num_seg_classes} segmentation classes")
-  partitions = data_lib.load_partitions(info)
+  partitions = registry.load_partitions(info)
   resolve_head_sizes(config, partitions)
   ckpt_lib.write_config(workdir, config)
   cell_latlon = None
   if partitions is not None:
+    inference.geo_heads(config.model.heads, partitions)  # each head's size is its partition's
     cell_latlon = {name: np.asarray(p.latlon_mean, np.float32)
                    for name, p in zip(schema.PARTITION_NAMES, partitions) if name in config.model.heads}
-    for name, p in zip(schema.PARTITION_NAMES, partitions):
-      if name in config.model.heads and int(config.model.heads[name]) != p.num_classes:
-        raise ValueError(f"config.model.heads.{name}={config.model.heads[name]} but partition "
-                         f"{info.partition_paths[schema.PARTITION_NAMES.index(name)]} has {p.num_classes} cells")
 
   model = models.build_model(config.model)
   tx, schedule = optim_lib.make_optimizer(config.optim, total)
@@ -100,7 +99,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
   params = step_lib.init_params(model, config.model, rng, mesh, fsdp, fsdp_min)
   pretrained = config.get("init", {}).get("pretrained") if config.get("init") else None
   if pretrained:
-    from translocator_jax.models import load as load_lib  # pylint: disable=g-import-not-at-top
     shardings = jax.tree.map(lambda x: x.sharding, params)
     host_params, report = load_lib.load_pretrained(jax.device_get(params), pretrained, config.model)
     params = jax.device_put(host_params, shardings)
@@ -113,7 +111,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
       workdir, keep=int(config.train.get("keep_checkpoints", 3)),
       best_metric=config.train.get("best_metric", None), best_mode=config.train.get("best_mode", "max"),
       async_save=bool(config.train.get("async_checkpoints", True)))
-  iterator = data_lib.train_iterator(config, info, global_batch)
+  iterator = inputs.train_iterator(config, info, global_batch)
   start, restored = checkpointer.restore_latest(step_lib.abstract_state(state_shardings, state), iterator)
   if restored is not None:
     state = restored
@@ -130,7 +128,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
   log_every = max(int(config.train.get("log_every", 100)), 1)
   ckpt_every = int(config.train.get("ckpt_every", 1000) or 0)
   eval_every = int(config.train.get("eval_every", 0) or 0)
-  debug_delay = float(config.train.get("debug_step_delay_s", 0.0) or 0.0)
   bar = tqdm.tqdm(total=total, initial=start, desc="train", disable=not is_main or not config.train.get(
       "progress_bar", True), dynamic_ncols=True)
 
@@ -155,8 +152,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
       local = next(iterator)
       batch = sharding_lib.put_batch({k: local[k] for k in step_lib.STEP_KEYS if k in local}, mesh)
       state, metrics = train_step(state, batch)
-      if debug_delay:
-        time.sleep(debug_delay)  # tests: slow the run so that it can be killed mid-way
       if pending is not None:
         prev_step, prev = pending
         last_metrics = host_metrics(prev_step, prev)

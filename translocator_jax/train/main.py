@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 
-from translocator_jax.runtime import config_io
+from translocator_jax.runtime import checkpoints, cli, config_io
+from translocator_jax.train import loop
+
+PROG = "translocator-train"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(prog="translocator-train", description=__doc__,
+  p = argparse.ArgumentParser(prog=PROG, description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--config", required=True, help="configs/X.py or configs/X.py:arg")
   p.add_argument("--workdir", required=True, help="checkpoints, metrics and config.json go here")
@@ -30,21 +32,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-  args = parse_args(sys.argv[1:] if argv is None else argv)
-  logging.basicConfig(level=logging.WARNING)
-  from translocator_jax.runtime import perf  # pylint: disable=g-import-not-at-top
-  perf.configure_cpu_runtime()  # before JAX starts its CPU backend
-  from translocator_jax.runtime import sharding  # pylint: disable=g-import-not-at-top
-  sharding.maybe_initialize_distributed()
-  from translocator_jax.train import loop  # pylint: disable=g-import-not-at-top
+  return cli.run(_main, sys.argv[1:] if argv is None else argv, prog=PROG)
+
+
+def _main(argv: list[str]) -> int:
+  args = parse_args(argv)
   config = config_io.apply_overrides(config_io.load_config(args.config), args.overrides)
   try:
     summary = loop.train(config, args.workdir)
   except loop.NonFiniteLossError as e:
-    print(f"translocator-train: {e}", file=sys.stderr)
+    print(f"{PROG}: {e}", file=sys.stderr)
     return 1
-  except loop.ckpt_lib.CheckpointMismatchError as e:
-    print(f"translocator-train: {type(e).__name__}: {e}", file=sys.stderr)
+  except checkpoints.CheckpointMismatchError as e:
+    print(f"{PROG}: {type(e).__name__}: {e}", file=sys.stderr)
     return 2
   if args.summary_json:
     with open(args.summary_json, "w") as f:

@@ -17,10 +17,16 @@ import pathlib
 import posixpath
 from typing import Sequence
 
+import numpy as np
+from tqdm import tqdm
+
 from translocator_jax.data.build import writer as build
 from translocator_jax.data.build import images as images_lib
 from translocator_jax.data.build import stores as inputs
 from translocator_jax.data.records import schema
+from translocator_jax import paths
+from translocator_jax.data import registry
+from translocator_jax.data.build import segmenter as segmenter_lib
 
 DEFAULT_SEG_NAME = "{stem}.png"
 PLACES365_COLUMNS = dict(id="IMG_ID", lat="LAT", lon="LON", s3="S3_Label", s16="S16_Label", s365="S365_Label")
@@ -30,7 +36,6 @@ MISSING_SEG_POLICIES = ("error", "skip", "segment")
 
 def default_partition_paths() -> list[str]:
   """The MP-16 partitions (coarse -> fine) from the shared data folder."""
-  from translocator_jax import paths  # pylint: disable=g-import-not-at-top
   try:
     root = paths.shared_data_dir() / "partitions"
   except FileNotFoundError as e:
@@ -197,17 +202,12 @@ def build_mp16(*, csv_path, images, segmentations, output_dir, **kw) -> dict:
                         segmentations=segmentations, output_dir=output_dir, **kw)
 
 
-BENCHMARK_CSVS = {"im2gps": "im2gps_places365.csv", "im2gps3k": "im2gps3k_places365.csv",
-                  "yfcc26k": "yfcc25600_places365.csv"}
-
-
 def build_benchmark(*, name: str, images, output_dir, csv_path=None, **kw) -> dict:
   """im2gps / im2gps3k / yfcc26k (CSV from the shared benchmarks folder by default) or yfcc4k (csv_path needed)."""
   if csv_path is None:
-    if name not in BENCHMARK_CSVS:
-      raise build.BuildError(f"{name}: pass its metadata CSV (known defaults: {sorted(BENCHMARK_CSVS)})")
-    from translocator_jax import paths  # pylint: disable=g-import-not-at-top
-    csv_path = paths.shared_data_dir() / "benchmarks" / BENCHMARK_CSVS[name]
+    if name not in registry.BENCHMARK_CSVS:
+      raise build.BuildError(f"{name}: pass its metadata CSV (known defaults: {sorted(registry.BENCHMARK_CSVS)})")
+    csv_path = paths.shared_data_dir() / "benchmarks" / registry.BENCHMARK_CSVS[name]
   return build_from_csv(name=name, split="test", csv_path=csv_path, images=images, output_dir=output_dir, **kw)
 
 
@@ -261,3 +261,60 @@ def build_photos(*, input_dir, output_dir, csv_path=None, segmentations=None, se
         "ADE20K SegFormer/UperNet folder) or --seg with maps named like the photos")
   items.sort(key=lambda it: it.image_id)
   return build.write_dataset(items, rgb_store, seg_store, skipped, opts)
+
+
+def segment_folder(*, images, output_dir, model_dir, existing=None, seg_name: str = "{stem}.png",
+               max_pixels: int | None = None, progress: bool = True) -> dict:
+  """Writes a palette PNG map under `output_dir` for every photo in `images` (folder or tarball) that has none in
+  `existing` (a folder/tarball of maps) or `output_dir`. Maps are computed on the EXIF-oriented photo at its
+  dataset size (short side <= 320), which the builders accept as a rescaled map. Returns the report (also
+  output_dir/report.json): {"written": N, "skipped": [{"source", "reason"}], "already_present": M}.
+  """
+  output_dir = pathlib.Path(output_dir)
+  output_dir.mkdir(parents=True, exist_ok=True)
+  staging = output_dir / "_staging"
+  store = inputs.open_store(images, staging, "images", progress=progress)
+  names = [n for n in store.names() if n.lower().endswith(PHOTO_SUFFIXES)]
+  have = set()
+  if existing:
+    ex_store = inputs.open_store(existing, staging, "existing", progress=progress)
+    index = inputs.NameIndex(ex_store.names(), [seg_name_for(n, seg_name) for n in names[:20000]])
+    have = {n for n in names if index.lookup(seg_name_for(n, seg_name)) is not None}
+  segmenter = None
+  skipped = list(store.problems)
+  written = present = 0
+  root = output_dir.resolve()
+  for n in tqdm(names, desc="segmenting", unit=" img", disable=not progress):
+    target = output_dir / seg_name_for(n, seg_name)
+    if n in have or target.is_file():
+      present += 1
+      continue
+    reason = inputs.unsafe_name_reason(seg_name_for(n, seg_name))
+    if reason is None and root not in target.resolve().parents:
+      reason = "map path would leave the output folder"
+    if reason:
+      skipped.append({"source": store.describe(n), "reason": reason})
+      continue
+    try:
+      kw = {} if max_pixels is None else {"max_pixels": max_pixels}
+      decoded = images_lib.decode_image(store.read(n), **kw)
+      _, _, rgb = images_lib.finish_image(decoded, transpose=True)
+    except images_lib.BadInput as e:
+      skipped.append({"source": store.describe(n), "reason": str(e)})
+      continue
+    if segmenter is None:
+      segmenter = segmenter_lib.Segmenter(model_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_bytes(segmenter_lib.encode_palette_png(segmenter(np.asarray(rgb))))
+    os.replace(tmp, target)
+    written += 1
+  report = {"written": written, "already_present": present, "skipped": skipped}
+  (output_dir / "report.json").write_text(json.dumps(report, indent=1))
+  for spool in staging.glob("spool-*.sqlite"):
+    spool.unlink()
+  if staging.is_dir() and not any(staging.iterdir()):
+    staging.rmdir()
+  print(f"[segment] wrote {written} maps to {output_dir}; {present} already had one; skipped {len(skipped)} "
+        f"(reasons in {output_dir / 'report.json'})")
+  return report

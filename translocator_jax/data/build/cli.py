@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 
 from translocator_jax.data.build import writer as build
 from translocator_jax.data.build import builders
+from translocator_jax.data.build import partitions as partitions_build
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -104,13 +105,11 @@ def segment_main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--seg-name", default=builders.DEFAULT_SEG_NAME)
   p.add_argument("--no-progress", action="store_true")
   a = p.parse_args(argv)
-  from translocator_jax.data.build import segmenter  # pylint: disable=g-import-not-at-top
-  return _run(lambda: segmenter.write_maps(images=a.images, output_dir=a.output, model_dir=a.model,
+  return _run(lambda: builders.segment_folder(images=a.images, output_dir=a.output, model_dir=a.model,
                                            existing=a.existing, seg_name=a.seg_name, progress=not a.no_progress))
 
 
 def partitions_main(argv: Sequence[str] | None = None) -> int:
-  from translocator_jax.data.build import partitions as partitions_build  # pylint: disable=g-import-not-at-top
   p = argparse.ArgumentParser(description="Build the S2 partitions (GeoEstimation CSV layout) from training "
                                           "coordinates: a CSV with LAT/LON columns or a built dataset folder.")
   p.add_argument("--input", required=True, help="mp16_places365.csv, or a built TFDS dataset dir (.../1.0.0)")

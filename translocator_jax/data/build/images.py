@@ -76,7 +76,7 @@ def _load(img: Image.Image) -> None:
     raise BadInput(f"corrupt or truncated image: {type(e).__name__}: {e}") from None
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
   """8-bit RGB from any PIL mode (16-bit scaled, not clipped; alpha composited on white)."""
   mode = img.mode
   if mode == "RGB":
@@ -136,7 +136,7 @@ def finish_image(decoded: DecodedImage, *, transpose: bool, max_short_side: int 
     img = decoded.image
     if transpose:
       img = ImageOps.exif_transpose(img)
-    img = _to_rgb(img)
+    img = to_rgb(img)
     if img.size != size:
       img = img.resize(size, _RESAMPLE, reducing_gap=3.0)
     out = io.BytesIO()

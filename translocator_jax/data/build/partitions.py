@@ -17,6 +17,8 @@ import tqdm
 
 from translocator_jax.data.build import images
 from translocator_jax.data.records import schema
+from translocator_jax.data.records import sources
+from translocator_jax.geo import build_partition, write_partition_csv
 
 DEFAULT_TAU_MAX = (5000, 2000, 1000)  # coarse, middle, fine (the MP-16 partitions)
 
@@ -38,7 +40,6 @@ def read_csv_latlon(path: pathlib.Path, lat_column: str = "LAT", lon_column: str
 
 
 def read_dataset_latlon(dataset_dir: pathlib.Path, split: str, progress: bool = True) -> np.ndarray:
-  from translocator_jax.data.records import sources  # pylint: disable=g-import-not-at-top
   source = sources.open_source(dataset_dir, split, decode=False)  # coordinates only: no JPEG/PNG decoding
   return np.array([source[i][schema.LATLON] for i in tqdm.trange(len(source), desc="coordinates",
                                                                  disable=not progress)], np.float64).reshape(-1, 2)
@@ -48,7 +49,6 @@ def build_partitions(input_path: os.PathLike | str, out_dir: os.PathLike | str, 
                      tau_min: int = 50, tau_max: Sequence[int] = DEFAULT_TAU_MAX, lat_column: str = "LAT",
                      lon_column: str = "LON", progress: bool = True) -> dict:
   """Writes OUT_DIR/cells_{tau_min}_{tau_max}.csv for each tau_max and partitions_report.json; returns the report."""
-  from translocator_jax.geo import build_partition, write_partition_csv  # pylint: disable=g-import-not-at-top
   input_path, out_dir = pathlib.Path(input_path), pathlib.Path(out_dir)
   if input_path.is_dir():
     latlon, skipped = read_dataset_latlon(input_path, split, progress), []

@@ -32,6 +32,8 @@ from tqdm import tqdm
 
 from translocator_jax.data.build import images as images_lib
 from translocator_jax.data.records import schema
+from translocator_jax.data.build import segmenter
+from translocator_jax.geo import cells
 
 STAGING = "_staging"
 REPORT = "report.json"
@@ -108,7 +110,6 @@ def _features():
 def _partitions(paths: Sequence[str]):
   key = ("partitions", tuple(paths))
   if key not in _WORKER_CACHE:
-    from translocator_jax.geo import cells  # pylint: disable=g-import-not-at-top
     _WORKER_CACHE[key] = [cells.load_partition_csv(p) for p in paths]
   return _WORKER_CACHE[key]
 
@@ -116,7 +117,6 @@ def _partitions(paths: Sequence[str]):
 def _segmenter(model_dir: str):
   key = ("segmenter", model_dir)
   if key not in _WORKER_CACHE:
-    from translocator_jax.data.build import segmenter  # pylint: disable=g-import-not-at-top
     _WORKER_CACHE[key] = segmenter.Segmenter(model_dir)
   return _WORKER_CACHE[key]
 

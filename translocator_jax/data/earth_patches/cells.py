@@ -17,6 +17,7 @@ import pathlib
 import numpy as np
 
 from translocator_jax import paths
+from translocator_jax.geo import cells
 
 ASSET_NAME = "mp16_fine_cells.csv.gz"
 _HEADER = ("hex_id", "level", "imgs_per_cell", "latitude_mean", "longitude_mean")
@@ -37,36 +38,16 @@ def asset_path() -> pathlib.Path:
   return paths.ASSETS_DIR / ASSET_NAME
 
 
-def read_partition_csv_rows(path: str | pathlib.Path) -> list[tuple[str, int, float, float]]:
-  """(hex_id, count, lat, lon) rows of a GeoEstimation partition CSV (two metadata lines, then a header)."""
-  path = pathlib.Path(path)
-  with open(path, newline="") as f:
-    lines = f.read().splitlines()
-  header_at = next((i for i, line in enumerate(lines[:5]) if line.startswith("class_label,")), None)
-  if header_at is None:
-    raise ValueError(f"{path}: no 'class_label,hex_id,...' header in the first lines")
-  rows = []
-  for lineno, row in enumerate(csv.reader(lines[header_at + 1:]), start=header_at + 2):
-    if not row:
-      continue
-    try:
-      rows.append((row[1], int(row[2]), float(row[3]), float(row[4])))
-    except (IndexError, ValueError) as e:
-      raise ValueError(f"{path}, line {lineno}: bad partition row {row!r}: {e}") from e
-  return rows
-
-
 def write_asset(partition_csv: str | pathlib.Path, output: str | pathlib.Path | None = None) -> pathlib.Path:
   """Derives the packaged copy from the shared fine partition CSV."""
-  import s2sphere  # pylint: disable=g-import-not-at-top
-
   output = pathlib.Path(output) if output else asset_path()
   buf = io.StringIO()
   writer = csv.writer(buf, lineterminator="\n")
   writer.writerow(_HEADER)
-  for hex_id, count, lat, lon in read_partition_csv_rows(partition_csv):
-    level = s2sphere.CellId.from_token(hex_id).level()
-    writer.writerow((hex_id, level, count, f"{lat:.6f}", f"{lon:.6f}"))
+  partition = cells.load_partition_csv(partition_csv)
+  for hex_id, level, count, (lat, lon) in zip(partition.hex_ids, partition.levels, partition.counts,
+                                              partition.latlon_mean64):
+    writer.writerow((hex_id, int(level), int(count), f"{lat:.6f}", f"{lon:.6f}"))
   output.parent.mkdir(parents=True, exist_ok=True)
   # mtime=0: the same input gives the same bytes.
   with open(output, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as f:

@@ -28,9 +28,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from translocator_jax import paths
 from translocator_jax.data.earth_patches import render as earth_render
 from translocator_jax.data.earth_patches import rasters
 from translocator_jax.data.records import schema
+from translocator_jax.geo import cells as cells_lib
 
 NAME = "earth_patches"
 VERSION = "1.0.0"
@@ -130,7 +132,6 @@ def _distinct_locations(rng: np.random.Generator, n: int) -> np.ndarray:
 
 def make_plan(options: Options) -> Plan:
   """Locations, render draws, partitions (from the training locations) and cells, all from options.seed."""
-  from translocator_jax.geo import cells as cells_lib  # pylint: disable=g-import-not-at-top
 
   sizes = options.split_sizes()
   rng = np.random.default_rng(options.seed)
@@ -181,7 +182,6 @@ def render_split(plan: Plan, split: str, options: Options, start: int = 0,
 
 def write_sidecar(plan: Plan, options: Options, directory: pathlib.Path) -> None:
   """The three partition CSVs and the metadata JSON next to the TFDS files."""
-  from translocator_jax.geo import cells as cells_lib  # pylint: disable=g-import-not-at-top
 
   part_dir = directory / PARTITIONS_DIR
   part_dir.mkdir(parents=True, exist_ok=True)
@@ -291,14 +291,9 @@ def resolve_options(config: str = "default", **overrides) -> tuple[str, Options]
   return f"{config}_{digest}", options
 
 
-def default_data_dir() -> pathlib.Path:
-  """TFDS's default data folder ($TFDS_DATA_DIR, else ~/tensorflow_datasets)."""
-  return pathlib.Path(os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets").expanduser()
-
-
 def dataset_dir(data_dir: str | os.PathLike | None = None, config: str = "default", **overrides) -> pathlib.Path:
   name, _ = resolve_options(config, **overrides)
-  return pathlib.Path(data_dir or default_data_dir()).expanduser() / NAME / name / VERSION
+  return paths.tfds_data_dir(data_dir) / NAME / name / VERSION
 
 
 def load_info(directory: str | os.PathLike) -> EarthPatchesInfo:
@@ -344,7 +339,7 @@ def ensure_built(data_dir: str | os.PathLike | None = None, config: str = "defau
     **overrides: Options fields (num_train, patch_px, patch_km, taus, seed, ...); a non-preset combination is
       built under its own config name, so different options never share a folder.
   """
-  root = pathlib.Path(data_dir or default_data_dir()).expanduser()
+  root = paths.tfds_data_dir(data_dir)
   directory = dataset_dir(root, config, **overrides)
   if not (directory / "dataset_info.json").exists():
     with _build_lock(root / NAME / f".{directory.parent.name}.lock"):

@@ -135,6 +135,19 @@ def resample(image: np.ndarray, seg: np.ndarray | None, box: Box, size: int,
   return out_image, out_seg
 
 
+def eval_crops(image: np.ndarray, seg: np.ndarray, size: int, tta: str = "center",
+               crop_fraction: float = 0.875) -> tuple[np.ndarray, np.ndarray]:
+  """The evaluation view of a photo and its class map, as evaluation and Predictor both take it: uint8
+  ([S, S, 3], [S, S]) for tta='center', or with a crop axis first ([5, S, S, 3], [5, S, S]) for 'five_crop'."""
+  h, w = image.shape[:2]
+  if tta == "five_crop":
+    crops = [resample(image, seg, b, size) for b in five_crop_boxes(h, w, crop_fraction)]
+    return np.stack([c[0] for c in crops]), np.stack([c[1] for c in crops])
+  if tta != "center":
+    raise ValueError(f"tta must be 'center' or 'five_crop', got {tta!r}")
+  return resample(image, seg, center_box(h, w, crop_fraction), size)
+
+
 def warps(box: Box, size: int, antialias: bool = True) -> bool:
   """Whether crop_resize takes OpenCV's warp for this box (else Pillow's resize)."""
   return codecs.cv2 is not None and (not antialias or max(box[2] - box[0], box[3] - box[1]) <= size)

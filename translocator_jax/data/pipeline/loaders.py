@@ -38,6 +38,7 @@ from translocator_jax.data.records import sources
 
 BATCH_KEYS = ("image", "seg", "latlon", "cells", "scene", "mask", "index")
 FINISH_PLACES = ("auto", "main", "workers", "device")
+EVAL_CROP_FRACTION = 0.875  # the usual resize-to-S/0.875-then-crop-S of ImageNet evaluation
 
 
 def _process_shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
@@ -391,23 +392,12 @@ class EvalTransform(grain.transforms.Map):
     self.crop_fraction = crop_fraction
     self.finish_on_host = finish_on_host
 
-  def _finish(self, image: np.ndarray, seg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    if not self.finish_on_host:
-      return image, seg
-    return augment.normalize(image), self.fields.seg(seg)
-
   def map(self, element: tuple[bool, dict[str, Any]]) -> dict[str, np.ndarray]:
     real, ex = element
-    image, seg = _split(ex)
-    h, w = image.shape[:2]
-    if self.tta == "five_crop":
-      boxes = augment.five_crop_boxes(h, w, self.crop_fraction)
-      crops = [self._finish(*augment.resample(image, seg, b, self.image_size)) for b in boxes]
-      out = {"image": np.stack([c[0] for c in crops]), "seg": np.stack([c[1] for c in crops])}
-    else:
-      img, sg = augment.resample(image, seg, augment.center_box(h, w, self.crop_fraction), self.image_size)
-      img, sg = self._finish(img, sg)
-      out = {"image": img, "seg": sg}
+    image, seg = augment.eval_crops(*_split(ex), self.image_size, self.tta, self.crop_fraction)
+    if self.finish_on_host:
+      image, seg = augment.normalize(image), self.fields.seg(seg)
+    out = {"image": image, "seg": seg}
     out.update(self.fields.labels(ex))
     if not real:
       out["mask"] = np.bool_(False)
@@ -448,7 +438,7 @@ def shard_positions(num_examples: int, shard_index: int, shard_count: int) -> np
 def eval_loader(source: Any, *, batch_size: int, image_size: int, seg_input: str = "palette",
                 palette: np.ndarray | None = None, tta: str = "center", shard_index: int | None = None,
                 shard_count: int | None = None, scene_key: str = schema.SCENE_S3,
-                crop_fraction: float = 0.875, worker_count: int = 0, num_threads: int = 4,
+                crop_fraction: float = EVAL_CROP_FRACTION, worker_count: int = 0, num_threads: int = 4,
                 finish: str = "host") -> EvalLoader:
   """Padded batches of this process's shard: every record once over all shards, mask False on padding.
 

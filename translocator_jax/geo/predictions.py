@@ -1,4 +1,4 @@
-"""Per-image prediction CSVs: this project's layout and the GeoEstimation results layout.
+"""Per-image predictions of a dataset (the one `Predictions` type) and their CSV files.
 
 Project layout: img_id,gt_lat,gt_lon,pred_lat,pred_lon[,extra...].
 GeoEstimation layout: img_id,gt_lat,predicted_lat,gt_long,predicted_long[,...], possibly followed by a blank
@@ -24,10 +24,19 @@ _LAYOUTS = {
 
 @dataclasses.dataclass
 class Predictions:
-  image_ids: list[str]
-  true_latlon: np.ndarray      # float32 [N, 2]
-  pred_latlon: np.ndarray      # float32 [N, 2]
-  bad_rows: list[tuple[int, str]]  # (line number, reason) of skipped rows
+  """Per-image results of one dataset, in source order: made by evaluation, read back from a CSV."""
+  true_latlon: np.ndarray                  # float32 [N, 2]
+  pred_latlon: np.ndarray                  # float32 [N, 2], the main method's
+  method: str = "prediction"               # name of the main method ('fstar', 'fine', ...)
+  others: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # other methods -> float32 [N, 2]
+  image_ids: list[str] | None = None
+  index: np.ndarray | None = None          # int64 [N] positions in the source dataset
+  fine_class: np.ndarray | None = None     # int32 [N] the predicted cell of the finest partition
+  bad_rows: list[tuple[int, str]] = dataclasses.field(default_factory=list)  # (line, reason) of skipped rows
+
+  def methods(self) -> dict[str, np.ndarray]:
+    """Every method's coordinates, the main one first."""
+    return {self.method: self.pred_latlon, **self.others}
 
 
 def write_predictions_csv(path, image_ids: Sequence[str], true_latlon, pred_latlon,
@@ -110,4 +119,4 @@ def read_predictions_csv(path, skip_bad: bool = False) -> Predictions:
     more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
     raise ValueError(f"{path}: {len(bad)} bad row(s):\n{listing}{more}")
   a = np.asarray(latlon, np.float64).reshape(-1, 4)
-  return Predictions(ids, a[:, 0:2].astype(np.float32), a[:, 2:4].astype(np.float32), bad)
+  return Predictions(a[:, 0:2].astype(np.float32), a[:, 2:4].astype(np.float32), image_ids=ids, bad_rows=bad)

@@ -1,0 +1,52 @@
+"""A config's batches: this process's training iterator and evaluation batches of a registered dataset.
+
+Both hand over uint8 photos and class maps; the jitted train step and eval.inference.make_forward finish them on
+the device (device_finish.py). Synthetic data (tests) comes already finished.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import jax
+import ml_collections
+
+from translocator_jax.data import registry
+from translocator_jax.data.pipeline import loaders, synthetic
+from translocator_jax.data.records import sources
+
+
+def train_iterator(config: ml_collections.ConfigDict, info: registry.DatasetInfo,
+                   global_batch: int) -> Iterator[Any]:
+  """This process's iterator over its shard of the training set (get_state / set_state for checkpoints)."""
+  if info.name == "synthetic":
+    return synthetic.SyntheticIterator(config, global_batch, jax.process_index(), jax.process_count())
+  source = sources.open_source(info.tfds_dir, config.data.get("train_split", "train"))
+  loader = loaders.train_loader(
+      source, batch_size=global_batch // jax.process_count(), image_size=int(config.model.image_size),
+      seg_input=config.model.get("seg_input", "palette"), palette=info.palette,
+      seed=int(config.data.get("shuffle_seed", 0)), shard_index=jax.process_index(),
+      shard_count=jax.process_count(), worker_count=int(config.data.get("worker_count", 0)),
+      finish="device")
+  return iter(loader)
+
+
+def eval_batches(config: ml_collections.ConfigDict, info: registry.DatasetInfo, split: str, batch_size: int,
+                 tta: str = "center") -> tuple[Any, int]:
+  """(padded batch iterable for this process, number of examples in the split); crops of
+  config.eval.crop_fraction, as Predictor takes them."""
+  if info.name == "synthetic":
+    syn = config.data.get("synthetic", {})
+    ex = synthetic.make_synthetic_examples(config, int(syn.get("num_examples", 32)), int(syn.get("seed", 0)))
+    return synthetic.synthetic_eval_batches(ex, batch_size), len(ex["image"])
+  source = sources.open_source(info.tfds_dir, split)
+  loader = loaders.eval_loader(
+      source, batch_size=batch_size // jax.process_count(), image_size=int(config.model.image_size),
+      seg_input=config.model.get("seg_input", "palette"), palette=info.palette, tta=tta,
+      crop_fraction=eval_crop_fraction(config), shard_index=jax.process_index(),
+      shard_count=jax.process_count(), finish="device")
+  return loader, len(source)
+
+
+def eval_crop_fraction(config: ml_collections.ConfigDict) -> float:
+  """config.eval.crop_fraction: the side of an evaluation crop as a share of the photo's shorter side."""
+  return float(config.get("eval", {}).get("crop_fraction", loaders.EVAL_CROP_FRACTION))
