@@ -75,6 +75,7 @@ def get_config(arg: str | None = None):
   c.eval.datasets = ("earth_patches",)
   c.eval.batch_size = 64 if tiny else 256
   c.eval.tta = "center"
+  c.eval.crop_fraction = 0.875        # crop side / shorter side, in evaluation and Predictor alike
 
   c.init = ml_collections.ConfigDict()
   c.init.pretrained = None

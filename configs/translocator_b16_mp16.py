@@ -87,6 +87,7 @@ def get_config(arg: str | None = None):
   c.eval.datasets = ("im2gps", "im2gps3k", "yfcc4k")
   c.eval.batch_size = 8 if runlocal else 512
   c.eval.tta = "center"               # 'center' | 'five_crop'
+  c.eval.crop_fraction = 0.875        # crop side / shorter side, in evaluation and Predictor alike
 
   c.init = ml_collections.ConfigDict()
   c.init.pretrained = None            # path to ViT-B_16.npz or a HF ViT directory

@@ -20,5 +20,6 @@ def shared_data_dir() -> pathlib.Path:
 
 
 def tfds_data_dir(data_dir: str | os.PathLike | None = None) -> pathlib.Path:
-  """Where datasets live: `data_dir` (config.data.data_dir) if given, else $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
+  """Where datasets live: `data_dir` (config.data.data_dir) if given, else $TFDS_DATA_DIR, else
+  ~/tensorflow_datasets."""
   return pathlib.Path(data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets").expanduser()

@@ -163,7 +163,6 @@ class Predictor:
                          f"{e}") from e
 
   def _preprocess(self, image, seg):
-    from PIL import ImageOps  # pylint: disable=g-import-not-at-top
     name, pixels, decoded = _load_photo(image)
     classes = _load_seg(seg) if seg is not None else None
     true_latlon = None

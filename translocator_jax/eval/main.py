@@ -201,9 +201,9 @@ def print_evaluation(path, evaluation: Evaluation, as_json: bool = False) -> Non
 def _evaluate_main(argv: Sequence[str]) -> int:
   args = parse_args(argv)
   path = args.workdir or args.checkpoint
-  evaluation = evaluate_checkpoint(path, which=args.which, datasets=args.datasets.split(",") if args.datasets else None,
-                                   data_dir=args.data_dir, tta=args.tta, batch_size=args.batch_size,
-                                   output_dir=args.output_dir, knn=not args.no_knn, maps_dir=args.maps)
+  datasets = args.datasets.split(",") if args.datasets else None
+  evaluation = evaluate_checkpoint(path, which=args.which, datasets=datasets, data_dir=args.data_dir, tta=args.tta,
+                                   batch_size=args.batch_size, output_dir=args.output_dir, knn=not args.no_knn, maps_dir=args.maps)
   print_evaluation(path, evaluation, as_json=args.json)
   return 2 if evaluation.missing else 0
 
@@ -214,7 +214,8 @@ def evaluate_predictions_file(path, skip_bad: bool = False) -> tuple[dict, Predi
 
 
 def predictions_main(argv: Sequence[str]) -> int:
-  parser = argparse.ArgumentParser(prog=f"{PROG} predictions", description="Accuracy table of a per-image predictions CSV.")
+  parser = argparse.ArgumentParser(prog=f"{PROG} predictions",
+                                   description="Accuracy table of a per-image predictions CSV.")
   parser.add_argument("file", type=pathlib.Path)
   parser.add_argument("--json", action="store_true", help="print one JSON object")
   parser.add_argument("--skip-bad", action="store_true", help="skip (and list) bad rows instead of failing")

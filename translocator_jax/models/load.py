@@ -24,6 +24,8 @@ from typing import Any, Mapping
 import numpy as np
 from flax import traverse_util
 
+from translocator_jax.models.translocator import config_get
+
 STREAMS = ("rgb", "seg")
 POSEMB = "Transformer/posembed_input/pos_embedding"
 HF_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -71,7 +73,7 @@ def load_pretrained(params: Mapping[str, Any], path: str | pathlib.Path,
   report = LoadReport(source=str(path), format=fmt)
   _check_options(model_config, fmt, source_cfg, report)
 
-  seg_classes = _get(model_config, "seg_input", "palette") == "classes"
+  seg_classes = config_get(model_config, "seg_input", "palette") == "classes"
   used = set()
   out = {}
   for key, value in flat.items():
@@ -300,11 +302,6 @@ def _num_heads(flat: Mapping[str, Any], stream: str) -> int:
   return int(np.shape(flat[key])[1])
 
 
-def _get(cfg: Mapping[str, Any], key: str, default: Any) -> Any:
-  value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-  return default if value is None else value
-
-
 def _check_options(model_config, fmt: str, source_cfg: Mapping[str, Any], report: LoadReport) -> None:
   """Notes where the model's LayerNorm epsilon / GELU differ from what the weights were trained with."""
   if fmt == "npz":
@@ -313,8 +310,8 @@ def _check_options(model_config, fmt: str, source_cfg: Mapping[str, Any], report
     eps = float(source_cfg.get("layer_norm_eps", 1e-12))
     act = str(source_cfg.get("hidden_act", "gelu"))
     approx = act in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
-  ours_eps = float(_get(model_config, "ln_epsilon", 1e-6))
-  ours_approx = bool(_get(model_config, "gelu_approximate", True))
+  ours_eps = float(config_get(model_config, "ln_epsilon", 1e-6))
+  ours_approx = bool(config_get(model_config, "gelu_approximate", True))
   if not np.isclose(ours_eps, eps, rtol=0, atol=eps * 1e-3):
     report.notes.append(f"config.model.ln_epsilon={ours_eps:g} but the weights were trained with {eps:g}")
   if ours_approx != approx:

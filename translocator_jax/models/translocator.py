@@ -150,7 +150,8 @@ class TransLocator(nn.Module):
     return {name: getattr(self, f"head_{name}")(rep).astype(jnp.float32) for name, _ in self.heads}
 
 
-def _get(cfg: Mapping[str, Any], key: str, default: Any) -> Any:
+def config_get(cfg: Mapping[str, Any], key: str, default: Any) -> Any:
+  """cfg[key] of a ConfigDict, dict or object; `default` when missing or None."""
   value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
   return default if value is None else value
 
@@ -158,32 +159,32 @@ def _get(cfg: Mapping[str, Any], key: str, default: Any) -> Any:
 def model_kwargs(model_config: Mapping[str, Any]) -> dict[str, Any]:
   """TransLocator constructor arguments from config.model (missing optional fields take defaults)."""
   shape = vit.decode_variant(
-      model_config["variant"], width=_get(model_config, "width", None) or None,
-      depth=_get(model_config, "depth", None) or None, mlp_dim=_get(model_config, "mlp_dim", None) or None,
-      num_heads=_get(model_config, "num_heads", None) or None,
-      patch_size=_get(model_config, "patch_size", None) or None)
+      model_config["variant"], width=config_get(model_config, "width", None) or None,
+      depth=config_get(model_config, "depth", None) or None, mlp_dim=config_get(model_config, "mlp_dim", None) or None,
+      num_heads=config_get(model_config, "num_heads", None) or None,
+      patch_size=config_get(model_config, "patch_size", None) or None)
   heads = model_config["heads"]
   heads = tuple((str(k), int(v)) for k, v in (heads.items() if hasattr(heads, "items") else heads))
   if not heads:
     raise ValueError("config.model.heads is empty: give at least one head, e.g. {'fine': 12893}")
-  dtype = _get(model_config, "dtype", "float32")
+  dtype = config_get(model_config, "dtype", "float32")
   if str(dtype) not in ("float32", "bfloat16"):
     raise ValueError(f"config.model.dtype={dtype!r}; expected 'float32' or 'bfloat16'")
   return dict(
       heads=heads, width=shape.width, depth=shape.depth, mlp_dim=shape.mlp_dim, num_heads=shape.num_heads,
       patch_size=shape.patch_size,
-      fusion=_get(model_config, "fusion", "cls_sum"),
-      fusion_per_layer=bool(_get(model_config, "fusion_per_layer", False)),
-      seg_input=_get(model_config, "seg_input", "palette"),
-      num_seg_classes=int(_get(model_config, "num_seg_classes", 150)),
-      seg_embed_dim=int(_get(model_config, "seg_embed_dim", 16)),
+      fusion=config_get(model_config, "fusion", "cls_sum"),
+      fusion_per_layer=bool(config_get(model_config, "fusion_per_layer", False)),
+      seg_input=config_get(model_config, "seg_input", "palette"),
+      num_seg_classes=int(config_get(model_config, "num_seg_classes", 150)),
+      seg_embed_dim=int(config_get(model_config, "seg_embed_dim", 16)),
       dtype=jnp.dtype(str(dtype)),
-      dropout=float(_get(model_config, "dropout", 0.0)),
-      ln_epsilon=float(_get(model_config, "ln_epsilon", 1e-6)),
-      gelu_approximate=bool(_get(model_config, "gelu_approximate", True)),
-      remat=bool(_get(model_config, "remat", False)),
-      head_zeroinit=bool(_get(model_config, "head_zeroinit", True)),
-      attention=str(_get(model_config, "attention", "auto")),
+      dropout=float(config_get(model_config, "dropout", 0.0)),
+      ln_epsilon=float(config_get(model_config, "ln_epsilon", 1e-6)),
+      gelu_approximate=bool(config_get(model_config, "gelu_approximate", True)),
+      remat=bool(config_get(model_config, "remat", False)),
+      head_zeroinit=bool(config_get(model_config, "head_zeroinit", True)),
+      attention=str(config_get(model_config, "attention", "auto")),
   )
 
 

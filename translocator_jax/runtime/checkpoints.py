@@ -211,7 +211,7 @@ def best_step(workdir, steps) -> int | None:
   return (max if mode == "max" else min)(scores, key=scores.get)
 
 
-def _find_checkpoint(path: pathlib.Path, which: str) -> tuple[pathlib.Path, int | None]:
+def _find_checkpoint(path: pathlib.Path) -> tuple[pathlib.Path, int | None]:
   """(checkpoints directory, step or None=latest) for a workdir, a checkpoints dir or a step dir."""
   if (path / CHECKPOINT_DIR).is_dir():
     return path / CHECKPOINT_DIR, None
@@ -224,7 +224,7 @@ def _find_checkpoint(path: pathlib.Path, which: str) -> tuple[pathlib.Path, int 
 
 def workdir_of(path: str | os.PathLike) -> epath.Path:
   """The training workdir of a workdir, its checkpoints dir or one checkpoint step directory (local or gs://)."""
-  ckpt_dir, _ = _find_checkpoint(as_path(path), "latest")
+  ckpt_dir, _ = _find_checkpoint(as_path(path))
   return ckpt_dir.parent
 
 
@@ -236,7 +236,7 @@ def restore_for_inference(path: str | pathlib.Path, which: str = "latest"
   checkpoints when the newest one is unreadable.
   """
   path = as_path(path)
-  ckpt_dir, step = _find_checkpoint(path, which)
+  ckpt_dir, step = _find_checkpoint(path)
   options = ocp.CheckpointManagerOptions(read_only=True, create=False)
   manager = ocp.CheckpointManager(ckpt_dir, options=options, item_handlers={
       "state": ocp.PyTreeCheckpointHandler(), "config": ocp.JsonCheckpointHandler(),

@@ -5,9 +5,8 @@ import ctypes
 import os
 import sys
 
-# On the project's 2-core AVX-512 CPU (S/16 two-stream train step) routing dots through XNNPACK took a plain
-# Flax step from 0.81x to 0.89x eager PyTorch on a quiet machine (DESIGN.md). On a busy shared CPU the
-# alternatives (ynn/onednn dot fusions, +eltwise) were within noise of it: see benchmarks/model_step.py.
+# XNNPACK runs XLA:CPU's dots faster than its default path on the AVX-512 CPUs this project trains on; the
+# alternatives (ynn/onednn dot fusions, +eltwise) measured no better (benchmarks/model_step.py; README speed table).
 CPU_FLAGS = ("--xla_cpu_experimental_xnn_fusion_type=dot",)
 
 # glibc mallopt parameters (malloc.h).

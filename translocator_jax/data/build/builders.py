@@ -11,6 +11,7 @@ extension (YFCC4k lists) matches a file by its stem.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import pathlib

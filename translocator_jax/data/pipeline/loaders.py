@@ -20,7 +20,7 @@ per-element cost is paid once per batch; records are read undecoded and decoded 
 parsing), the crop box is drawn before decoding (the map is inflated only down to the box); photos go through
 OpenCV's warp where that equals Pillow's filter (upscaled boxes) and Pillow's antialiasing resize elsewhere; the
 float32 arrays are made once per batch by table lookups (bit-exact with `augment.normalize`), on the host or, with
-finish='device', inside the train step (photos: 419 -> 574 img/s a worker).
+finish='device', inside the train step (fewer bytes to the device and no host time on it).
 """
 from __future__ import annotations
 

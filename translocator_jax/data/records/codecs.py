@@ -78,7 +78,7 @@ def decode_rgb(data: bytes) -> np.ndarray:
         return out
     else:
       return np.asarray(Image.frombytes("RGB", (head[1], head[0]), data, "jpeg", "RGB", ""))
-  return _pil_decode(data, "RGB")
+  return pil_decode(data, "RGB")
 
 
 def decode_rgb_pil(data: bytes) -> Image.Image:
@@ -86,7 +86,7 @@ def decode_rgb_pil(data: bytes) -> Image.Image:
   head = jpeg_header(data)
   if head is not None and head[2] == 3:
     return Image.frombytes("RGB", (head[1], head[0]), data, "jpeg", "RGB", "")
-  return Image.fromarray(_pil_decode(data, "RGB"))
+  return Image.fromarray(pil_decode(data, "RGB"))
 
 
 def decode_gray(data: bytes, rows: int | None = None) -> Image.Image:
@@ -116,7 +116,8 @@ def decode_gray(data: bytes, rows: int | None = None) -> Image.Image:
     return im.convert("L") if im.mode != "L" else im.copy()
 
 
-def _pil_decode(data: bytes, mode: str) -> np.ndarray:
+def pil_decode(data: bytes, mode: str) -> np.ndarray:
+  """The plain Pillow decode of an image file into `mode` ('RGB', 'L'): the reference every fast path equals."""
   with Image.open(io.BytesIO(data)) as im:
     if im.mode != mode:
       im = im.convert(mode)

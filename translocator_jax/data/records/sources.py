@@ -11,7 +11,6 @@ Sources open lazily in each process, so they pickle as a few strings (grain work
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import pathlib
@@ -19,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from translocator_jax.data.records import schema
+from translocator_jax.data.records import codecs, schema
 
 INDEX = "index"
 
@@ -123,8 +122,8 @@ class ArrayRecordSource:
       raise ValueError(f"{self.dataset_dir} split {self.split!r} record {i}: not in the project schema "
                        f"(missing or empty {e})") from e
     if self.decode:
-      ex[schema.IMAGE] = _decode(image, "RGB")
-      ex[schema.SEGMENTATION] = _decode(seg, "L")[..., None]
+      ex[schema.IMAGE] = codecs.pil_decode(image, "RGB")
+      ex[schema.SEGMENTATION] = codecs.pil_decode(seg, "L")[..., None]
     else:
       ex[schema.IMAGE], ex[schema.SEGMENTATION] = image, seg
     ex[INDEX] = np.int64(i)
@@ -147,15 +146,6 @@ class ArrayRecordSource:
 
 
 _DEFAULT_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
-
-
-def _decode(data: bytes, mode: str) -> np.ndarray:
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-
-  with Image.open(io.BytesIO(data)) as im:
-    if im.mode != mode:
-      im = im.convert(mode)
-    return np.asarray(im)
 
 
 def _is_schema_array_record(dataset_dir: str | os.PathLike) -> bool:
