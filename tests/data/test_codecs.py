@@ -48,7 +48,7 @@ def decoder(request, monkeypatch):
 @pytest.mark.parametrize("name", sorted(JPEGS))
 def test_decode_rgb_equals_sources_decoding(name, decoder):
   data = JPEGS[name]
-  want = sources._decode(data, "RGB")  # pylint: disable=protected-access
+  want = codecs.pil_decode(data, "RGB")
   got = codecs.decode_rgb(data)
   assert got.dtype == np.uint8 and got.shape == want.shape
   np.testing.assert_array_equal(got, want)
@@ -77,7 +77,7 @@ def test_decode_gray_equals_sources_decoding_and_prefix_rows(compress_level):
   out = io.BytesIO()
   Image.fromarray(classes, "L").save(out, "PNG", compress_level=compress_level)
   data = out.getvalue()
-  want = sources._decode(data, "L")  # pylint: disable=protected-access
+  want = codecs.pil_decode(data, "L")
   np.testing.assert_array_equal(want, classes)
   np.testing.assert_array_equal(np.asarray(codecs.decode_gray(data)), want)
   for rows in (1, 17, 44, 45, 99):
@@ -91,6 +91,6 @@ def test_decode_gray_falls_back_for_other_pngs():
   for img in (Image.fromarray(rgb), Image.fromarray(rgb).convert("P"),
               Image.fromarray((_classes(20, 24, 1).astype(np.uint16) * 300))):
     data = fx.png(img)
-    want = sources._decode(data, "L")  # pylint: disable=protected-access
+    want = codecs.pil_decode(data, "L")
     np.testing.assert_array_equal(np.asarray(codecs.decode_gray(data)), want)
     np.testing.assert_array_equal(np.asarray(codecs.decode_gray(data, rows=5)), want)  # no prefix: the whole map

@@ -7,7 +7,7 @@ from PIL import Image
 
 from translocator_jax.data.pipeline import augment
 from translocator_jax.data.pipeline import loaders as pipeline
-from translocator_jax.data.records import schema
+from translocator_jax.data.records import codecs, schema
 from translocator_jax.data.records import sources
 
 PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
@@ -317,7 +317,7 @@ class UndecodedSource(ListSource):
   def __getitem__(self, i):
     ex = super().__getitem__(i)
     if self.decode:  # as sources.ArrayRecordSource decodes
-      decode = sources._decode  # pylint: disable=protected-access
+      decode = codecs.pil_decode
       ex[schema.IMAGE] = decode(ex[schema.IMAGE], "RGB")
       ex[schema.SEGMENTATION] = decode(ex[schema.SEGMENTATION], "L")[..., None]
     return ex
