@@ -17,12 +17,12 @@ perf.configure_cpu_runtime()
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from translocator_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
-from translocator_jax.runtime import config_io  # pylint: disable=g-import-not-at-top,wrong-import-position
 from translocator_jax.data import registry  # pylint: disable=g-import-not-at-top,wrong-import-position
 from translocator_jax.data.pipeline import inputs  # pylint: disable=g-import-not-at-top,wrong-import-position
+from translocator_jax.runtime import config_io  # pylint: disable=g-import-not-at-top,wrong-import-position
+from translocator_jax.runtime import sharding as sl  # pylint: disable=g-import-not-at-top,wrong-import-position
 from translocator_jax.train import loop  # pylint: disable=g-import-not-at-top,wrong-import-position
 from translocator_jax.train import optimizer as optim_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from translocator_jax.runtime import sharding as sl  # pylint: disable=g-import-not-at-top,wrong-import-position
 from translocator_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 

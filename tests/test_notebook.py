@@ -6,8 +6,8 @@ import nbclient
 import nbformat
 import pytest
 
-from translocator_jax.geo.metrics import ACC_KEYS
 from translocator_jax.geo import metrics, predictions as predictions_io
+from translocator_jax.geo.metrics import ACC_KEYS
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

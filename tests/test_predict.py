@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from translocator_jax.eval import inference
 from translocator_jax import predict
-from translocator_jax.data.records import schema, sources
-from translocator_jax.geo import distance
 from translocator_jax.data import registry
 from translocator_jax.data.pipeline import inputs
+from translocator_jax.data.records import schema, sources
+from translocator_jax.eval import inference
+from translocator_jax.geo import distance
 from translocator_jax.runtime import sharding
 
 

@@ -43,7 +43,6 @@ def load_config(quick: bool, data_dir: str | None):
 
 def run(workdir, *, quick: bool = False, data_dir: str | None = None, num_examples: int = 4) -> dict[str, Any]:
   """Runs the whole demo; returns its summary (also written to WORKDIR/demo/summary.json)."""
-
   started = time.time()
   workdir = pathlib.Path(workdir)
   out = workdir / "demo"

@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 
 from translocator_jax import paths
-from translocator_jax.data.earth_patches import dataset as earth_patches
-from translocator_jax.data.earth_patches import render as earth_render
 from translocator_jax.data.earth_patches import cells as fine_cells
+from translocator_jax.data.earth_patches import dataset as earth_patches
 from translocator_jax.data.earth_patches import rasters
+from translocator_jax.data.earth_patches import render as earth_render
 from translocator_jax.data.records import schema
 from translocator_jax.data.records import sources
 from translocator_jax.geo import cells as cells_lib

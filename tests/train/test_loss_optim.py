@@ -6,12 +6,12 @@ import numpy as np
 import optax
 
 from translocator_jax import models
+from translocator_jax.data.pipeline import synthetic
 from translocator_jax.geo import distance
 from translocator_jax.runtime import config_io
-from translocator_jax.data.pipeline import synthetic
+from translocator_jax.runtime import sharding as sharding_lib
 from translocator_jax.train import loss as loss_lib
 from translocator_jax.train import optimizer as optim_lib
-from translocator_jax.runtime import sharding as sharding_lib
 from translocator_jax.train import step as step_lib
 
 SYNTHETIC = __file__.replace("test_loss_optim.py", "synthetic_config.py")

@@ -2,12 +2,12 @@
 import numpy as np
 
 from translocator_jax import models
+from translocator_jax.data.pipeline import synthetic
 from translocator_jax.data.records import schema
 from translocator_jax.runtime import checkpoints
 from translocator_jax.runtime import config_io
-from translocator_jax.data.pipeline import synthetic
-from translocator_jax.train import loop
 from translocator_jax.runtime import metrics_writer
+from translocator_jax.train import loop
 
 
 def test_tiny_model_overfits_few_examples(tmp_path):

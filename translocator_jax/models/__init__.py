@@ -6,12 +6,12 @@
   params, report = load_pretrained(variables["params"], "ViT-B_16.npz", config.model)
 """
 from translocator_jax.models.load import CheckpointError
-from translocator_jax.models.load import load_pretrained
 from translocator_jax.models.load import LoadReport
+from translocator_jax.models.load import load_pretrained
+from translocator_jax.models.translocator import TransLocator
 from translocator_jax.models.translocator import build_encoder
 from translocator_jax.models.translocator import build_model
 from translocator_jax.models.translocator import model_kwargs
-from translocator_jax.models.translocator import TransLocator
-from translocator_jax.models.vit import decode_variant
 from translocator_jax.models.vit import VARIANTS
 from translocator_jax.models.vit import ViTEncoder
+from translocator_jax.models.vit import decode_variant

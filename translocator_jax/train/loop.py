@@ -12,17 +12,17 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from translocator_jax.data.records import schema
-from translocator_jax.runtime import checkpoints as ckpt_lib
-from translocator_jax.data import registry
-from translocator_jax.runtime import metrics_writer
-from translocator_jax.train import optimizer as optim_lib
-from translocator_jax.runtime import sharding as sharding_lib
-from translocator_jax.train import step as step_lib
 from translocator_jax import models
+from translocator_jax.data import registry
 from translocator_jax.data.pipeline import inputs
+from translocator_jax.data.records import schema
 from translocator_jax.eval import inference
 from translocator_jax.models import load as load_lib
+from translocator_jax.runtime import checkpoints as ckpt_lib
+from translocator_jax.runtime import metrics_writer
+from translocator_jax.runtime import sharding as sharding_lib
+from translocator_jax.train import optimizer as optim_lib
+from translocator_jax.train import step as step_lib
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import optax
 from jax.sharding import Mesh
 
 from translocator_jax.data.pipeline import device_finish
-from translocator_jax.train import loss as loss_lib
 from translocator_jax.runtime import sharding as sharding_lib
+from translocator_jax.train import loss as loss_lib
 
 # Batch keys the step reads; everything else (ids, source index) stays on the host.
 STEP_KEYS = ("image", "seg", "cells", "scene", "latlon", "mask")

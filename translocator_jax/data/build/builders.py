@@ -21,13 +21,13 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from translocator_jax.data.build import writer as build
-from translocator_jax.data.build import images as images_lib
-from translocator_jax.data.build import stores as inputs
-from translocator_jax.data.records import schema
 from translocator_jax import paths
 from translocator_jax.data import registry
+from translocator_jax.data.build import images as images_lib
 from translocator_jax.data.build import segmenter as segmenter_lib
+from translocator_jax.data.build import stores as inputs
+from translocator_jax.data.build import writer as build
+from translocator_jax.data.records import schema
 
 DEFAULT_SEG_NAME = "{stem}.png"
 PLACES365_COLUMNS = dict(id="IMG_ID", lat="LAT", lon="LON", s3="S3_Label", s16="S16_Label", s365="S365_Label")

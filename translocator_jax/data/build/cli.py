@@ -10,9 +10,9 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
-from translocator_jax.data.build import writer as build
 from translocator_jax.data.build import builders
 from translocator_jax.data.build import partitions as partitions_build
+from translocator_jax.data.build import writer as build
 
 
 def _common(p: argparse.ArgumentParser) -> None:

@@ -31,8 +31,8 @@ import numpy as np
 from tqdm import tqdm
 
 from translocator_jax.data.build import images as images_lib
-from translocator_jax.data.records import schema
 from translocator_jax.data.build import segmenter
+from translocator_jax.data.records import schema
 from translocator_jax.geo import cells
 
 STAGING = "_staging"

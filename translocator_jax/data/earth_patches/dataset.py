@@ -29,8 +29,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from translocator_jax import paths
-from translocator_jax.data.earth_patches import render as earth_render
 from translocator_jax.data.earth_patches import rasters
+from translocator_jax.data.earth_patches import render as earth_render
 from translocator_jax.data.records import schema
 from translocator_jax.geo import cells as cells_lib
 
