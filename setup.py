@@ -54,6 +54,7 @@ setup(
             "translocator-train=translocator_jax.train.main:main",
             "translocator-eval=translocator_jax.eval.main:main",
             "translocator-predict=translocator_jax.predict:main",
+            "translocator-gallery=translocator_jax.eval.gallery_main:main",
         ],
     },
 )

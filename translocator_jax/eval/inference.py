@@ -6,7 +6,7 @@ Batches are sharded over all devices the same way as in training; the last batch
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -45,11 +45,12 @@ def _gather(x) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def make_forward(model, palette: np.ndarray | None = None) -> Any:
+def make_forward(model, palette: np.ndarray | None = None, embed: bool = False) -> Any:
   """jitted (params, image, seg) -> head name -> probabilities [B, C]; five-crop inputs ([B, 5, ...]) averaged.
 
   uint8 batches (the evaluation loader's, Predictor's crops) are finished here (data.device_finish; `palette` for
-  seg_input='palette'); float32 ones pass through.
+  seg_input='palette'); float32 ones pass through. embed=True also returns the gallery embedding: the model's
+  pre-logits (the final fused CLS), averaged over crops and L2-normalised, float32 [B, D].
   """
   finish = device_finish.DeviceFinish(getattr(model, "seg_input", "palette"), palette)
 
@@ -60,11 +61,19 @@ def make_forward(model, palette: np.ndarray | None = None) -> Any:
       b, k = image.shape[:2]
       image = image.reshape((b * k,) + image.shape[2:])
       seg = seg.reshape((b * k,) + seg.shape[2:])
-    logits = model.apply({"params": params}, image, seg, train=False)
+    if embed:
+      logits, state = model.apply({"params": params}, image, seg, train=False, mutable=["intermediates"])
+    else:
+      logits = model.apply({"params": params}, image, seg, train=False)
     probs = {h: jax.nn.softmax(l.astype(jnp.float32), axis=-1) for h, l in logits.items()}
     if crops:
       probs = {h: p.reshape((b, k) + p.shape[1:]).mean(axis=1) for h, p in probs.items()}
-    return probs
+    if not embed:
+      return probs
+    rep = state["intermediates"]["pre_logits"][0].astype(jnp.float32)
+    if crops:
+      rep = rep.reshape((b, k) + rep.shape[1:]).mean(axis=1)
+    return probs, rep / jnp.maximum(jnp.linalg.norm(rep, axis=-1, keepdims=True), 1e-12)
 
   return jax.jit(forward)
 
@@ -72,7 +81,9 @@ def make_forward(model, palette: np.ndarray | None = None) -> Any:
 def predict_dataset(model, params, batches: Iterable[Mapping[str, np.ndarray]], *, mesh, partitions,
                     heads: Mapping[str, int], desc: str = "eval",
                     forward=None, total: int | None = None, progress: bool = True,
-                    fsdp: bool = False, palette: np.ndarray | None = None) -> Predictions:
+                    fsdp: bool = False, palette: np.ndarray | None = None,
+                    embedding_hook: Callable[[Mapping[str, Any], Any], Mapping[str, Any]] | None = None
+                    ) -> Predictions:
   """Runs the model over padded batches (this process's shard) and predicts coordinates.
 
   Args:
@@ -82,8 +93,11 @@ def predict_dataset(model, params, batches: Iterable[Mapping[str, np.ndarray]], 
     partitions: [coarse, middle, fine] geo.cells.Partition of the training set.
     heads: config.model.heads (which partition heads the model has).
     palette: [K, 3] uint8 colours, to finish uint8 class maps (seg_input='palette') when `forward` is not given.
+    embedding_hook: (probs, embeddings [B, D]) -> name -> per-row values [B, ...] of the global batch (gallery
+      refinement, similarity to the gallery). A value named 'refined' [B, 2] becomes the method 'refined';
+      the others go to Predictions.extras.
   """
-  forward = forward or make_forward(model, palette)
+  forward = forward or make_forward(model, palette, embed=embedding_hook is not None)
   heads_used = geo_heads(heads, partitions)
   part_of = dict(zip(schema.PARTITION_NAMES, partitions))
   hier = fstar_hierarchy(heads_used, partitions)
@@ -92,10 +106,15 @@ def predict_dataset(model, params, batches: Iterable[Mapping[str, np.ndarray]], 
     params = jax.device_put(params, sharding_lib.state_shardings(params, mesh, fsdp))
   out = {"index": [], "latlon": [], "mask": [], "fine": []}
   preds = {m: [] for m in (["fstar"] if use_fstar else []) + heads_used}
+  extras: dict[str, list] = {}
   for batch in tqdm.tqdm(batches, desc=desc, total=total, leave=False,
                          disable=jax.process_index() != 0 or not progress):
     dev = sharding_lib.put_batch({"image": batch["image"], "seg": batch["seg"]}, mesh)
     probs = forward(params, dev["image"], dev["seg"])
+    if embedding_hook is not None:
+      probs, emb = probs
+      for name, value in embedding_hook(probs, emb).items():
+        (preds if name == "refined" else extras).setdefault(name, []).append(_gather(value))
     if use_fstar:
       classes, _, latlon = hierarchy.fstar_topk(hier, probs["coarse"], probs["middle"], probs["fine"], 1)
       preds["fstar"].append(_gather(latlon)[:, 0])
@@ -113,12 +132,13 @@ def predict_dataset(model, params, batches: Iterable[Mapping[str, np.ndarray]], 
   index = np.concatenate(out["index"])[mask]
   order = np.argsort(index, kind="stable")
   by_method = {m: np.concatenate(v)[mask][order].astype(np.float32) for m, v in preds.items()}
+  by_extra = {name: np.concatenate(v)[mask][order] for name, v in extras.items()}
   main = "fstar" if use_fstar else heads_used[-1]  # f*, else the finest head
   return Predictions(
       true_latlon=np.concatenate(out["latlon"])[mask][order].astype(np.float32),
       pred_latlon=by_method.pop(main), method=main, others=by_method,
       index=index[order].astype(np.int64),
-      fine_class=np.concatenate(out["fine"])[mask][order].astype(np.int32),
+      fine_class=np.concatenate(out["fine"])[mask][order].astype(np.int32), extras=by_extra,
   )
 
 

@@ -27,8 +27,9 @@ from translocator_jax import models
 from translocator_jax.data import registry
 from translocator_jax.data.pipeline import inputs
 from translocator_jax.data.records import schema, sources
-from translocator_jax.eval import baselines, inference, maps
-from translocator_jax.geo import metrics, predictions as predictions_lib
+from translocator_jax.eval import baselines, inference, leakage, maps, refine
+from translocator_jax.eval.leakage import DUP_SIM, UNSEEN_KM
+from translocator_jax.geo import metrics, nearest, predictions as predictions_lib
 from translocator_jax.geo.distance import haversine_km_numpy
 from translocator_jax.geo.predictions import Predictions
 from translocator_jax.runtime import checkpoints, cli, sharding as sharding_lib
@@ -53,20 +54,38 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                  help="draw DIR/<dataset>_errors.png (true -> predicted over the Blue Marble) and "
                       "DIR/<dataset>_accuracy_curve.png (share within d km against d, per method)")
   p.add_argument("--json", action="store_true", help="print one JSON object per dataset instead of the table")
+  p.add_argument("--refine", default=None, choices=refine.REFINE_MODES,
+                 help="'gallery': refine f* by retrieval over W/gallery (translocator-gallery builds it; default: "
+                      "config.eval.refine)")
+  p.add_argument("--gallery", default=None, metavar="DIR",
+                 help="the gallery to use (default: WORKDIR/gallery); with --refine none it still gives each "
+                      "test image's highest similarity to a training image (near-duplicates)")
+  p.add_argument("--unseen-km", type=float, default=UNSEEN_KM,
+                 help="a test image is of an unseen place when no training image lies within this many km")
+  p.add_argument("--dup-sim", type=float, default=DUP_SIM,
+                 help="a test image is a likely near-duplicate when its similarity to a training image is above this")
   return p.parse_args(argv)
 
 
 def evaluate_dataset(config: ml_collections.ConfigDict, model, params, name: str, *, mesh, train_info,
-                     partitions, tta: str, batch_size: int, knn: bool = True) -> tuple[Predictions, dict]:
-  """Predictions and result tables (each method, 'chance', 'knn') of one dataset."""
+                     partitions, tta: str, batch_size: int, knn: bool = True, refiner: refine.Refiner | None = None,
+                     train_latlon: np.ndarray | None = None) -> tuple[Predictions, dict]:
+  """Predictions and result tables (each method, 'refined' with a refiner, 'chance', 'knn') of one dataset.
+
+  With train_latlon, Predictions.extras gets nearest_train_km (each test image's distance to the nearest
+  training location); with a refiner, max_gallery_similarity, matched_row and matched_similarity.
+  """
   info = dataset_info(config, name, train_info)
   batches, n = inputs.eval_batches(config, info, registry.EVAL_SPLIT, batch_size, tta)
   preds = inference.predict_dataset(model, params, batches, mesh=mesh, partitions=partitions,
                                     heads=config.model.heads, desc=f"eval {name}",
                                     total=len(batches) if hasattr(batches, "__len__") else None,
-                                    fsdp=bool(config.train.get("fsdp", False)), palette=info.palette)
+                                    fsdp=bool(config.train.get("fsdp", False)), palette=info.palette,
+                                    embedding_hook=refiner)
   if len(preds.index) != n:
     raise RuntimeError(f"{name}: predicted {len(preds.index)} images of {n}")
+  if train_latlon is not None:
+    preds.extras["nearest_train_km"] = nearest.nearest_km(preds.true_latlon, train_latlon)[0]
   tables = inference.tables_from_predictions(preds)
   tables["chance"] = baselines.chance_table(partitions, preds.true_latlon)
   if knn and name == "earth_patches":
@@ -110,26 +129,67 @@ def image_ids(info: registry.DatasetInfo, split: str, index: np.ndarray) -> list
   return ids
 
 
-def write_predictions(path, info: registry.DatasetInfo, preds: Predictions) -> None:
-  """The per-image CSV: the main method's coordinates, the predicted cell, then every other method's."""
+def write_predictions(path, info: registry.DatasetInfo, preds: Predictions, gallery=None) -> None:
+  """The per-image CSV: the main method's coordinates, the predicted cell, every other method's, then the
+  leakage values (nearest_train_km, max_gallery_similarity) and the matched training image when refined."""
   extra = {"pred_cell": preds.fine_class}
   extra.update({f"pred_lat_{m}": p[:, 0] for m, p in preds.others.items()})
   extra.update({f"pred_lon_{m}": p[:, 1] for m, p in preds.others.items()})
+  for name in ("nearest_train_km", "max_gallery_similarity", "matched_similarity"):
+    if name in preds.extras:
+      extra[name] = [f"{v:.4f}" for v in np.asarray(preds.extras[name], np.float64)]
+  if "matched_row" in preds.extras and gallery is not None:
+    extra["matched_image_id"] = [gallery.image_ids[r] if r >= 0 else "" for r in preds.extras["matched_row"]]
   predictions_lib.write_predictions_csv(path, image_ids(info, registry.EVAL_SPLIT, preds.index), preds.true_latlon,
                                         preds.pred_latlon, extra_columns=extra)
 
 
-def table_rows(name: str, tables: dict) -> list:
-  """The printed table's rows of one dataset: the model, each partition, the references, the paper."""
+def table_rows(name: str, tables: dict, leaks: dict | None = None) -> list:
+  """The printed table's rows of one dataset: the model (and refined), each partition, the references, the
+  paper, then the unseen-place subset and the table without near-duplicates."""
   main_method = next(iter(tables))
   rows = [(f"{name} / TransLocator-JAX ({main_method})", tables[main_method])]
+  if "refined" in tables:
+    rows.append((f"{name} / + gallery refinement", tables["refined"]))
   rows += [(f"{name} / {m} partition only", tables[m]) for m in schema.PARTITION_NAMES if m in tables]
   rows.append((f"{name} / chance (most common cell)", tables["chance"]))
   if "knn" in tables:
     rows.append((f"{name} / kNN raw 8x8 thumbnails", tables["knn"]))
   if registry.paper_table(name):
     rows.append((f"{name} / TransLocator (paper)", registry.paper_table(name)))
+  leaks = leaks or {}
+  if "unseen" in leaks:
+    u = leaks["unseen"]
+    for m in (main_method, "refined"):
+      if m in u["tables"]:
+        rows.append((f"{name} / unseen places (>{u['km']:g} km), {m}", u["tables"][m]))
+  if "deduplicated" in leaks:
+    d = leaks["deduplicated"]
+    for m in (main_method, "refined"):
+      if m in d["tables"]:
+        rows.append((f"{name} / w/o {d['near_duplicates']} near-dups (sim>{d['similarity']:g}), {m}",
+                     d["tables"][m]))
   return rows
+
+
+def json_record(name: str, preds: Predictions, tables: dict, leaks: dict, csv_path) -> dict:
+  """One dataset's JSON: the main table's keys, refined_* and unseen_* (when known), near_duplicates."""
+  record = {"dataset": name, "method": preds.method, **tables[preds.method],
+            "chance_acc_750km": tables["chance"]["acc_750km"], "predictions_csv": str(csv_path)}
+  if "knn" in tables:
+    record["knn_acc_750km"] = tables["knn"]["acc_750km"]
+  if "refined" in tables:
+    record.update({f"refined_{k}": v for k, v in tables["refined"].items() if k.startswith("acc_")})
+    record["refined_median_km"] = tables["refined"]["median_km"]
+  unseen = leaks.get("unseen")
+  record["unseen_n"] = unseen["n"] if unseen else None
+  for m, prefix in ((preds.method, "unseen_"), ("refined", "unseen_refined_")):
+    if unseen and m in unseen["tables"]:
+      t = unseen["tables"][m] or {}
+      record.update({f"{prefix}{k}": t.get(k) for k in metrics.ACC_KEYS})
+  record["near_duplicates"] = leaks["deduplicated"]["near_duplicates"] if "deduplicated" in leaks else None
+  record["per_partition"] = {m: tables[m] for m in schema.PARTITION_NAMES if m in tables}
+  return record
 
 
 @dataclasses.dataclass
@@ -140,14 +200,23 @@ class Evaluation:
   results: list[dict]
   missing: list[str]
   tta: str
+  refine: str = "none"
 
 
 def evaluate_checkpoint(path, *, which: str = "latest", datasets: Sequence[str] | None = None,
                         data_dir: str | None = None, tta: str | None = None, batch_size: int | None = None,
-                        output_dir=None, knn: bool = True, maps_dir=None) -> Evaluation:
+                        output_dir=None, knn: bool = True, maps_dir=None, refine_mode: str | None = None,
+                        gallery_dir=None, unseen_km: float = UNSEEN_KM, dup_sim: float = DUP_SIM) -> Evaluation:
   """Evaluates a workdir's (or one step directory's) checkpoint on datasets (default: config.eval.datasets),
-  writing per-image CSVs under output_dir (default: WORKDIR/predictions) and, with maps_dir, maps."""
-  config, params = checkpoints.restore_for_inference(path, which=which)
+  writing per-image CSVs under output_dir (default: WORKDIR/predictions) and, with maps_dir, maps.
+
+  refine_mode 'gallery' (default: config.eval.refine) adds the refined method from the checkpoint's gallery;
+  the unseen-place subset (nearest training location > unseen_km) is reported whenever the training set's
+  records are there, and near-duplicates (similarity > dup_sim) whenever a gallery is used.
+  """
+  ckpt = checkpoints.load_for_inference(path, which=which)
+  config, params = ckpt.config, ckpt.params
+  refine_mode = refine_mode or config.eval.get("refine", "none")
   if data_dir:
     config.data.data_dir = data_dir
   datasets = list(datasets or config.eval.get("datasets", registry.EVAL_DATASETS))
@@ -162,11 +231,15 @@ def evaluate_checkpoint(path, *, which: str = "latest", datasets: Sequence[str] 
     raise cli.UserError(f"the training set {config.data.train!r} has no partitions to predict with")
   out_dir = (checkpoints.as_path(output_dir) if output_dir
              else checkpoints.workdir_of(path) / "predictions")  # local or gs://
+  refiner = refine.load_refiner(path, ckpt, partitions, refine_mode=refine_mode, gallery_dir=gallery_dir,
+                               mesh=mesh)
+  train_latlon = _training_latlon(train_info, refiner)
   rows, missing, results = [], [], []
   for name in (d.strip() for d in datasets):
     try:
       preds, tables = evaluate_dataset(config, model, params, name, mesh=mesh, train_info=train_info,
-                                       partitions=partitions, tta=tta, batch_size=batch_size, knn=knn)
+                                       partitions=partitions, tta=tta, batch_size=batch_size, knn=knn,
+                                       refiner=refiner, train_latlon=train_latlon)
     except registry.DatasetMissingError as e:
       missing.append(name)
       print(f"{PROG}: {e}", file=sys.stderr)
@@ -174,17 +247,27 @@ def evaluate_checkpoint(path, *, which: str = "latest", datasets: Sequence[str] 
     csv_path = out_dir / f"{name}.csv"
     if jax.process_index() == 0:
       out_dir.mkdir(parents=True, exist_ok=True)
-      write_predictions(csv_path, dataset_info(config, name, train_info), preds)
+      write_predictions(csv_path, dataset_info(config, name, train_info), preds,
+                        gallery=refiner.gallery if refiner else None)
       if maps_dir:
         draw_dataset_maps(maps_dir, name, preds, partitions)
-    record = {"dataset": name, "method": preds.method, **tables[preds.method],
-              "chance_acc_750km": tables["chance"]["acc_750km"], "predictions_csv": str(csv_path)}
-    if "knn" in tables:
-      record["knn_acc_750km"] = tables["knn"]["acc_750km"]
-    record["per_partition"] = {m: tables[m] for m in schema.PARTITION_NAMES if m in tables}
-    results.append(record)
-    rows += table_rows(name, tables) + [("", None)]
-  return Evaluation(rows[:-1], results, missing, tta)
+    leaks = leakage.report(preds, unseen_km, dup_sim)
+    results.append(json_record(name, preds, tables, leaks, csv_path))
+    rows += table_rows(name, tables, leaks) + [("", None)]
+  return Evaluation(rows[:-1], results, missing, tta, refine_mode)
+
+
+def _training_latlon(train_info: registry.DatasetInfo, refiner: refine.Refiner | None) -> np.ndarray | None:
+  """Every training location: the gallery's when it holds the training split, else read from the records
+  (None, with a note, when they are not there)."""
+  if refiner is not None and refiner.gallery.meta.get("split") == "train" and \
+      refiner.gallery.meta.get("dataset") == train_info.name:
+    return refiner.gallery.latlon
+  try:
+    return leakage.training_locations(train_info)
+  except (registry.DatasetMissingError, FileNotFoundError) as e:
+    print(f"{PROG}: no unseen-place subset ({e})", file=sys.stderr)
+    return None
 
 
 def print_evaluation(path, evaluation: Evaluation, as_json: bool = False) -> None:
@@ -194,7 +277,7 @@ def print_evaluation(path, evaluation: Evaluation, as_json: bool = False) -> Non
     for r in evaluation.results:
       print(json.dumps(r, default=float))
   elif evaluation.rows:
-    print(f"{path}  (tta={evaluation.tta})")
+    print(f"{path}  (tta={evaluation.tta}, refine={evaluation.refine})")
     print(metrics.format_table(evaluation.rows))
 
 
@@ -203,7 +286,9 @@ def _evaluate_main(argv: Sequence[str]) -> int:
   path = args.workdir or args.checkpoint
   datasets = args.datasets.split(",") if args.datasets else None
   evaluation = evaluate_checkpoint(path, which=args.which, datasets=datasets, data_dir=args.data_dir, tta=args.tta,
-                                   batch_size=args.batch_size, output_dir=args.output_dir, knn=not args.no_knn, maps_dir=args.maps)
+                                   batch_size=args.batch_size, output_dir=args.output_dir, knn=not args.no_knn,
+                                   maps_dir=args.maps, refine_mode=args.refine, gallery_dir=args.gallery,
+                                   unseen_km=args.unseen_km, dup_sim=args.dup_sim)
   print_evaluation(path, evaluation, as_json=args.json)
   return 2 if evaluation.missing else 0
 

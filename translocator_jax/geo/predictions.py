@@ -33,6 +33,7 @@ class Predictions:
   index: np.ndarray | None = None          # int64 [N] positions in the source dataset
   fine_class: np.ndarray | None = None     # int32 [N] the predicted cell of the finest partition
   bad_rows: list[tuple[int, str]] = dataclasses.field(default_factory=list)  # (line, reason) of skipped rows
+  extras: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # other per-image values -> [N]
 
   def methods(self) -> dict[str, np.ndarray]:
     """Every method's coordinates, the main one first."""

@@ -11,6 +11,7 @@ is tried.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -235,6 +236,20 @@ def restore_for_inference(path: str | pathlib.Path, which: str = "latest"
   `which`: 'latest' or 'best' (the best on validation, when the run recorded one). Falls back to older
   checkpoints when the newest one is unreadable.
   """
+  restored = load_for_inference(path, which)
+  return restored.config, restored.params
+
+
+@dataclasses.dataclass
+class InferenceCheckpoint:
+  """What restore_for_inference restores, with the step it came from."""
+  config: ml_collections.ConfigDict
+  params: Any
+  step: int
+
+
+def load_for_inference(path: str | pathlib.Path, which: str = "latest") -> InferenceCheckpoint:
+  """restore_for_inference, also naming the step (galleries record which checkpoint embedded them)."""
   path = as_path(path)
   ckpt_dir, step = _find_checkpoint(path)
   options = ocp.CheckpointManagerOptions(read_only=True, create=False)
@@ -260,8 +275,7 @@ def restore_for_inference(path: str | pathlib.Path, which: str = "latest"
         restored = manager.restore(s, args=ocp.args.Composite(
             state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True),
             config=ocp.args.JsonRestore()))
-        params = restored["state"]["params"]
-        return ml_collections.ConfigDict(restored["config"]), params
+        return InferenceCheckpoint(ml_collections.ConfigDict(restored["config"]), restored["state"]["params"], s)
       except Exception as e:  # pylint: disable=broad-except
         errors.append(f"step {s}: {type(e).__name__}: {e}")
         log.warning("checkpoint %s/%s could not be restored: %s", ckpt_dir, s, e)

@@ -31,9 +31,9 @@ def train_iterator(config: ml_collections.ConfigDict, info: registry.DatasetInfo
 
 
 def eval_batches(config: ml_collections.ConfigDict, info: registry.DatasetInfo, split: str, batch_size: int,
-                 tta: str = "center") -> tuple[Any, int]:
+                 tta: str = "center", image_ids: bool = False) -> tuple[Any, int]:
   """(padded batch iterable for this process, number of examples in the split); crops of
-  config.eval.crop_fraction, as Predictor takes them."""
+  config.eval.crop_fraction, as Predictor takes them; image_ids adds each record's id to the batches."""
   if info.name == "synthetic":
     syn = config.data.get("synthetic", {})
     ex = synthetic.make_synthetic_examples(config, int(syn.get("num_examples", 32)), int(syn.get("seed", 0)))
@@ -43,7 +43,7 @@ def eval_batches(config: ml_collections.ConfigDict, info: registry.DatasetInfo, 
       source, batch_size=batch_size // jax.process_count(), image_size=int(config.model.image_size),
       seg_input=config.model.get("seg_input", "palette"), palette=info.palette, tta=tta,
       crop_fraction=eval_crop_fraction(config), shard_index=jax.process_index(),
-      shard_count=jax.process_count(), finish="device")
+      shard_count=jax.process_count(), finish="device", image_ids=image_ids)
   return loader, len(source)
 
 

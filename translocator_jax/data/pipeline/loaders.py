@@ -385,12 +385,14 @@ class EvalTransform(grain.transforms.Map):
   finish_on_host=False leaves the crops uint8 (photo and class map) for DeviceFinish in the evaluation step.
   """
 
-  def __init__(self, image_size: int, fields: _Fields, tta: str, crop_fraction: float, finish_on_host: bool = True):
+  def __init__(self, image_size: int, fields: _Fields, tta: str, crop_fraction: float, finish_on_host: bool = True,
+               image_ids: bool = False):
     self.image_size = image_size
     self.fields = fields
     self.tta = tta
     self.crop_fraction = crop_fraction
     self.finish_on_host = finish_on_host
+    self.image_ids = image_ids
 
   def map(self, element: tuple[bool, dict[str, Any]]) -> dict[str, np.ndarray]:
     real, ex = element
@@ -399,6 +401,9 @@ class EvalTransform(grain.transforms.Map):
       image, seg = augment.normalize(image), self.fields.seg(seg)
     out = {"image": image, "seg": seg}
     out.update(self.fields.labels(ex))
+    if self.image_ids:
+      value = ex.get(schema.IMAGE_ID, "") if real else ""
+      out["image_id"] = np.str_(value.decode() if isinstance(value, bytes) else value)
     if not real:
       out["mask"] = np.bool_(False)
       out["index"] = np.int64(-1)
@@ -421,7 +426,11 @@ class EvalLoader:
     return self.num_batches
 
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-    ds = self._dataset.to_iter_dataset(grain.ReadOptions(num_threads=self._num_threads))
+    return self.iter_from(0)
+
+  def iter_from(self, start_batch: int) -> Iterator[dict[str, np.ndarray]]:
+    """The batches from `start_batch` on (a resumed gallery build skips the parts it has)."""
+    ds = self._dataset[int(start_batch):].to_iter_dataset(grain.ReadOptions(num_threads=self._num_threads))
     if self._worker_count > 0:
       _absl_flags_ready()
       ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self._worker_count))
@@ -439,7 +448,7 @@ def eval_loader(source: Any, *, batch_size: int, image_size: int, seg_input: str
                 palette: np.ndarray | None = None, tta: str = "center", shard_index: int | None = None,
                 shard_count: int | None = None, scene_key: str = schema.SCENE_S3,
                 crop_fraction: float = EVAL_CROP_FRACTION, worker_count: int = 0, num_threads: int = 4,
-                finish: str = "host") -> EvalLoader:
+                finish: str = "host", image_ids: bool = False) -> EvalLoader:
   """Padded batches of this process's shard: every record once over all shards, mask False on padding.
 
   Args:
@@ -448,6 +457,7 @@ def eval_loader(source: Any, *, batch_size: int, image_size: int, seg_input: str
       S: the usual 0.875; 1.0 keeps the whole centred square).
     finish: 'host' (float32 model inputs, the batch contract) or 'device' (uint8 photo and class map, for
       data.device_finish.DeviceFinish in the evaluation step; what the evaluator and validation use).
+    image_ids: add each record's image_id (text, '' on padding) to the batches (galleries name their images).
     Others as in train_loader; batch_size is per process.
   """
   _check_seg_input(seg_input, palette)
@@ -465,7 +475,8 @@ def eval_loader(source: Any, *, batch_size: int, image_size: int, seg_input: str
   padded = _PaddedShard(source, positions, num_batches * batch_size)
   fields = _Fields(seg_input, None if palette is None else np.asarray(palette, np.uint8), scene_key)
   ds = (grain.MapDataset.source(padded)
-        .map(EvalTransform(int(image_size), fields, tta, float(crop_fraction), finish_on_host=finish == "host"))
+        .map(EvalTransform(int(image_size), fields, tta, float(crop_fraction), finish_on_host=finish == "host",
+                           image_ids=image_ids))
         .batch(int(batch_size), drop_remainder=False))
   return EvalLoader(ds, num_batches, n, len(positions), int(worker_count), int(num_threads))
 

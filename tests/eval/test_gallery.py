@@ -1,0 +1,132 @@
+"""translocator-gallery and refined, leakage-aware evaluation on the session's tiny Earth-demo run."""
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from translocator_jax.data import registry
+from translocator_jax.data.records import schema, sources
+from translocator_jax.eval import gallery as gallery_lib, gallery_main, leakage, main as eval_main
+from translocator_jax.geo import metrics, nearest
+from translocator_jax.geo.metrics import ACC_KEYS
+from translocator_jax.runtime import checkpoints
+
+
+@pytest.fixture(scope="module")
+def built(earth_tiny_run, tmp_path_factory):
+  workdir, data_dir = earth_tiny_run
+  root = tmp_path_factory.mktemp("gallery") / "g"
+  gallery_main.main(["--workdir", str(workdir), "--data-dir", str(data_dir), "--out", str(root),
+                     "--batch-size", "64", "--part-batches", "1", "--projection-steps", "50"])
+  return workdir, data_dir, root
+
+
+def test_gallery_holds_every_training_patch_of_this_checkpoint(built):
+  workdir, data_dir, root = built
+  g = gallery_lib.load(root)
+  ckpt = checkpoints.load_for_inference(workdir)
+  assert g.meta["step"] == ckpt.step
+  assert g.meta["params_fingerprint"] == checkpoints.params_fingerprint(ckpt.params)
+  config = ckpt.config
+  config.data.data_dir = str(data_dir)
+  train = leakage.training_locations(registry.dataset_info(config, "earth_patches"))
+  assert len(g) == len(train) == g.meta["rows"]
+  np.testing.assert_array_equal(g.index, np.arange(len(train)))
+  np.testing.assert_array_equal(g.latlon, train)
+  np.testing.assert_allclose(np.linalg.norm(g.embeddings.astype(np.float32), axis=1), 1.0, atol=2e-3)
+  assert g.image_ids[0] == "train/000000" and len(set(g.image_ids)) == len(g)
+  records = sources.open_source(registry.dataset_info(config, "earth_patches").tfds_dir, "train", decode=False)
+  np.testing.assert_array_equal(g.fine_cell, [records[i][schema.CELLS][-1] for i in range(len(records))])
+  assert len(g.meta["parts"]) == 4   # 240 patches, batches of 64, a part per batch
+  assert set(g.meta["refine"]) >= {"top_cells", "temperature", "neighbours", "radius_km", "features", "tuned_on"}
+  assert g.meta["refine"]["tuned_on"] == "validation"
+  saved = json.loads((root / "config.json").read_text())
+  assert saved["eval"]["refine"] == "gallery" and saved["eval"]["gallery"]["top_cells"] == g.meta["refine"]["top_cells"]
+
+
+def test_an_interrupted_build_resumes_to_the_same_rows(built, tmp_path):
+  workdir, data_dir, root = built
+  before = gallery_lib.load(root)
+  copy = tmp_path / "g"
+  shutil.copytree(root, copy)
+  (copy / "meta.json").unlink()
+  part = sorted((copy / "parts").glob("p*/part-000002.npz"))[0]
+  part.unlink()                                      # as if killed while embedding the third batch
+  gallery_lib.build(workdir, data_dir=str(data_dir), out_dir=copy, batch_size=64, part_batches=1, progress=False)
+  after = gallery_lib.load(copy)
+  np.testing.assert_array_equal(after.embeddings, before.embeddings)
+  np.testing.assert_array_equal(after.image_ids, before.image_ids)
+  assert part.exists()
+
+
+def test_a_gallery_of_another_checkpoint_is_refused(built, capsys):
+  workdir, data_dir, root = built
+  older = sorted((workdir / "checkpoints").iterdir(), key=lambda p: int(p.name))[0]
+  with pytest.raises(gallery_lib.GalleryMismatchError, match="params_fingerprint|step"):
+    eval_main.evaluate_checkpoint(older, datasets=["earth_patches"], data_dir=str(data_dir), refine_mode="gallery",
+                                  gallery_dir=root, knn=False)
+  # The command line says so in one line and exits 2.
+  code = eval_main.main(["--checkpoint", str(older), "--data-dir", str(data_dir), "--refine", "gallery",
+                         "--gallery", str(root), "--no-knn", "--datasets", "earth_patches"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == 2 and "Traceback" not in "\n".join(err)
+  assert "rebuild it with translocator-gallery" in err[-1]
+  # Building into that gallery with the older checkpoint is refused too.
+  with pytest.raises(gallery_lib.GalleryMismatchError):
+    gallery_lib.build(older, data_dir=str(data_dir), out_dir=root, batch_size=64, progress=False)
+
+
+def test_eval_json_has_refined_unseen_and_duplicate_keys(built, tmp_path, capsys):
+  workdir, data_dir, root = built
+  out = tmp_path / "preds"
+  code = eval_main.main(["--workdir", str(workdir), "--data-dir", str(data_dir), "--refine", "gallery",
+                         "--gallery", str(root), "--no-knn", "--datasets", "earth_patches", "--json",
+                         "--output-dir", str(out), "--unseen-km", "25", "--dup-sim", "0.95"])
+  assert code == 0
+  record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  for key in ["dataset", "method", "n", "median_km", "geoscore", "chance_acc_750km", "predictions_csv",
+              "per_partition", "unseen_n", "near_duplicates", "refined_median_km", *ACC_KEYS,
+              *[f"refined_{k}" for k in ACC_KEYS], *[f"unseen_{k}" for k in ACC_KEYS],
+              *[f"unseen_refined_{k}" for k in ACC_KEYS]]:
+    assert key in record, key
+  # Each figure is the per-image CSV's own.
+  rows = list(csv.DictReader(open(out / "earth_patches.csv")))
+  true = np.array([[float(r["gt_lat"]), float(r["gt_lon"])] for r in rows], np.float32)
+  refined = np.array([[float(r["pred_lat_refined"]), float(r["pred_lon_refined"])] for r in rows], np.float32)
+  table = metrics.accuracy_table(refined, true)
+  for k in ACC_KEYS:
+    assert record[f"refined_{k}"] == pytest.approx(table[k])
+  near_km = np.array([float(r["nearest_train_km"]) for r in rows])
+  g = gallery_lib.load(root)
+  np.testing.assert_allclose(near_km, nearest.nearest_km(true, g.latlon)[0], atol=1e-3)
+  unseen = near_km > 25
+  assert record["unseen_n"] == int(unseen.sum()) > 0
+  fstar = np.array([[float(r["pred_lat"]), float(r["pred_lon"])] for r in rows], np.float32)
+  assert record["unseen_acc_750km"] == pytest.approx(metrics.accuracy_table(fstar[unseen], true[unseen])["acc_750km"])
+  sims = np.array([float(r["max_gallery_similarity"]) for r in rows])
+  assert record["near_duplicates"] == int((sims > 0.95).sum())
+  assert all(r["matched_image_id"].startswith("train/") for r in rows)
+
+
+def test_predictor_refines_as_evaluation_does(built, tmp_path):
+  from translocator_jax import predict
+  workdir, data_dir, root = built
+  result = eval_main.evaluate_checkpoint(workdir, datasets=["earth_patches"], data_dir=str(data_dir),
+                                         refine_mode="gallery", gallery_dir=root, knn=False, output_dir=tmp_path)
+  assert result.refine == "gallery"
+  rows = list(csv.DictReader(open(tmp_path / "earth_patches.csv")))[:5]
+  predictor = predict.Predictor.from_checkpoint(workdir, data_dir=str(data_dir), refine="gallery", gallery_dir=root)
+  test = sources.open_source(registry.dataset_info(predictor.config, "earth_patches").tfds_dir, "test")
+  examples = [test[i] for i in range(5)]
+  preds = predictor.predict([e[schema.IMAGE] for e in examples], [e[schema.SEGMENTATION] for e in examples],
+                            batch_size=4)
+  for p, row in zip(preds, rows):
+    assert p.refined is not None and p.refined.matched_image_id == row["matched_image_id"]
+    np.testing.assert_allclose(p.refined.latlon, [float(row["pred_lat_refined"]), float(row["pred_lon_refined"])],
+                               atol=1e-4)
+    assert "refined:" in predict.format_prediction(p) and p.to_json()["refined"]["matched_image_id"]
+  # Without refinement the Predictor answers as before, with no refined field.
+  plain = predict.Predictor.from_checkpoint(workdir, data_dir=str(data_dir), refine="none")
+  assert plain.predict([examples[0][schema.IMAGE]], [examples[0][schema.SEGMENTATION]])[0].refined is None
