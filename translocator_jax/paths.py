@@ -23,3 +23,12 @@ def tfds_data_dir(data_dir: str | os.PathLike | None = None) -> pathlib.Path:
   """Where datasets live: `data_dir` (config.data.data_dir) if given, else $TFDS_DATA_DIR, else
   ~/tensorflow_datasets."""
   return pathlib.Path(data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets").expanduser()
+
+
+def cache_dir() -> pathlib.Path:
+  """Where derived tables are cached between processes: $TRANSLOCATOR_CACHE, else $XDG_CACHE_HOME/translocator_jax,
+  else ~/.cache/translocator_jax (created on first use by whoever writes there)."""
+  env = os.environ.get("TRANSLOCATOR_CACHE")
+  if env:
+    return pathlib.Path(env).expanduser()
+  return pathlib.Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "translocator_jax"

@@ -217,6 +217,22 @@ def test_killed_build_resumes_to_the_records_of_an_uninterrupted_build(mp16_inpu
   assert not list((out / "_staging").glob("*.tmp*"))
 
 
+def test_the_same_inputs_give_byte_identical_shards_in_another_process(mp16_inputs, folder_build, tmp_path):
+  # tf.Example features are serialized in sorted order: protobuf's own map order changes between processes.
+  root, _, _ = mp16_inputs
+  folder_out, _ = folder_build
+  out = tmp_path / "again"
+  args = ["--csv", str(root / "mp16_places365.csv"), "--images", str(root / "rgb"), "--segmentations",
+          str(root / "seg"), "--output", str(out), "--piece-size", "4", "--no-progress"]
+  env = {**os.environ, "PYTHONHASHSEED": "12345"}
+  subprocess.run([sys.executable, "-m", "data_prep.build_mp16"] + args, cwd=REPO, env=env, check=True,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  shards = sorted(p.name for p in folder_out.glob("mp16-train.array_record-*"))
+  assert shards and shards == sorted(p.name for p in out.glob("mp16-train.array_record-*"))
+  for name in shards:
+    assert (folder_out / name).read_bytes() == (out / name).read_bytes(), name
+
+
 def _benchmark_inputs(root, shared_data, n=4):
   rows = (shared_data / "benchmarks" / "im2gps_places365.csv").read_text().splitlines()
   header, body = rows[0], rows[1:n + 1]

@@ -107,6 +107,21 @@ def _features():
   return _WORKER_CACHE["features"]
 
 
+def _serializer():
+  """The TFDS example serializer of the schema (what FeaturesDict.serialize_example uses)."""
+  if "serializer" not in _WORKER_CACHE:
+    from tensorflow_datasets.core import example_serializer  # pylint: disable=g-import-not-at-top
+    _WORKER_CACHE["serializer"] = example_serializer.ExampleSerializer(_features().get_serialized_info())
+  return _WORKER_CACHE["serializer"]
+
+
+def serialize(example: dict) -> bytes:
+  """The tf.Example bytes of a schema example, with its features in sorted order: the same inputs give the same
+  shard bytes in every run (protobuf's default map order changes from process to process)."""
+  encoded = _features().encode_example(example)
+  return _serializer().get_tf_example(encoded).SerializeToString(deterministic=True)
+
+
 def _partitions(paths: Sequence[str]):
   key = ("partitions", tuple(paths))
   if key not in _WORKER_CACHE:
@@ -199,10 +214,9 @@ def _write_piece(args) -> dict:
     cells = assign_cells(latlon, options.partition_paths)
     for ex, c in zip(examples, cells):
       ex[schema.CELLS] = c
-  features = _features()
   writer = array_record_module.ArrayRecordWriter(str(tmp), "group_size:1")
   for ex in examples:
-    writer.write(features.serialize_example(ex))
+    writer.write(serialize(ex))
   writer.close()
   report = {"index": index, "written": len(examples), "skipped": skipped,
             "num_bytes": tmp.stat().st_size}
