@@ -18,6 +18,8 @@ from PIL import Image
 import dataset_fixtures as fx
 from translocator_jax.data.build import builders
 from translocator_jax.data.build import cli
+from translocator_jax.data.build import images
+from translocator_jax.data.build import writer
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -391,3 +393,48 @@ def test_partitions_from_a_built_dataset_read_its_coordinates(folder_build, tmp_
   part = cells.load_partition_csv(tmp_path / "p" / "cells_0_1000.csv")
   assert int(part.counts.sum()) == len(latlon)
   assert (np.asarray(part.assign(latlon.astype(np.float32))) >= 0).all()
+
+
+def _yfcc26k_float32_casualties(shared_data):
+  """(CSV rows, the authors' mapping): all 25,600 rows, and the mapping image id -> [coarse, middle, fine]."""
+  rows, refused = builders.read_table(shared_data / "benchmarks" / "yfcc25600_places365.csv",
+                                      {"id": "IMG_ID", "lat": "LAT", "lon": "LON"})
+  assert not refused and len(rows) == 25600
+  mapping = json.loads((shared_data / "benchmarks" / "yfcc25600_mapping_h3.json").read_text())
+  return rows, mapping
+
+
+def test_every_yfcc26k_row_gets_the_authors_cells(shared_data):
+  rows, mapping = _yfcc26k_float32_casualties(shared_data)
+  # What plan_items and the writer do: coordinates checked as read (float64), then cells assigned from them.
+  latlon = np.stack([images.check_latlon(r["lat"], r["lon"]) for r in rows])
+  assert latlon.dtype == np.float64
+  got = writer.assign_cells(latlon, builders.default_partition_paths())
+  want = np.array([mapping[r["id"]] for r in rows])
+  np.testing.assert_array_equal(got, want)
+  # float32 coordinates would move some across S2 cell edges: the case the issue names is one of them.
+  rounded = writer.assign_cells(latlon.astype(np.float32), builders.default_partition_paths())
+  moved = [r["id"] for r, a, b in zip(rows, rounded, want) if (a != b).any()]
+  assert "d4/e2/2366789475.jpg" in moved
+
+
+def test_a_yfcc26k_build_writes_the_authors_cells(shared_data, tmp_path):
+  rows, mapping = _yfcc26k_float32_casualties(shared_data)
+  latlon = np.array([[float(r["lat"]), float(r["lon"])] for r in rows])
+  rounded = writer.assign_cells(latlon.astype(np.float32), builders.default_partition_paths())
+  want = np.array([mapping[r["id"]] for r in rows])
+  pick = [i for i in range(len(rows)) if (rounded[i] != want[i]).any()] + [0, 1, 2]  # float32's casualties too
+  lines = (shared_data / "benchmarks" / "yfcc25600_places365.csv").read_text().splitlines()
+  (tmp_path / "yfcc.csv").write_text("\n".join([lines[0]] + [lines[1 + i] for i in pick]) + "\n")
+  ids = [rows[i]["id"] for i in pick]
+  fx.write_folder(tmp_path / "rgb", {i: fx.jpeg(fx.photo(24, 32, k)) for k, i in enumerate(ids)})
+  fx.write_folder(tmp_path / "seg", {i[:-4] + ".png": fx.colourise(fx.class_map(24, 32, k)) for k, i in enumerate(ids)})
+  report = builders.build_benchmark(name="yfcc26k", csv_path=tmp_path / "yfcc.csv", images=tmp_path / "rgb",
+                                    segmentations=tmp_path / "seg", output_dir=tmp_path / "out", progress=False,
+                                    partition_paths=builders.default_partition_paths())
+  assert report["written"] == len(pick)
+  records = {(r["image_id"].decode() if isinstance(r["image_id"], bytes) else r["image_id"]): r
+             for r in _read_records(tmp_path / "out", "test")}
+  for i in pick:
+    np.testing.assert_array_equal(records[rows[i]["id"]]["cells"], mapping[rows[i]["id"]], err_msg=rows[i]["id"])
+    assert records[rows[i]["id"]]["latlon"].dtype == np.float32

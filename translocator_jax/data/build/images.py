@@ -264,7 +264,8 @@ def _dms(value) -> float:
 
 
 def check_latlon(lat, lon, where: str = "") -> np.ndarray:
-  """float32 [2] (lat, lon) or BadInput for NaN / non-numeric / out-of-range values."""
+  """float64 [2] (lat, lon) as read, or BadInput for NaN / non-numeric / out-of-range values. Cells are assigned
+  from these float64 values: float32 rounding moves points across S2 cell edges (records store float32)."""
   prefix = f"{where}: " if where else ""
   try:
     lat_f, lon_f = float(lat), float(lon)
@@ -274,4 +275,4 @@ def check_latlon(lat, lon, where: str = "") -> np.ndarray:
     raise BadInput(f"{prefix}coordinates are not finite: lat={lat_f}, lon={lon_f}")
   if not (-90.0 <= lat_f <= 90.0 and -180.0 <= lon_f <= 180.0):
     raise BadInput(f"{prefix}coordinates out of range: lat={lat_f}, lon={lon_f}")
-  return np.array([lat_f, lon_f], np.float32)
+  return np.array([lat_f, lon_f], np.float64)

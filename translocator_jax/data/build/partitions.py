@@ -33,7 +33,7 @@ def read_csv_latlon(path: pathlib.Path, lat_column: str = "LAT", lon_column: str
       raise ValueError(f"{path}: needs columns {lat_column!r} and {lon_column!r}, has {reader.fieldnames}")
     for line, row in enumerate(tqdm.tqdm(reader, desc="coordinates", disable=not progress), start=2):
       try:
-        latlon.append(images.check_latlon(row[lat_column], row[lon_column]).astype(np.float64))
+        latlon.append(images.check_latlon(row[lat_column], row[lon_column]))
       except images.BadInput as e:
         skipped.append({"source": f"{path}:line {line}", "reason": str(e)})
   return np.asarray(latlon, np.float64).reshape(-1, 2), skipped

@@ -99,6 +99,7 @@ def _fingerprint(items: Sequence[Item], options: BuildOptions, stores: dict) -> 
 # Worker side: one piece.
 
 _WORKER_CACHE: dict[str, Any] = {}
+_LATLON64 = "_latlon_float64"  # an example's coordinates as read, until its cells are assigned
 
 
 def _features():
@@ -176,7 +177,8 @@ def _process_item(item: Item, rgb_store, seg_store, options: BuildOptions) -> di
   return {
       schema.IMAGE: jpeg,
       schema.SEGMENTATION: images_lib.encode_classes(classes, size),
-      schema.LATLON: latlon,
+      schema.LATLON: latlon.astype(np.float32),
+      _LATLON64: latlon,
       schema.SCENE_S3: int(item.scenes[0]),
       schema.SCENE_S16: int(item.scenes[1]),
       schema.SCENE_S365: int(item.scenes[2]),
@@ -210,7 +212,7 @@ def _write_piece(args) -> dict:
       skipped.append({"source": rgb_store.describe(item.rgb_name),
                       "reason": f"unexpected {type(e).__name__} while processing: {e}"})
   if examples:
-    latlon = np.stack([ex[schema.LATLON] for ex in examples])
+    latlon = np.stack([ex.pop(_LATLON64) for ex in examples])  # as read (float64): exact cells
     cells = assign_cells(latlon, options.partition_paths)
     for ex, c in zip(examples, cells):
       ex[schema.CELLS] = c
