@@ -34,9 +34,11 @@ EXTRAS = {
     # Weight conversion from HuggingFace checkpoints. torch==2.13.0 is the CPU wheel on these machines' disk;
     # a looser spec pulls a multi-GB CUDA build.
     "torch": ["torch==2.13.0", "transformers>=5,<6", "safetensors>=0.4,<1"],
+    # Opens the trainer's logs: .venv/bin/tensorboard --logdir WORKDIR/tensorboard
+    "tensorboard": ["tensorboard>=2.21,<2.22"],
 }
 EXTRAS["dev"] = sorted(set(
-    EXTRAS["data"] + EXTRAS["torch"]
+    EXTRAS["data"] + EXTRAS["torch"] + EXTRAS["tensorboard"]
     + ["pytest>=8,<10", "chex>=0.1.90,<0.2", "nbclient>=0.10,<1", "nbformat>=5.10,<6", "ipykernel>=6,<8"]
 ))
 

@@ -78,3 +78,37 @@ def test_a_stray_blank_line_between_rows_loses_no_rows_and_a_summary_block_is_ig
   preds = read_predictions_csv(path)
   assert preds.image_ids == ["a", "b", "c"] and preds.bad_rows == []
   np.testing.assert_array_equal(preds.pred_latlon, [[10, 20], [0, 1], [1, 1]])
+
+
+def test_a_file_saved_by_a_spreadsheet_reads_the_same(tmp_path, capsys):
+  # UTF-8 with a byte-order mark and CRLF line ends, as spreadsheet programs save CSV.
+  plain = tmp_path / "plain.csv"
+  write_predictions_csv(plain, ["a", "b", "c"], [[10, 20], [0, 0], [1, 1]], [[10, 20], [0, 1], [40, 1]])
+  saved = tmp_path / "saved.csv"
+  saved.write_bytes(b"\xef\xbb\xbf" + plain.read_text().replace("\n", "\r\n").encode())
+  assert evaluate.main(["predictions", str(plain), "--json"]) == 0
+  want = json.loads(capsys.readouterr().out)
+  assert evaluate.main(["predictions", str(saved), "--json"]) == 0
+  assert json.loads(capsys.readouterr().out) == want and want["n"] == 3
+  assert read_predictions_csv(saved).image_ids == ["a", "b", "c"]
+
+
+def test_a_file_with_a_header_and_no_rows_is_an_error_naming_it(tmp_path, capsys):
+  path = tmp_path / "empty_rows.csv"
+  path.write_text("img_id,gt_lat,gt_lon,pred_lat,pred_lon\n")
+  assert evaluate.main(["predictions", str(path)]) != 0
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "empty_rows.csv" in err[0] and "no data rows" in err[0]
+  (tmp_path / "nothing.csv").write_text("")
+  assert evaluate.main(["predictions", str(tmp_path / "nothing.csv")]) != 0
+  assert "empty file" in capsys.readouterr().err
+
+
+def test_partition_files_with_a_byte_order_mark_and_crlf_load(shared_data, tmp_path):
+  from translocator_jax.geo import load_partition_csv
+  src = shared_data / "partitions" / "cells_50_5000.csv"
+  copy = tmp_path / "cells.csv"
+  copy.write_bytes(b"\xef\xbb\xbf" + src.read_text().replace("\n", "\r\n").encode())
+  a, b = load_partition_csv(src), load_partition_csv(copy)
+  assert a.hex_ids == b.hex_ids and a.num_images == b.num_images
+  np.testing.assert_array_equal(a.latlon_mean, b.latlon_mean)

@@ -102,3 +102,15 @@ def test_eval_cli_json_and_predictions(reference_run, train_tools, tfds_dir, tmp
       assert im.format == "PNG" and min(im.size) >= 300, name
       assert np.asarray(im.convert("L"), np.float32).std() > 10, name  # a drawing, not a blank canvas
   assert not list((tmp_path / "maps").glob("im2gps*"))
+
+
+def test_tensorboard_reads_the_runs_logs(earth_tiny_run):
+  # The README's `.venv/bin/tensorboard --logdir WORKDIR/tensorboard` reads these files (tensorboard comes with
+  # the dev and tensorboard extras); its event reader sees the training curves.
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  workdir, _ = earth_tiny_run
+  events = event_accumulator.EventAccumulator(str(workdir / "tensorboard"))
+  events.Reload()
+  tags = events.Tags()["scalars"]
+  assert "train/loss" in tags and any(t.endswith("val_acc_750km") for t in tags), tags
+  assert len(events.Scalars("train/loss")) >= 2

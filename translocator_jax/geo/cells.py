@@ -173,7 +173,7 @@ def build_partition(latlon, tau_min: int, tau_max: int, min_level: int = 2,
 def load_partition_csv(path) -> Partition:
   """Read a GeoEstimation partition CSV (two metadata lines, header, rows ordered by class_label)."""
   path = pathlib.Path(path)
-  lines = path.read_text().splitlines()
+  lines = path.read_text(encoding="utf-8-sig").splitlines()
   num_images = 0
   header_at = None
   for i, line in enumerate(lines[:5]):

@@ -77,7 +77,8 @@ def _check_value(name: str, text: str) -> float:
 def read_predictions_csv(path, skip_bad: bool = False) -> Predictions:
   """Read either layout. Bad rows raise a ValueError naming each line, or with skip_bad are listed."""
   path = epath.Path(path)
-  rows = list(csv.reader(io.StringIO(path.read_text(), newline="")))
+  # utf-8-sig: a byte-order mark (as spreadsheet programs save) is not part of the first column's name.
+  rows = list(csv.reader(io.StringIO(path.read_bytes().decode("utf-8-sig"), newline="")))
   if not rows:
     raise ValueError(f"{path}: empty file")
   header = [h.strip() for h in rows[0]]
@@ -119,5 +120,7 @@ def read_predictions_csv(path, skip_bad: bool = False) -> Predictions:
     listing = "\n".join(f"  line {n}: {why}" for n, why in bad[:20])
     more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
     raise ValueError(f"{path}: {len(bad)} bad row(s):\n{listing}{more}")
+  if not latlon and not bad:
+    raise ValueError(f"{path}: no data rows after the header")
   a = np.asarray(latlon, np.float64).reshape(-1, 4)
   return Predictions(a[:, 0:2].astype(np.float32), a[:, 2:4].astype(np.float32), image_ids=ids, bad_rows=bad)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import difflib
 import importlib.util
 import pathlib
 
@@ -29,21 +30,89 @@ def parse_value(text: str):
     return text  # a bare string
 
 
+# Settings the code reads with a default (`config.train.get("fsdp_min_size", ...)`): an override may add them to a
+# config that does not spell them out. Any other key must already be in the config.
+OPTIONAL_KEYS = {
+    "model": {"attention", "depth", "dropout", "dtype", "fusion", "fusion_per_layer", "gelu_approximate",
+              "head_zeroinit", "ln_epsilon", "mlp_dim", "num_heads", "num_seg_classes", "patch_size", "remat",
+              "seg_embed_dim", "seg_input", "width"},
+    "data": {"data_dir", "partition_files", "partitions_dir", "shuffle_seed", "train_split", "val_split",
+             "worker_count"},
+    "train": {"async_checkpoints", "best_metric", "best_mode", "ckpt_every", "eval_every", "fsdp", "fsdp_min_size",
+              "keep_checkpoints", "log_every", "progress_bar", "tensorboard"},
+    "eval": {"batch_size", "crop_fraction", "datasets", "refine", "tta"},
+    "optim": {"b1", "b2", "clip_norm", "decay_regex", "end_lr_factor", "eps", "grad_accum_steps", "momentum",
+              "nesterov", "warmup_steps", "weight_decay"},
+}
+
+
+def dotted_keys(config, prefix: str = "") -> list[str]:
+  """Every leaf key of a config as 'section.key'."""
+  out = []
+  for k, v in config.items():
+    name = f"{prefix}{k}"
+    out += dotted_keys(v, name + ".") if isinstance(v, (dict, ml_collections.ConfigDict)) else [name]
+  return out
+
+
+def _unknown_key(config, key: str, item: str) -> KeyError:
+  leaves = dotted_keys(config)
+  known = sorted(set(leaves) | {k.rsplit(".", i)[0] for k in leaves for i in range(1, k.count(".") + 1)})
+  close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+  hint = (f"; did you mean {close[0]}?" if close
+          else f" (its sections: {', '.join(sorted(k for k in config.keys()))})")
+  return KeyError(f"--set {item!r}: the config has no key {key!r}{hint}")
+
+
 def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> ml_collections.ConfigDict:
-  """Applies 'train.total_steps=100'-style overrides (values parsed as Python literals)."""
+  """Applies 'train.total_steps=100'-style overrides (values parsed as Python literals).
+
+  A key the config does not have is refused naming the closest one (unless it is one of OPTIONAL_KEYS); a value
+  of another type than the config's is refused naming the key and both types (ints may become floats, and a key
+  whose value is None takes anything).
+  """
   for item in overrides or []:
     key, sep, value = item.partition("=")
-    if not sep:
-      raise ValueError(f"override {item!r}: expected key=value, e.g. train.total_steps=100")
+    if not sep or not key:
+      raise ValueError(f"--set {item!r}: expected key=value, e.g. train.total_steps=100")
     node = config
     parts = key.split(".")
-    for part in parts[:-1]:
-      if part not in node:
-        raise KeyError(f"override {item!r}: config has no section {part!r}")
+    for depth, part in enumerate(parts[:-1]):
+      if part not in node or not isinstance(node[part], (dict, ml_collections.ConfigDict)):
+        raise _unknown_key(config, ".".join(parts[:depth + 1]), item)
       node = node[part]
+    leaf = parts[-1]
+    new = parse_value(value)
+    if leaf not in node:
+      if not (len(parts) == 2 and leaf in OPTIONAL_KEYS.get(parts[0], ())):
+        raise _unknown_key(config, key, item)
+    else:
+      new = _checked(key, node[leaf], new)
     with config.unlocked() if hasattr(config, "unlocked") else _null():
-      node[parts[-1]] = parse_value(value)
+      try:
+        node[leaf] = new
+      except TypeError as e:  # ConfigDict's own type check
+        raise ValueError(f"--set {item!r}: {e}") from None
   return config
+
+
+def _checked(key: str, old, new):
+  """`new` if it may replace `old`, else ValueError naming the key and the types."""
+  if old is None or new is None or isinstance(old, (dict, ml_collections.ConfigDict)) and isinstance(new, dict):
+    return new
+  if isinstance(old, bool) or isinstance(new, bool):
+    ok = isinstance(old, bool) and isinstance(new, bool)
+  elif isinstance(old, float):
+    ok = isinstance(new, (int, float))
+    new = float(new) if ok else new
+  elif isinstance(old, (list, tuple)):
+    ok = isinstance(new, (list, tuple))
+  else:
+    ok = isinstance(new, type(old))
+  if not ok:
+    raise ValueError(f"--set {key}={new!r}: expected {type(old).__name__} (the config has {old!r}), "
+                     f"got {type(new).__name__}")
+  return new
 
 
 class _null:

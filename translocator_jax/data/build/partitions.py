@@ -27,7 +27,7 @@ def read_csv_latlon(path: pathlib.Path, lat_column: str = "LAT", lon_column: str
                     progress: bool = True) -> tuple[np.ndarray, list[dict]]:
   """(float64 [N, 2] good coordinates, skipped rows as {"source": "FILE:line L", "reason": ...})."""
   latlon, skipped = [], []
-  with path.open(newline="") as f:
+  with path.open(newline="", encoding="utf-8-sig") as f:
     reader = csv.DictReader(f)
     if not {lat_column, lon_column} <= set(reader.fieldnames or []):
       raise ValueError(f"{path}: needs columns {lat_column!r} and {lon_column!r}, has {reader.fieldnames}")
