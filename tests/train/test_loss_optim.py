@@ -159,3 +159,32 @@ def test_step_on_uint8_batches_equals_step_on_host_finished_batches():
   assert l_raw == l_host
   jax.tree.map(np.testing.assert_array_equal, p_raw, p_host)
   assert not np.array_equal(p_raw["head_fine"]["kernel"], jax.device_get(params)["head_fine"]["kernel"])
+
+
+def test_the_authors_schedule_gives_their_rates_per_group():
+  config = config_io.load_config("configs/translocator_b16_mp16.py:authors")
+  total, warmup = config.train.total_steps, config.optim.warmup_steps
+  assert warmup == 2 * (4_723_695 // config.data.batch_size)
+  rates = optim_lib.group_schedules(config.optim, total)
+  # Their adjust_learning_rate: 0.1 * step / warmup, then 0.1 * q + 0.0001 * (1 - q), q the cosine; x 0.2 / 0.0048.
+  for group, factor in (("weights", 0.2), ("biases", 0.0048)):
+    np.testing.assert_allclose(float(rates[group](0)), 0.0)
+    np.testing.assert_allclose(float(rates[group](warmup // 2)), factor * 0.05, rtol=1e-5)
+    np.testing.assert_allclose(float(rates[group](warmup)), factor * 0.1, rtol=1e-5)
+    np.testing.assert_allclose(float(rates[group](total)), factor * 1e-4, rtol=1e-3)
+    mid = warmup + (total - warmup) // 2
+    np.testing.assert_allclose(float(rates[group](mid)), factor * (0.1 * 0.5 + 1e-4 * 0.5), rtol=1e-4)
+  assert dict(config.loss.weights) == {"coarse": 0.5, "middle": 0.3, "fine": 0.2, "scene": 1.0}
+
+
+def test_two_groups_update_with_their_own_rates_and_decay():
+  optim = ml_collections.ConfigDict({"name": "sgd", "learning_rate": 0.1, "momentum": 0.9, "weight_decay": 1e-4,
+                                     "decay_regex": ".", "warmup_steps": 0, "end_lr_factor": 0.001,
+                                     "lr_multipliers": {"weights": 0.2, "biases": 0.0048}})
+  tx, _ = optim_lib.make_optimizer(optim, 100)
+  params = {"dense": {"kernel": jnp.full((2, 3), 2.0), "bias": jnp.full((3,), 4.0)}}
+  grads = {"dense": {"kernel": jnp.full((2, 3), 1.0), "bias": jnp.full((3,), 1.0)}}
+  updates, _ = tx.update(grads, tx.init(params), params)
+  # Step 0 after no warm-up: the base rate 0.1; torch SGD: -lr * (grad + wd * param), momentum buffer = that.
+  np.testing.assert_allclose(updates["dense"]["kernel"], -0.02 * (1.0 + 1e-4 * 2.0), rtol=1e-6)
+  np.testing.assert_allclose(updates["dense"]["bias"], -0.00048 * (1.0 + 1e-4 * 4.0), rtol=1e-6)

@@ -41,8 +41,8 @@ OPTIONAL_KEYS = {
     "train": {"async_checkpoints", "best_metric", "best_mode", "ckpt_every", "eval_every", "fsdp", "fsdp_min_size",
               "keep_checkpoints", "log_every", "progress_bar", "tensorboard"},
     "eval": {"batch_size", "crop_fraction", "datasets", "refine", "tta"},
-    "optim": {"b1", "b2", "clip_norm", "decay_regex", "end_lr_factor", "eps", "grad_accum_steps", "momentum",
-              "nesterov", "warmup_steps", "weight_decay"},
+    "optim": {"b1", "b2", "clip_norm", "decay_regex", "end_lr_factor", "eps", "grad_accum_steps", "lr_multipliers",
+              "momentum", "nesterov", "warmup_steps", "weight_decay"},
 }
 
 

@@ -44,26 +44,58 @@ def make_schedule(optim: ml_collections.ConfigDict, total_steps: int) -> optax.S
   )
 
 
-def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int
-                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """Builds the optimizer named by `optim.name` ('sgd' | 'adamw'); returns (tx, learning-rate schedule)."""
+GROUPS = ("weights", "biases")  # parameters with two or more axes, and 1-D ones (biases, norm scales)
+
+
+def param_groups(params: Any) -> Any:
+  """Pytree of 'weights' / 'biases' labels like `params` (the authors' two torch parameter groups)."""
+  return jax.tree.map(lambda p: "biases" if jax.numpy.ndim(p) == 1 else "weights", params)
+
+
+def group_schedules(optim: ml_collections.ConfigDict, total_steps: int) -> dict[str, optax.Schedule]:
+  """Each parameter group's learning rate: the schedule times optim.lr_multipliers[group] (1 without them)."""
   schedule = make_schedule(optim, total_steps)
+  multipliers = dict(optim.get("lr_multipliers", None) or {})
+  unknown = sorted(set(multipliers) - set(GROUPS))
+  if unknown:
+    raise ValueError(f"config.optim.lr_multipliers: unknown group(s) {unknown}; the groups are {list(GROUPS)}")
+  return {g: (lambda m: (lambda step: m * schedule(step)))(float(multipliers.get(g, 1.0))) for g in GROUPS}
+
+
+def _base_optimizer(optim: ml_collections.ConfigDict, learning_rate: optax.Schedule
+                    ) -> optax.GradientTransformation:
   regex = optim.get("decay_regex", DEFAULT_DECAY_REGEX)
   wd = float(optim.get("weight_decay", 0.0))
   mask = lambda params: decay_mask(params, regex)
+  name = optim.name.lower()
+  if name == "sgd":
+    parts = []
+    if wd:
+      # Coupled L2 decay (as torch SGD's weight_decay), on the parameters decay_regex names (kernels by default).
+      parts.append(optax.add_decayed_weights(wd, mask=mask))
+    parts.append(optax.sgd(learning_rate, momentum=float(optim.get("momentum", 0.9)) or None,
+                           nesterov=bool(optim.get("nesterov", False))))
+    return optax.chain(*parts)
+  if name == "adamw":
+    return optax.adamw(learning_rate, b1=float(optim.get("b1", 0.9)), b2=float(optim.get("b2", 0.999)),
+                       eps=float(optim.get("eps", 1e-8)), weight_decay=wd, mask=mask)
+  raise ValueError(f"config.optim.name: unknown optimizer {optim.name!r} (want 'sgd' or 'adamw')")
+
+
+def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """Builds the optimizer named by `optim.name` ('sgd' | 'adamw'); returns (tx, learning-rate schedule).
+
+  optim.lr_multipliers {'weights': a, 'biases': b} gives the two parameter groups their own rates (schedule x a,
+  schedule x b), as the authors' torch code does; the returned schedule is then the unscaled one.
+  """
+  schedule = make_schedule(optim, total_steps)
   parts = []
   if optim.get("clip_norm"):
     parts.append(optax.clip_by_global_norm(float(optim.clip_norm)))
-  name = optim.name.lower()
-  if name == "sgd":
-    if wd:
-      # Coupled L2 decay (as torch SGD's weight_decay), on kernels only.
-      parts.append(optax.add_decayed_weights(wd, mask=mask))
-    parts.append(optax.sgd(schedule, momentum=float(optim.get("momentum", 0.9)) or None,
-                           nesterov=bool(optim.get("nesterov", False))))
-  elif name == "adamw":
-    parts.append(optax.adamw(schedule, b1=float(optim.get("b1", 0.9)), b2=float(optim.get("b2", 0.999)),
-                             eps=float(optim.get("eps", 1e-8)), weight_decay=wd, mask=mask))
+  if optim.get("lr_multipliers", None):
+    rates = group_schedules(optim, total_steps)
+    parts.append(optax.multi_transform({g: _base_optimizer(optim, rates[g]) for g in GROUPS}, param_groups))
   else:
-    raise ValueError(f"config.optim.name: unknown optimizer {optim.name!r} (want 'sgd' or 'adamw')")
+    parts.append(_base_optimizer(optim, schedule))
   return optax.chain(*parts), schedule
