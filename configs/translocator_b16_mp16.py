@@ -63,7 +63,10 @@ def get_config(arg: str | None = None):
   c.data.batch_size = 8 if runlocal else 1024   # global batch
   c.data.worker_count = 0 if runlocal else 16
   c.data.shuffle_seed = 0
-  c.data.val_split = None             # MP-16 has no validation split
+  c.data.val_split = None             # MP-16 has no validation split...
+  # ...so the run validates on YFCC26k, as the paper does (any registered 'dataset[:split]'). Without a built
+  # yfcc26k: --set data.val=None (or build it: python -m data_prep.build_benchmark --name yfcc26k ...).
+  c.data.val = None if runlocal else "yfcc26k"
 
   c.loss = ml_collections.ConfigDict()
   c.loss.weights = ml_collections.ConfigDict({"coarse": 1.0, "middle": 1.0, "fine": 1.0, "scene": 1.0})
@@ -87,7 +90,7 @@ def get_config(arg: str | None = None):
   c.train.fsdp = False                # shard params + optimizer state over the data axis (L/16 on pods)
   c.train.fsdp_min_size = 2 ** 14     # arrays smaller than this stay replicated under FSDP
   c.train.async_checkpoints = True
-  c.train.eval_every = 0              # > 0 with data.val_split: validate and keep the best checkpoint
+  c.train.eval_every = 0 if runlocal else 4000  # > 0: validate (data.val / val_split), keep the best checkpoint
   c.train.best_metric = "val_acc_750km"
   c.train.best_mode = "max"
   c.train.tensorboard = True
