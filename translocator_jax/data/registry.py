@@ -116,3 +116,17 @@ def load_partitions(info: DatasetInfo) -> list[cells.Partition] | None:
   if not info.partition_paths:
     return None
   return [cells.load_partition_csv(p) for p in info.partition_paths]
+
+
+def validation_set(config: ml_collections.ConfigDict, info: DatasetInfo
+                   ) -> tuple[DatasetInfo, str] | None:
+  """(dataset, split) the run validates on: config.data.val ('name' or 'name:split', any registered dataset; a
+  benchmark's split defaults to its evaluation split), else config.data.val_split of the training set, else None."""
+  spec = config.data.get("val", None)
+  if spec:
+    name, _, split = str(spec).partition(":")
+    if name == info.name:
+      return info, split or config.data.get("val_split", None) or EVAL_SPLIT
+    return dataset_info(config, name), split or EVAL_SPLIT
+  split = config.data.get("val_split", None)
+  return (info, split) if split else None

@@ -7,9 +7,9 @@
    host, per-process parts on disk, resumable, refusing parts of another checkpoint).
 2. A light geo-aware projection of the embeddings is trained on the gallery (eval.projection), W/gallery/
    projection.npz.
-3. Refinement's settings (eval.refine.GRID, plain or projected features among them) are chosen on the training
-   dataset's validation split (config.data.val_split), never on test, and saved in W/gallery/meta.json and
-   W/gallery/config.json.
+3. Refinement's settings (eval.refine.GRID, plain or projected features among them) are chosen on the run's
+   validation set (config.data.val, else the training dataset's config.data.val_split), never on test, and
+   saved in W/gallery/meta.json and W/gallery/config.json.
 """
 from __future__ import annotations
 
@@ -50,15 +50,23 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   return p.parse_args(argv)
 
 
-def split_queries(path, split: str, *, which: str = "latest", data_dir: str | None = None,
+def split_queries(path, split: str | None = None, *, which: str = "latest", data_dir: str | None = None,
                   batch_size: int | None = None):
-  """(Predictions with extras p_coarse/p_middle/p_fine/embedding, config) of a split of the training dataset."""
+  """(Predictions with extras p_coarse/p_middle/p_fine/embedding, config, partitions, what was read) of a split
+  of the training dataset, or (split None) of the run's validation set (config.data.val, else data.val_split)."""
   ckpt = checkpoints.load_for_inference(path, which)
   config = ckpt.config
   if data_dir:
     config.data.data_dir = data_dir
-  info = registry.dataset_info(config, config.data.train)
-  partitions = registry.load_partitions(info)
+  train_info = registry.dataset_info(config, config.data.train, need_records=split is not None)
+  partitions = registry.load_partitions(train_info)
+  info = train_info
+  if split is None:
+    found = registry.validation_set(config, train_info)
+    if found is None:
+      raise cli.UserError(f"{path}: the run has no validation set (config.data.val or config.data.val_split), so "
+                          "refinement cannot be tuned (--no-tune)")
+    info, split = found
   mesh = sharding_lib.make_mesh()
   batch_size = int(batch_size or config.eval.get("batch_size", 256))
   batch_size = max(jax.device_count(), batch_size // jax.device_count() * jax.device_count())
@@ -68,17 +76,14 @@ def split_queries(path, split: str, *, which: str = "latest", data_dir: str | No
   preds = inference.predict_dataset(models.build_model(config.model), ckpt.params, batches, mesh=mesh,
                                     partitions=partitions, heads=config.model.heads, desc=f"queries {split}",
                                     total=len(batches), palette=info.palette, embedding_hook=hook)
-  return preds, config, partitions
+  where = split if info.name == train_info.name else f"{info.name}/{split}"
+  return preds, config, partitions, where
 
 
 def tune_on_validation(path, root, *, which: str = "latest", data_dir: str | None = None,
                        batch_size: int | None = None) -> tuple[refine.RefineSettings, dict]:
-  """Chooses refinement's settings on config.data.val_split and saves them with the gallery."""
-  ckpt_config = checkpoints.load_for_inference(path, which).config
-  split = ckpt_config.data.get("val_split")
-  if not split:
-    raise cli.UserError(f"{path}: config.data.val_split is not set, so refinement cannot be tuned (--no-tune)")
-  preds, config, partitions = split_queries(path, split, which=which, data_dir=data_dir, batch_size=batch_size)
+  """Chooses refinement's settings on the run's validation set and saves them with the gallery."""
+  preds, config, partitions, split = split_queries(path, which=which, data_dir=data_dir, batch_size=batch_size)
   gallery = gallery_lib.load(root)
   proj_path = projection.path_in(root)
   refiner = refine.Refiner(gallery, partitions,

@@ -37,25 +37,11 @@ def _log_line(step: int, total: int, m: dict[str, float], images_per_s: float, e
           f"{images_per_s:.1f} img/s ETA {eta}")
 
 
-def validation_set(config: ml_collections.ConfigDict, info: registry.DatasetInfo
-                   ) -> tuple[registry.DatasetInfo, str] | None:
-  """(dataset, split) the run validates on: config.data.val ('name' or 'name:split', any registered dataset; a
-  benchmark's split defaults to its evaluation split), else config.data.val_split of the training set, else None."""
-  spec = config.data.get("val", None)
-  if spec:
-    name, _, split = str(spec).partition(":")
-    if name == info.name:
-      return info, split or config.data.get("val_split", None) or registry.EVAL_SPLIT
-    return registry.dataset_info(config, name), split or registry.EVAL_SPLIT
-  split = config.data.get("val_split", None)
-  return (info, split) if split else None
-
-
 def build_validation(config: ml_collections.ConfigDict, info: registry.DatasetInfo, model, mesh, partitions):
   """A function params -> validation metrics dict (val_acc_750km, ...), or None when the run has none."""
   if not int(config.train.get("eval_every", 0) or 0):
     return None
-  found = validation_set(config, info)
+  found = registry.validation_set(config, info)
   if found is None:
     return None
   info, split = found
