@@ -34,10 +34,7 @@ PROG = "translocator-gallery"
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  src = p.add_mutually_exclusive_group(required=True)
-  src.add_argument("--workdir", help="a training workdir (its newest readable checkpoint, or --which best)")
-  src.add_argument("--checkpoint", help="one checkpoint step directory (WORKDIR/checkpoints/STEP)")
-  p.add_argument("--which", default="latest", choices=("latest", "best"))
+  cli.add_checkpoint_args(p)
   p.add_argument("--split", default="train", help="the split to embed (default: train)")
   p.add_argument("--out", default=None, help="gallery directory (default: WORKDIR/gallery)")
   p.add_argument("--data-dir", default=None, help="TFDS data dir (default: config.data.data_dir)")

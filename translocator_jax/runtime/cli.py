@@ -7,6 +7,7 @@ TRANSLOCATOR_TRACEBACK=1 lets the traceback through (for bug reports).
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -44,3 +45,11 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
       raise
     print(error_line(prog, e), file=sys.stderr)
     return USAGE_ERROR
+
+
+def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
+  """--workdir DIR | --checkpoint STEP_DIR, and --which latest|best: which checkpoint a command reads."""
+  src = parser.add_mutually_exclusive_group(required=True)
+  src.add_argument("--workdir", help="a training workdir (its newest readable checkpoint, or --which best)")
+  src.add_argument("--checkpoint", help="one checkpoint step directory (WORKDIR/checkpoints/STEP)")
+  parser.add_argument("--which", default="latest", choices=("latest", "best"))
