@@ -9,9 +9,10 @@ Run (TPU pod or one host; see README "Reproducing the paper"):
 experiment_codes/ViT_RGB_train.py) where this project can: loss 0.5 coarse + 0.3 middle + 0.2 fine + 1.0 scene;
 SGD, momentum 0.9, weight decay 1e-4 on every parameter; base rate 0.1, linear warm-up over 2 epochs of MP-16, then
 cosine to 0.001 of it, the weights' group at 0.2x and the 1-D parameters' (biases, norm scales) at 0.0048x;
-bfloat16 matmuls (their fp16 autocast); no gradient clipping. Not (yet) followed: their ten-crop training and
-evaluation with averaged logits and their rotation / 256x256 resize augmentation (our paired random-resized crops
-stay); their epoch count is a command-line argument, not in the code (20 epochs here are ours).
+bfloat16 matmuls (their fp16 autocast); no gradient clipping; their augmentation (rotation by 0-15 degrees,
+mirror, 256x256 resize, ten crops of 224 whose logits are averaged per image; the map resized and cut alike,
+without the random transforms) and ten-crop evaluation. Their epoch count is a command-line argument, not in
+the code (20 epochs here are ours).
 
 Every experiment config has the same sections (the fields consumers read):
   model     the network (translocator_jax.models reads it)
@@ -124,3 +125,5 @@ def authors_recipe(c, epochs: int = 20, warmup_epochs: int = 2):
   c.optim.end_lr_factor = 0.001
   c.optim.clip_norm = None
   c.train.total_steps = epochs * steps_per_epoch
+  c.data.augmentation = "authors_ten_crop"   # ten crops a photo: about ten times the compute of a step
+  c.eval.tta = "ten_crop"

@@ -25,7 +25,7 @@ import numpy as np
 
 from translocator_jax import models
 from translocator_jax.data import registry
-from translocator_jax.data.pipeline import inputs
+from translocator_jax.data.pipeline import augment, inputs
 from translocator_jax.data.records import schema, sources
 from translocator_jax.eval import baselines, inference, leakage, maps, refine
 from translocator_jax.eval.leakage import DUP_SIM, UNSEEN_KM
@@ -43,7 +43,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   p.add_argument("--datasets", default=None,
                  help=f"comma-separated, from {','.join(registry.EVAL_DATASETS)} (default: config.eval.datasets)")
   p.add_argument("--data-dir", default=None, help="TFDS data dir of the benchmarks (default: config.data.data_dir)")
-  p.add_argument("--tta", default=None, choices=("center", "five_crop"), help="default: config.eval.tta")
+  p.add_argument("--tta", default=None, choices=augment.TTA_MODES,
+                 help="centre crop, five crops, or ten (the five and their mirrors, as the authors); softmaxes "
+                      "averaged over the crops (default: config.eval.tta)")
   p.add_argument("--batch-size", type=int, default=None, help="global eval batch (default: config.eval.batch_size)")
   p.add_argument("--output-dir", default=None, help="per-image CSVs go here (default: WORKDIR/predictions)")
   p.add_argument("--no-knn", action="store_true", help="skip the raw-thumbnail kNN baseline on earth_patches")

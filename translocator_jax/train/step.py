@@ -64,6 +64,16 @@ def abstract_state(state_shardings: Any, template: Any) -> Any:
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), template, state_shardings)
 
 
+def crop_mean_logits(apply: Callable, image: jax.Array, seg: jax.Array) -> dict[str, jax.Array]:
+  """apply(image, seg) -> head -> logits; with a crop axis (image [B, K, S, S, 3], the authors' ten-crop
+  training) every crop goes through the model and each image's logits are the mean over its K crops."""
+  if image.ndim != 5:
+    return apply(image, seg)
+  b, k = image.shape[:2]
+  logits = apply(image.reshape((b * k,) + image.shape[2:]), seg.reshape((b * k,) + seg.shape[2:]))
+  return {h: l.reshape((b, k) + l.shape[1:]).mean(axis=1) for h, l in logits.items()}
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, config: ml_collections.ConfigDict, *,
                     schedule: optax.Schedule, mesh: Mesh, state_shardings: Any,
                     cell_latlon: Mapping[str, np.ndarray] | None = None,
@@ -86,7 +96,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, config: 
 
   def loss_fn(params, micro, n_valid, rng):
     image, seg = finish(micro["image"], micro["seg"])
-    logits = model.apply({"params": params}, image, seg, train=True, rngs={"dropout": rng})
+    apply = lambda i, s: model.apply({"params": params}, i, s, train=True, rngs={"dropout": rng})
+    logits = crop_mean_logits(apply, image, seg)
     return loss_lib.multitask_loss(logits, micro, config.loss, cell_latlon=cells, n_valid=n_valid)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)

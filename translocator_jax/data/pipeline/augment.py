@@ -135,17 +135,47 @@ def resample(image: np.ndarray, seg: np.ndarray | None, box: Box, size: int,
   return out_image, out_seg
 
 
+TTA_MODES = ("center", "five_crop", "ten_crop")
+
+
+def ten_crops(image: np.ndarray, seg: np.ndarray, size: int, crop_fraction: float = 0.875
+              ) -> tuple[np.ndarray, np.ndarray]:
+  """torchvision's TenCrop: the five crops, then the same five mirrored left-right; [10, S, S, 3], [10, S, S]."""
+  h, w = image.shape[:2]
+  crops = [resample(image, seg, b, size) for b in five_crop_boxes(h, w, crop_fraction)]
+  crops += [(i[:, ::-1], s[:, ::-1]) for i, s in crops]
+  return np.stack([c[0] for c in crops]), np.stack([c[1] for c in crops])
+
+
 def eval_crops(image: np.ndarray, seg: np.ndarray, size: int, tta: str = "center",
                crop_fraction: float = 0.875) -> tuple[np.ndarray, np.ndarray]:
   """The evaluation view of a photo and its class map, as evaluation and Predictor both take it: uint8
-  ([S, S, 3], [S, S]) for tta='center', or with a crop axis first ([5, S, S, 3], [5, S, S]) for 'five_crop'."""
+  ([S, S, 3], [S, S]) for tta='center', or with a crop axis first ([5, S, S, 3], [5, S, S]) for 'five_crop',
+  ([10, ...]) for 'ten_crop' (the five and their mirrors, as the authors evaluate)."""
   h, w = image.shape[:2]
   if tta == "five_crop":
     crops = [resample(image, seg, b, size) for b in five_crop_boxes(h, w, crop_fraction)]
     return np.stack([c[0] for c in crops]), np.stack([c[1] for c in crops])
+  if tta == "ten_crop":
+    return ten_crops(image, seg, size, crop_fraction)
   if tta != "center":
-    raise ValueError(f"tta must be 'center' or 'five_crop', got {tta!r}")
+    raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
   return resample(image, seg, center_box(h, w, crop_fraction), size)
+
+
+def authors_ten_crops(image: np.ndarray, seg: np.ndarray, size: int, rng: np.random.Generator
+                      ) -> tuple[np.ndarray, np.ndarray]:
+  """The authors' training view: the photo rotated by U(0, 15) degrees about its centre (black corners, nearest,
+  as torchvision's RandomAffine), mirrored with p = 0.5, resized to R x R (R = size * 256 / 224) and cut in ten
+  crops of `size`; the map resized (nearest) and cut alike, with neither rotation nor mirror (their code leaves
+  the map out of the random transforms, so the streams see different pixels then)."""
+  side = int(round(size * 256 / 224))
+  img = Image.fromarray(image).rotate(float(rng.uniform(0.0, 15.0)), resample=Image.Resampling.NEAREST)
+  if rng.random() < 0.5:
+    img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+  square = np.asarray(img.resize((side, side), Image.Resampling.BILINEAR))
+  seg_square = np.asarray(Image.fromarray(seg).resize((side, side), Image.Resampling.NEAREST))
+  return ten_crops(square, seg_square, size, size / side)
 
 
 def warps(box: Box, size: int, antialias: bool = True) -> bool:

@@ -26,7 +26,7 @@ def train_iterator(config: ml_collections.ConfigDict, info: registry.DatasetInfo
       seg_input=config.model.get("seg_input", "palette"), palette=info.palette,
       seed=int(config.data.get("shuffle_seed", 0)), shard_index=jax.process_index(),
       shard_count=jax.process_count(), worker_count=int(config.data.get("worker_count", 0)),
-      finish="device")
+      finish="device", augmentation=str(config.data.get("augmentation", "crop")))
   return iter(loader)
 
 

@@ -179,6 +179,23 @@ class TrainAugment:
       self.apply(image, seg, tuple(boxes[n].tolist()), bool(flips[n]), images_out[n], segs_out[n])
 
 
+class AuthorsTenCrop:
+  """The authors' training augmentation (augment.authors_ten_crops): [B, 10, S, S, 3] photos, [B, 10, S, S] maps."""
+  crops = 10
+
+  def __init__(self, image_size: int):
+    self.image_size = int(image_size)
+
+  def __call__(self, records: list[dict[str, Any]], rng: np.random.Generator, images_out: np.ndarray,
+               segs_out: np.ndarray) -> None:
+    for n, ex in enumerate(records):
+      image, seg = ex[schema.IMAGE], ex[schema.SEGMENTATION]
+      image = codecs.decode_rgb(image) if isinstance(image, bytes) else np.asarray(image)
+      seg = np.asarray(codecs.decode_gray(seg)) if isinstance(seg, bytes) else np.asarray(seg)
+      seg = seg[..., 0] if seg.ndim == 3 else seg
+      images_out[n], segs_out[n] = augment.authors_ten_crops(image, seg, self.image_size, rng)
+
+
 class TrainBatches:
   """This shard's training batches as a random-access grain source: element k = batch k, augmented, uint8.
 
@@ -221,9 +238,10 @@ class TrainBatches:
     keys = self.order(epoch)[j * self.batch_size:(j + 1) * self.batch_size]
     rng = np.random.default_rng((self.seed, self.shard_index, k))
     size = self.augment_fn.image_size
+    crops = (getattr(self.augment_fn, "crops", 1),) if getattr(self.augment_fn, "crops", 1) > 1 else ()
     records = [self.source[int(key)] for key in keys]
-    out = {"image": np.empty((len(keys), size, size, 3), np.uint8),
-           "seg": np.empty((len(keys), size, size), np.uint8)}
+    out = {"image": np.empty((len(keys), *crops, size, size, 3), np.uint8),
+           "seg": np.empty((len(keys), *crops, size, size), np.uint8)}
     self.augment_fn(records, rng, out["image"], out["seg"])
     self.fields.check_classes(out["seg"], records)
     out.update(self.fields.batch_labels(records))
@@ -263,7 +281,7 @@ def train_loader(source: Any, *, batch_size: int, image_size: int, seg_input: st
                  shard_count: int | None = None, worker_count: int = 0, num_epochs: int | None = None,
                  scene_key: str = schema.SCENE_S3, crop_scale: tuple[float, float] = (0.35, 1.0),
                  flip: bool = True, antialias: bool = True, num_threads: int = 4,
-                 worker_buffer_size: int = 2, finish: str = "auto") -> "TrainLoader":
+                 worker_buffer_size: int = 2, finish: str = "auto", augmentation: str = "crop") -> "TrainLoader":
   """Shuffled, augmented, batched training examples of this process's shard (whole batches only).
 
   Every shard holds len(source) // shard_count consecutive records (so all processes run the same number of
@@ -294,7 +312,13 @@ def train_loader(source: Any, *, batch_size: int, image_size: int, seg_input: st
       'main': in this process, after the workers (which then pass uint8 batches through shared memory);
       'workers': in the workers (or in this process without workers);
       'auto': 'main' with workers, else 'workers'.
+    augmentation: 'crop' (paired random resized crops and flips, ours) or 'authors_ten_crop' (the authors'
+      rotation, flip, 256/224 resize and ten crops: a crop axis after the batch axis; finish must be 'device').
   """
+  if augmentation not in ("crop", "authors_ten_crop"):
+    raise ValueError(f"augmentation must be 'crop' or 'authors_ten_crop', got {augmentation!r}")
+  if augmentation == "authors_ten_crop" and finish != "device":
+    raise ValueError("augmentation='authors_ten_crop' needs finish='device' (the train step finishes the crops)")
   _check_seg_input(seg_input, palette)
   shard_index, shard_count = _process_shard(shard_index, shard_count)
   if finish not in FINISH_PLACES:
@@ -310,7 +334,8 @@ def train_loader(source: Any, *, batch_size: int, image_size: int, seg_input: st
   positions = np.arange(shard_index * shard_len, (shard_index + 1) * shard_len, dtype=np.int64)
   fields = _Fields(seg_input, None if palette is None else np.asarray(palette, np.uint8), scene_key)
   batches = TrainBatches(source, positions, batch_size, seed, shard_index, num_epochs,
-                         TrainAugment(image_size, crop_scale, flip, antialias), fields)
+                         AuthorsTenCrop(image_size) if augmentation == "authors_ten_crop"
+                         else TrainAugment(image_size, crop_scale, flip, antialias), fields)
   sampler = grain.samplers.IndexSampler(num_records=len(batches), shuffle=False, num_epochs=1)
   if worker_count:
     _absl_flags_ready()
@@ -461,8 +486,8 @@ def eval_loader(source: Any, *, batch_size: int, image_size: int, seg_input: str
     Others as in train_loader; batch_size is per process.
   """
   _check_seg_input(seg_input, palette)
-  if tta not in ("center", "five_crop"):
-    raise ValueError(f"tta must be 'center' or 'five_crop', got {tta!r}")
+  if tta not in augment.TTA_MODES:
+    raise ValueError(f"tta must be one of {augment.TTA_MODES}, got {tta!r}")
   if not 0.0 < crop_fraction <= 1.0:
     raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
   if finish not in ("host", "device"):
