@@ -50,7 +50,8 @@ def build_validation(config: ml_collections.ConfigDict, info: registry.DatasetIn
   forward = inference.make_forward(model, info.palette)  # compiled once, reused at every validation
 
   def validate(params) -> dict[str, float]:
-    batches, _ = inputs.eval_batches(config, info, split, int(config.eval.batch_size), "center")
+    batches, _ = inputs.eval_batches(config, info, split, int(config.eval.batch_size),
+                                     config.eval.get("tta", "center"))
     preds = inference.predict_dataset(model, params, batches, mesh=mesh, partitions=partitions,
                                       heads=config.model.heads, desc=f"validate {info.name}/{split}",
                                       forward=forward, progress=bool(config.train.get("progress_bar", True)))
