@@ -95,3 +95,23 @@ def test_top_cells_widen_the_search_and_settings_are_checked():
     refine.RefineSettings.from_mapping({"top_cell": 3})
   with pytest.raises(ValueError, match="projection"):
     refine.Refiner(gallery, _partitions(), refine.RefineSettings(features="projected"))
+
+
+def test_the_answer_is_the_weighted_centre_of_the_matched_photos_1_km_cluster():
+  # Three photos in cell 0: two 0.56 km apart (within 1 km), one 200 km away; the pair outvotes the single one.
+  latlon = np.array([[10.0, 5.0], [10.005, 5.0], [12.0, 5.0], [80.0, 0.0], [81.0, 0.0], [82.0, 0.0]], np.float32)
+  emb = np.stack([_unit(a) for a in (10.0, 14.0, 6.0)]).astype(np.float16)
+  emb = np.concatenate([emb, -emb])                       # mean zero: centred similarities are the cosines
+  fine = np.array([0, 0, 0, 2, 2, 2], np.int32)
+  gallery = Gallery(emb, latlon, fine, np.arange(6), np.array([f"p{i}" for i in range(6)]), {})
+  settings = refine.RefineSettings(top_cells=1, temperature=0.1, neighbours=3, radius_km=25.0)
+  head = np.array([[0.6, 0.3, 0.1]], np.float32)
+  out = refine.Refiner(gallery, _partitions(), settings).refine({"coarse": head, "middle": head, "fine": head},
+                                                                _unit(8.0)[None])
+  sims = np.array([np.cos(np.deg2rad(a)) for a in (2.0, 6.0, 2.0)])  # query at 8 degrees
+  w = np.exp(sims / 0.1 - (sims / 0.1).max())
+  w /= w.sum()
+  # Support (25 km): photos 0 and 1 have w0 + w1 (+ half that within 1 km); photo 2 alone has w2 (+ w2 / 2).
+  assert int(np.asarray(out["matched_row"])[0]) == 0
+  want = (w[0] * latlon[0] + w[1] * latlon[1]) / (w[0] + w[1])   # at this scale the spherical mean is this
+  np.testing.assert_allclose(np.asarray(out["refined"])[0], want, atol=1e-4)
