@@ -201,7 +201,7 @@ def test_bad_arguments_are_named():
   with pytest.raises(ValueError, match="seg_input"):
     pipeline.eval_loader(src, batch_size=2, image_size=8, seg_input="rgb", shard_index=0, shard_count=1)
   with pytest.raises(ValueError, match="tta"):
-    pipeline.eval_loader(src, batch_size=2, image_size=8, seg_input="classes", tta="ten_crop",
+    pipeline.eval_loader(src, batch_size=2, image_size=8, seg_input="classes", tta="twenty_crop",
                          shard_index=0, shard_count=1)
   with pytest.raises(ValueError, match="cannot fill a batch"):
     pipeline.train_loader(src, batch_size=8, image_size=8, seg_input="classes", shard_index=0, shard_count=1)
