@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import shutil
 import time
 from typing import Any, Mapping
 
@@ -108,7 +109,6 @@ def build(path, *, which: str = "latest", split: str = "train", dataset: str | N
   fingerprint = checkpoints.params_fingerprint(ckpt.params)
   ident = identity(config, ckpt.step, fingerprint, name, split)
   if overwrite and jax.process_index() == 0 and root.exists():
-    import shutil  # pylint: disable=g-import-not-at-top
     shutil.rmtree(root)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("gallery: cleared")
