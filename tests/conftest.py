@@ -13,11 +13,14 @@ def shared_data() -> pathlib.Path:
 
 @pytest.fixture(scope="session")
 def earth_tiny_run(tmp_path_factory):
-  """(workdir, data_dir) of configs/earth_demo.py:tiny trained once per test session (about a minute)."""
+  """(workdir, data_dir) of configs/earth_demo.py:tiny trained once per test session (about a minute), with its
+  confidence radii fitted on validation as translocator-train does."""
   from translocator_jax import demo
+  from translocator_jax.eval import calibration
   from translocator_jax.train import loop
 
   data_dir = tmp_path_factory.mktemp("tfds")
   workdir = tmp_path_factory.mktemp("earth_tiny")
   loop.train(demo.load_config(quick=True, data_dir=str(data_dir)), workdir)
+  calibration.fit(workdir, data_dir=str(data_dir))
   return workdir, data_dir

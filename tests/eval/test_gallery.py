@@ -9,7 +9,7 @@ import pytest
 from translocator_jax.data import registry
 from translocator_jax.data.records import schema, sources
 from translocator_jax.eval import gallery as gallery_lib, gallery_main, leakage, main as eval_main
-from translocator_jax.geo import metrics, nearest
+from translocator_jax.geo import distance, metrics, nearest
 from translocator_jax.geo.metrics import ACC_KEYS
 from translocator_jax.runtime import checkpoints
 
@@ -89,7 +89,7 @@ def test_eval_json_has_refined_unseen_and_duplicate_keys(built, tmp_path, capsys
   for key in ["dataset", "method", "n", "median_km", "geoscore", "chance_acc_750km", "predictions_csv",
               "per_partition", "unseen_n", "near_duplicates", "refined_median_km", *ACC_KEYS,
               *[f"refined_{k}" for k in ACC_KEYS], *[f"unseen_{k}" for k in ACC_KEYS],
-              *[f"unseen_refined_{k}" for k in ACC_KEYS]]:
+              *[f"unseen_refined_{k}" for k in ACC_KEYS], "coverage_radius50", "coverage_radius90"]:
     assert key in record, key
   # Each figure is the per-image CSV's own.
   rows = list(csv.DictReader(open(out / "earth_patches.csv")))
@@ -108,6 +108,12 @@ def test_eval_json_has_refined_unseen_and_duplicate_keys(built, tmp_path, capsys
   sims = np.array([float(r["max_gallery_similarity"]) for r in rows])
   assert record["near_duplicates"] == int((sims > 0.95).sum())
   assert all(r["matched_image_id"].startswith("train/") for r in rows)
+  # The coverage of the confidence radii is the CSV's own: the truth within radius_q of the f* answer.
+  err = distance.haversine_km_numpy(fstar, true)
+  for q in ("50", "90"):
+    radius = np.array([float(r[f"radius{q}_km"]) for r in rows])
+    assert record[f"coverage_radius{q}"] == pytest.approx(np.mean(err <= radius), abs=1.5 / len(rows))
+  assert all(float(r["radius90_km"]) >= float(r["radius50_km"]) for r in rows)
 
 
 def test_predictor_refines_as_evaluation_does(built, tmp_path):

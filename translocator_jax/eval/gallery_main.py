@@ -22,12 +22,9 @@ from typing import Sequence
 import jax
 from jax.experimental import multihost_utils
 
-from translocator_jax import models
-from translocator_jax.data import registry
-from translocator_jax.data.pipeline import inputs
-from translocator_jax.eval import gallery as gallery_lib, inference, projection, refine
+from translocator_jax.eval import gallery as gallery_lib, projection, queries, refine
 from translocator_jax.geo import metrics
-from translocator_jax.runtime import checkpoints, cli, sharding as sharding_lib
+from translocator_jax.runtime import cli
 
 PROG = "translocator-gallery"
 
@@ -47,40 +44,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   return p.parse_args(argv)
 
 
-def split_queries(path, split: str | None = None, *, which: str = "latest", data_dir: str | None = None,
-                  batch_size: int | None = None):
-  """(Predictions with extras p_coarse/p_middle/p_fine/embedding, config, partitions, what was read) of a split
-  of the training dataset, or (split None) of the run's validation set (config.data.val, else data.val_split)."""
-  ckpt = checkpoints.load_for_inference(path, which)
-  config = ckpt.config
-  if data_dir:
-    config.data.data_dir = data_dir
-  train_info = registry.dataset_info(config, config.data.train, need_records=split is not None)
-  partitions = registry.load_partitions(train_info)
-  info = train_info
-  if split is None:
-    found = registry.validation_set(config, train_info)
-    if found is None:
-      raise cli.UserError(f"{path}: the run has no validation set (config.data.val or config.data.val_split), so "
-                          "refinement cannot be tuned (--no-tune)")
-    info, split = found
-  mesh = sharding_lib.make_mesh()
-  batch_size = int(batch_size or config.eval.get("batch_size", 256))
-  batch_size = max(jax.device_count(), batch_size // jax.device_count() * jax.device_count())
-  batches, _ = inputs.eval_batches(config, info, split, batch_size)
-  hook = lambda probs, emb: {"p_coarse": probs["coarse"], "p_middle": probs["middle"], "p_fine": probs["fine"],
-                             "embedding": emb}
-  preds = inference.predict_dataset(models.build_model(config.model), ckpt.params, batches, mesh=mesh,
-                                    partitions=partitions, heads=config.model.heads, desc=f"queries {split}",
-                                    total=len(batches), palette=info.palette, embedding_hook=hook)
-  where = split if info.name == train_info.name else f"{info.name}/{split}"
-  return preds, config, partitions, where
-
-
 def tune_on_validation(path, root, *, which: str = "latest", data_dir: str | None = None,
                        batch_size: int | None = None) -> tuple[refine.RefineSettings, dict]:
   """Chooses refinement's settings on the run's validation set and saves them with the gallery."""
-  preds, config, partitions, split = split_queries(path, which=which, data_dir=data_dir, batch_size=batch_size)
+  preds, config, partitions, split = queries.split_queries(path, which=which, data_dir=data_dir, batch_size=batch_size)
   gallery = gallery_lib.load(root)
   proj_path = projection.path_in(root)
   refiner = refine.Refiner(gallery, partitions,

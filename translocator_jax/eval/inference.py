@@ -82,8 +82,8 @@ def predict_dataset(model, params, batches: Iterable[Mapping[str, np.ndarray]], 
                     heads: Mapping[str, int], desc: str = "eval",
                     forward=None, total: int | None = None, progress: bool = True,
                     fsdp: bool = False, palette: np.ndarray | None = None,
-                    embedding_hook: Callable[[Mapping[str, Any], Any], Mapping[str, Any]] | None = None
-                    ) -> Predictions:
+                    embedding_hook: Callable[[Mapping[str, Any], Any], Mapping[str, Any]] | None = None,
+                    confidence_radii: Callable[[Mapping[str, Any], Any], Any] | None = None) -> Predictions:
   """Runs the model over padded batches (this process's shard) and predicts coordinates.
 
   Args:
@@ -96,6 +96,8 @@ def predict_dataset(model, params, batches: Iterable[Mapping[str, np.ndarray]], 
     embedding_hook: (probs, embeddings [B, D]) -> name -> per-row values [B, ...] of the global batch (gallery
       refinement, similarity to the gallery). A value named 'refined' [B, 2] becomes the method 'refined';
       the others go to Predictions.extras.
+    confidence_radii: (probs, main predicted latlon [B, 2]) -> [B, 2] radius50/radius90 km (calibration), kept
+      as extras radius50_km and radius90_km.
   """
   forward = forward or make_forward(model, palette, embed=embedding_hook is not None)
   heads_used = geo_heads(heads, partitions)
@@ -119,11 +121,17 @@ def predict_dataset(model, params, batches: Iterable[Mapping[str, np.ndarray]], 
       classes, _, latlon = hierarchy.fstar_topk(hier, probs["coarse"], probs["middle"], probs["fine"], 1)
       preds["fstar"].append(_gather(latlon)[:, 0])
       out["fine"].append(_gather(classes)[:, 0])
+      main_latlon = latlon[:, 0]
     for h in heads_used:
-      cls = _gather(jnp.argmax(probs[h], axis=-1))
-      preds[h].append(np.asarray(part_of[h].latlon_mean, np.float32)[cls])
+      cls = jnp.argmax(probs[h], axis=-1)
+      preds[h].append(np.asarray(part_of[h].latlon_mean, np.float32)[_gather(cls)])
       if not use_fstar and h == heads_used[-1]:
-        out["fine"].append(cls)
+        out["fine"].append(_gather(cls))
+        main_latlon = jnp.take(jnp.asarray(part_of[h].latlon_mean, jnp.float32), cls, axis=0)
+    if confidence_radii is not None:
+      radii = _gather(confidence_radii(probs, main_latlon))
+      extras.setdefault("radius50_km", []).append(radii[:, 0])
+      extras.setdefault("radius90_km", []).append(radii[:, 1])
     for key in ("index", "latlon", "mask"):
       out[key].append(_gather(np.asarray(batch[key])))
   if not out["index"]:

@@ -27,9 +27,9 @@ from translocator_jax import models
 from translocator_jax.data import registry
 from translocator_jax.data.pipeline import augment, inputs
 from translocator_jax.data.records import schema, sources
-from translocator_jax.eval import baselines, inference, leakage, maps, refine
+from translocator_jax.eval import baselines, calibration, inference, leakage, maps, refine
 from translocator_jax.eval.leakage import DUP_SIM, UNSEEN_KM
-from translocator_jax.geo import metrics, nearest, predictions as predictions_lib
+from translocator_jax.geo import confidence, metrics, nearest, predictions as predictions_lib
 from translocator_jax.geo.distance import haversine_km_numpy
 from translocator_jax.geo.predictions import Predictions
 from translocator_jax.runtime import checkpoints, cli, sharding as sharding_lib
@@ -68,7 +68,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def evaluate_dataset(config: ml_collections.ConfigDict, model, params, name: str, *, mesh, train_info,
                      partitions, tta: str, batch_size: int, knn: bool = True, refiner: refine.Refiner | None = None,
-                     train_latlon: np.ndarray | None = None) -> tuple[Predictions, dict]:
+                     train_latlon: np.ndarray | None = None,
+                     calib: calibration.Calibration | None = None) -> tuple[Predictions, dict]:
   """Predictions and result tables (each method, 'refined' with a refiner, 'chance', 'knn') of one dataset.
 
   With train_latlon, Predictions.extras gets nearest_train_km (each test image's distance to the nearest
@@ -80,7 +81,8 @@ def evaluate_dataset(config: ml_collections.ConfigDict, model, params, name: str
                                     heads=config.model.heads, desc=f"eval {name}",
                                     total=len(batches) if hasattr(batches, "__len__") else None,
                                     fsdp=bool(config.train.get("fsdp", False)), palette=info.palette,
-                                    embedding_hook=refiner)
+                                    embedding_hook=refiner,
+                                    confidence_radii=calib.head_radii(partitions) if calib else None)
   if len(preds.index) != n:
     raise RuntimeError(f"{name}: predicted {len(preds.index)} images of {n}")
   if train_latlon is not None:
@@ -134,6 +136,9 @@ def write_predictions(path, info: registry.DatasetInfo, preds: Predictions, gall
   extra = {"pred_cell": preds.fine_class}
   extra.update({f"pred_lat_{m}": p[:, 0] for m, p in preds.others.items()})
   extra.update({f"pred_lon_{m}": p[:, 1] for m, p in preds.others.items()})
+  for name in ("radius50_km", "radius90_km"):
+    if name in preds.extras:
+      extra[name] = [f"{v:.1f}" for v in np.asarray(preds.extras[name], np.float64)]
   for name in ("nearest_train_km", "max_gallery_similarity", "matched_similarity"):
     if name in preds.extras:
       extra[name] = [f"{v:.4f}" for v in np.asarray(preds.extras[name], np.float64)]
@@ -187,6 +192,10 @@ def json_record(name: str, preds: Predictions, tables: dict, leaks: dict, csv_pa
       t = unseen["tables"][m] or {}
       record.update({f"{prefix}{k}": t.get(k) for k in metrics.ACC_KEYS})
   record["near_duplicates"] = leaks["deduplicated"]["near_duplicates"] if "deduplicated" in leaks else None
+  for q in ("50", "90"):
+    radius = preds.extras.get(f"radius{q}_km")
+    record[f"coverage_radius{q}"] = (None if radius is None
+                                     else confidence.coverage(radius, preds.pred_latlon, preds.true_latlon))
   record["per_partition"] = {m: tables[m] for m in schema.PARTITION_NAMES if m in tables}
   return record
 
@@ -233,12 +242,13 @@ def evaluate_checkpoint(path, *, which: str = "latest", datasets: Sequence[str] 
   refiner = refine.load_refiner(path, ckpt, partitions, refine_mode=refine_mode, gallery_dir=gallery_dir,
                                mesh=mesh)
   train_latlon = _training_latlon(train_info, refiner)
+  calib = calibration.load(path, ckpt, partitions)
   rows, missing, results = [], [], []
   for name in (d.strip() for d in datasets):
     try:
       preds, tables = evaluate_dataset(config, model, params, name, mesh=mesh, train_info=train_info,
                                        partitions=partitions, tta=tta, batch_size=batch_size, knn=knn,
-                                       refiner=refiner, train_latlon=train_latlon)
+                                       refiner=refiner, train_latlon=train_latlon, calib=calib)
     except registry.DatasetMissingError as e:
       missing.append(name)
       print(f"{PROG}: {e}", file=sys.stderr)
@@ -251,7 +261,7 @@ def evaluate_checkpoint(path, *, which: str = "latest", datasets: Sequence[str] 
       if maps_dir:
         draw_dataset_maps(maps_dir, name, preds, partitions)
     leaks = leakage.report(preds, unseen_km, dup_sim)
-    results.append(json_record(name, preds, tables, leaks, csv_path))
+    results.append({**json_record(name, preds, tables, leaks, csv_path), "radius_calibrated": calib.calibrated})
     rows += table_rows(name, tables, leaks) + [("", None)]
   return Evaluation(rows[:-1], results, missing, tta, refine_mode)
 
@@ -278,6 +288,11 @@ def print_evaluation(path, evaluation: Evaluation, as_json: bool = False) -> Non
   elif evaluation.rows:
     print(f"{path}  (tta={evaluation.tta}, refine={evaluation.refine})")
     print(metrics.format_table(evaluation.rows))
+    for r in evaluation.results:
+      if r.get("coverage_radius50") is not None:
+        how = "fitted on validation" if r.get("radius_calibrated") else "not calibrated"
+        print(f"{r['dataset']}: the truth lies within radius50 for {r['coverage_radius50']:.1%} of photos (target "
+              f"50%) and within radius90 for {r['coverage_radius90']:.1%} (target 90%); radii {how}")
 
 
 def _evaluate_main(argv: Sequence[str]) -> int:

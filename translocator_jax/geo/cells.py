@@ -9,7 +9,9 @@ s2sphere's lookup table; checked against s2sphere in tests), and the parent at l
 bit mask: (id & -lsb(L)) | lsb(L), lsb(L) = 1 << 2 * (30 - L). Partition CSV files use the GeoEstimation
 layout: two metadata lines, then class_label,hex_id,imgs_per_cell,latitude_mean,longitude_mean, with hex_id
 an S2 token. Classes of a built partition are ordered by cell id; latlon_mean is the plain mean of the
-member coordinates (as in GeoEstimation).
+member coordinates (as in GeoEstimation). Partitions built here also carry each cell's spatial spread (the RMS
+great-circle distance of its members from the mean, km) as a sixth CSV column, spread_km, which the calibrated
+confidence radius reads (geo/confidence.py); files without it (the published MP-16 ones) still load.
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ MAX_LEVEL = 30
 _POS_BITS = 2 * MAX_LEVEL + 1
 _LOOKUP_POS = np.asarray(_s2.LOOKUP_POS, np.uint64)
 _HEADER = "class_label,hex_id,imgs_per_cell,latitude_mean,longitude_mean"
+_SPREAD_COLUMN = "spread_km"
+_EARTH_SURFACE_KM2 = 4 * np.pi * 6371.0088 ** 2
 
 
 def _lsb(level) -> np.ndarray:
@@ -95,6 +99,7 @@ class Partition:
   counts: np.ndarray          # int64 [C]
   latlon_mean: np.ndarray     # float32 [C, 2]
   num_images: int = 0         # images the partition was built from (metadata line)
+  spread_km: np.ndarray | None = None  # float64 [C]: RMS distance of the members from latlon_mean, when known
 
   def __post_init__(self):
     self.counts = np.asarray(self.counts, np.int64)
@@ -105,6 +110,10 @@ class Partition:
     self.levels = cell_levels(self.cell_ids)
     if not (len(self.hex_ids) == len(self.counts) == len(self.latlon_mean)):
       raise ValueError("hex_ids, counts and latlon_mean differ in length")
+    if self.spread_km is not None:
+      self.spread_km = np.asarray(self.spread_km, np.float64).reshape(-1)
+      if len(self.spread_km) != len(self.hex_ids):
+        raise ValueError("spread_km and hex_ids differ in length")
     self._by_level = {}
     for level in np.unique(self.levels):
       classes = np.nonzero(self.levels == level)[0]
@@ -114,6 +123,14 @@ class Partition:
   @property
   def num_classes(self) -> int:
     return len(self.hex_ids)
+
+  def cell_spread_km(self) -> np.ndarray:
+    """Each cell's spatial spread (km): measured on its members when the partition has it, else the RMS radius
+    of a square of the cell's S2 area (an upper bound: photos crowd into a cell's towns)."""
+    if self.spread_km is not None:
+      return self.spread_km
+    area = _EARTH_SURFACE_KM2 / (6.0 * 4.0 ** self.levels.astype(np.float64))
+    return np.sqrt(area / 6.0)  # RMS distance from the centre of a square of side a is a / sqrt(6)
 
   def assign_ids(self, cell_ids) -> np.ndarray:
     """Class of each uint64 cell id (its ancestor-or-self cell in the partition), -1 for none."""
@@ -167,7 +184,18 @@ def build_partition(latlon, tau_min: int, tau_max: int, min_level: int = 2,
   csum = np.vstack([np.zeros((1, 2)), np.cumsum(sorted_latlon, axis=0)])
   counts = ends - starts
   means = (csum[ends] - csum[starts]) / np.maximum(counts, 1)[:, None]
-  return Partition([id_to_token(i) for i in ids], counts, means, num_images=len(latlon))
+  return Partition([id_to_token(i) for i in ids], counts, means, num_images=len(latlon),
+                   spread_km=_member_spread_km(sorted_latlon, starts, ends, means))
+
+
+def _member_spread_km(sorted_latlon, starts, ends, means) -> np.ndarray:
+  """RMS great-circle distance (km) of each cell's members, sorted_latlon[start:end], from its mean."""
+  from translocator_jax.geo import distance  # pylint: disable=g-import-not-at-top  # jax, only when building
+  counts = ends - starts
+  cell = np.repeat(np.arange(len(starts)), counts)
+  member = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(starts, counts)
+  sq = distance.haversine_km_numpy(sorted_latlon[member], means[cell]) ** 2
+  return np.sqrt(np.bincount(cell, weights=sq, minlength=len(starts)) / np.maximum(counts, 1))
 
 
 def load_partition_csv(path) -> Partition:
@@ -177,20 +205,25 @@ def load_partition_csv(path) -> Partition:
   num_images = 0
   header_at = None
   for i, line in enumerate(lines[:5]):
-    if line.strip() == _HEADER:
+    if line.strip() in (_HEADER, f"{_HEADER},{_SPREAD_COLUMN}"):
       header_at = i
       break
     if line.startswith("num_images:"):
       num_images = int(line.split(":", 1)[1])
   if header_at is None:
     raise ValueError(f"{path}: header '{_HEADER}' not found in the first lines")
-  hex_ids, counts, means = [], [], []
+  with_spread = lines[header_at].strip() == f"{_HEADER},{_SPREAD_COLUMN}"
+  hex_ids, counts, means, spreads = [], [], [], []
   for row_no, line in enumerate(lines[header_at + 1:], start=header_at + 2):
     if not line.strip():
       continue
     parts = line.split(",")
     try:
-      label, token, count, lat, lon = parts
+      if with_spread:
+        label, token, count, lat, lon, spread = parts
+        spreads.append(float(spread))
+      else:
+        label, token, count, lat, lon = parts
       if int(label) != len(hex_ids):
         raise ValueError(f"class_label {label} out of order (expected {len(hex_ids)})")
       hex_ids.append(token.strip())
@@ -198,7 +231,8 @@ def load_partition_csv(path) -> Partition:
       means.append((float(lat), float(lon)))
     except ValueError as e:
       raise ValueError(f"{path}, line {row_no}: bad partition row {line!r}: {e}") from None
-  return Partition(hex_ids, np.array(counts), np.array(means, np.float64).reshape(-1, 2), num_images)
+  return Partition(hex_ids, np.array(counts), np.array(means, np.float64).reshape(-1, 2), num_images,
+                   spread_km=np.array(spreads) if with_spread else None)
 
 
 def write_partition_csv(partition: Partition, path) -> None:
@@ -206,7 +240,10 @@ def write_partition_csv(partition: Partition, path) -> None:
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   with path.open("w") as f:
-    f.write(f"num_images: {partition.num_images}\nmin_concept_probability: ---\n{_HEADER}\n")
+    spread = partition.spread_km
+    header = _HEADER if spread is None else f"{_HEADER},{_SPREAD_COLUMN}"
+    f.write(f"num_images: {partition.num_images}\nmin_concept_probability: ---\n{header}\n")
     for c, (token, count, (lat, lon)) in enumerate(zip(partition.hex_ids, partition.counts,
                                                        partition.latlon_mean64)):
-      f.write(f"{c},{token},{int(count)},{float(lat)!r},{float(lon)!r}\n")
+      extra = "" if spread is None else f",{float(spread[c]):.4f}"
+      f.write(f"{c},{token},{int(count)},{float(lat)!r},{float(lon)!r}{extra}\n")

@@ -6,7 +6,8 @@ pod); each host reads its own shard of the data. Explicit multi-process runs (e.
 JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES and JAX_PROCESS_ID.
 
 Workdir: config.json, checkpoints/<step>/{state,data,config}, metrics.jsonl, tensorboard/ (gs:// works for
-checkpoints and metrics through etils.epath).
+checkpoints and metrics through etils.epath), and calibration.json: the confidence radii fitted on the validation
+split at the end (eval/calibration.py), when the run has one.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import argparse
 import json
 import sys
 
+from translocator_jax.data import registry
+from translocator_jax.eval import calibration
 from translocator_jax.runtime import checkpoints, cli, config_io
 from translocator_jax.train import loop
 
@@ -46,6 +49,10 @@ def _main(argv: list[str]) -> int:
   except checkpoints.CheckpointMismatchError as e:
     print(f"{PROG}: {type(e).__name__}: {e}", file=sys.stderr)
     return 2
+  if registry.validation_set(config, registry.dataset_info(config, config.data.train, need_records=False)):
+    fitted = calibration.fit(args.workdir)  # the confidence radii of the final checkpoint
+    print(f"confidence radii fitted on {fitted['fitted_on']}: {checkpoints.workdir_of(args.workdir)}/"
+          f"{calibration.FILE}", file=sys.stderr)
   if args.summary_json:
     with open(args.summary_json, "w") as f:
       json.dump(summary, f)

@@ -345,7 +345,25 @@ def ensure_built(data_dir: str | os.PathLike | None = None, config: str = "defau
     with _build_lock(root / NAME / f".{directory.parent.name}.lock"):
       if not (directory / "dataset_info.json").exists():  # another process may have built it meanwhile
         build(root, config, **overrides)
-  return load_info(directory)
+  info = load_info(directory)
+  _add_cell_spreads(info, config, **overrides)
+  return info
+
+
+def _add_cell_spreads(info: EarthPatchesInfo, config: str, **overrides) -> None:
+  """Rewrites the partition CSVs of a set built before partitions carried each cell's spread (the plan redraws
+  the same training locations from the seed; the cells are checked to be the same)."""
+  current = [cells_lib.load_partition_csv(p) for p in info.partition_paths]
+  if all(p.spread_km is not None for p in current):
+    return
+  with _build_lock(info.data_dir.parent.parent / f".{info.data_dir.parent.name}.lock"):
+    plan = make_plan(resolve_options(config, **overrides)[1])
+    for old, new, path in zip(current, plan.partitions, info.partition_paths):
+      if old.hex_ids != new.hex_ids:
+        raise RuntimeError(f"{path}: the plan's cells differ from the built ones; rebuild {info.data_dir}")
+      tmp = path.with_suffix(".tmp")
+      cells_lib.write_partition_csv(new, tmp)
+      tmp.replace(path)
 
 
 def build(data_dir: str | os.PathLike, config: str = "default", **overrides) -> tuple[EarthPatchesInfo, float]:
