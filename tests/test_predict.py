@@ -1,4 +1,5 @@
 """Predictor and translocator-predict on a tiny Earth-demo model trained in the session."""
+import csv
 import json
 
 import numpy as np
@@ -10,7 +11,7 @@ from translocator_jax.data import registry
 from translocator_jax.data.pipeline import inputs
 from translocator_jax.data.records import schema, sources
 from translocator_jax.eval import inference
-from translocator_jax.geo import distance
+from translocator_jax.geo import confidence, distance
 from translocator_jax.runtime import sharding
 
 
@@ -40,11 +41,12 @@ def test_predictions_are_a_distribution_with_consistent_top_k(predictor, test_re
     np.testing.assert_allclose(got, np.sort(row)[::-1][:4], rtol=1e-5)
     assert p.candidates[0].cell == int(np.argmax(row))
     np.testing.assert_allclose(p.candidates[0].latlon, predictor.cell_latlon[np.argmax(row)], atol=1e-4)
-    # The 50% radius: the cells within it hold at least half the mass, those strictly inside a smaller one less.
-    d = distance.haversine_km_numpy(np.broadcast_to(p.candidates[0].latlon, predictor.cell_latlon.shape),
-                                    predictor.cell_latlon)
-    assert row[d <= p.radius50_km + 0.1].sum() >= 0.5
-    assert row[d < p.radius50_km - 0.1].sum() < 0.5
+    # The radii are the calibrated mixture's quantiles around guess 1 (temperatures fitted on validation).
+    assert p.calibrated and predictor.calibration.calibrated
+    want = confidence.radii_km(row[None].astype(np.float32), np.asarray([p.candidates[0].latlon], np.float32),
+                               predictor.calibration.points, predictor.calibration.temperatures)
+    np.testing.assert_allclose([p.radius50_km, p.radius90_km], np.asarray(want)[0], atol=0.06)
+    assert 0 < p.radius50_km <= p.radius90_km
     assert p.candidates[0].place and p.candidates[0].country
 
 
@@ -115,6 +117,7 @@ def test_cli_reports_bad_files_and_goes_on(earth_tiny_run, test_records, tmp_pat
   assert "1 predicted, 1 failed" in out.err
   maps_written = sorted(p.name for p in tmp_path.glob("map-*.png"))
   assert maps_written == ["map-0-patch.png"]  # none for the bad file
+  assert Image.open(tmp_path / "map-0-patch.png").size == (1300, 600)  # the photo beside the zoomed map
 
 
 def test_a_photo_without_a_map_gets_a_message_saying_how_to_get_one(predictor, test_records):
@@ -156,3 +159,44 @@ def test_a_map_of_another_photo_or_a_failing_segmenter_is_that_photos_error_only
   finally:
     predictor.segmenter = None
   assert p.error and "out of memory on the segmenter" in p.error and not p.candidates
+
+
+def test_folders_are_walked_into_one_csv_row_per_photo(earth_tiny_run, test_records, tmp_path, capsys):
+  workdir, data_dir = earth_tiny_run
+  _, records = test_records
+  photos, maps_dir = tmp_path / "photos", tmp_path / "maps"
+  names = ["a.png", "sub/b.png", "sub/deeper/c.jpg"]
+  for name, r in zip(names, records):
+    for root in (photos, maps_dir):
+      (root / name).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(r[schema.IMAGE]).save(photos / name, format="PNG" if name.endswith("png") else "JPEG")
+    Image.fromarray(r[schema.SEGMENTATION][..., 0]).save((maps_dir / name).with_suffix(".png"))
+  (photos / "sub" / "broken.jpg").write_text("not a photo")
+  (photos / "notes.txt").write_text("not a photo either, and not walked")
+  out = tmp_path / "rows.csv"
+  rc = predict.main(["--checkpoint", str(workdir), "--data-dir", str(data_dir), "--top-k", "2", "--batch-size", "2",
+                     "--seg-dir", str(maps_dir), "--csv", str(out), str(photos)])
+  assert rc == 0
+  assert "3 predicted, 1 failed" in capsys.readouterr().err
+  with open(out, newline="") as f:
+    rows = list(csv.DictReader(f))
+  assert [r["path"] for r in rows] == [str(photos / n) for n in ("a.png", "sub/b.png", "sub/broken.jpg",
+                                                                   "sub/deeper/c.jpg")]
+  broken = rows[2]
+  assert broken["error"] and broken["lat_1"] == "" and broken["radius50_km"] == ""
+  # A row is the Predictor's own prediction of that photo with its map.
+  want = predict.Predictor.from_checkpoint(workdir, data_dir=data_dir).predict(
+      [str(photos / "sub/b.png")], [str(maps_dir / "sub/b.png")], top_k=2)[0]
+  row = rows[1]
+  assert row["error"] == "" and float(row["prob_1"]) == pytest.approx(want.candidates[0].probability, abs=1e-5)
+  assert (float(row["lat_2"]), float(row["lon_2"])) == pytest.approx(want.candidates[1].latlon, abs=1e-4)
+  assert float(row["radius90_km"]) == pytest.approx(want.radius90_km) and row["place"] == want.candidates[0].place
+
+
+def test_seg_maps_must_match_photos_one_to_one(earth_tiny_run, tmp_path, capsys):
+  workdir, data_dir = earth_tiny_run
+  (tmp_path / "dir").mkdir()
+  rc = predict.main(["--checkpoint", str(workdir), "--data-dir", str(data_dir), str(tmp_path / "dir"),
+                     "--seg", str(tmp_path / "m.png")])
+  err = capsys.readouterr().err
+  assert rc == 2 and "for folders use --seg-dir" in err and "Traceback" not in err

