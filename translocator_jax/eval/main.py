@@ -63,6 +63,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                  help="a test image is of an unseen place when no training image lies within this many km")
   p.add_argument("--dup-sim", type=float, default=DUP_SIM,
                  help="a test image is a likely near-duplicate when its similarity to a training image is above this")
+  cli.add_verbose_arg(p)
   return p.parse_args(argv)
 
 

@@ -6,17 +6,21 @@ Layout of a workdir:
   checkpoints/<step>/data     the data iterator's state (grain checkpoint handler, one JSON file per process)
   checkpoints/<step>/config   the config as JSON
 Saves are asynchronous. The last `keep` checkpoints are kept, plus the best one on validation when a metric
-is given. On restore a checkpoint that fails to load (corrupt, half-written) is reported and the previous one
-is tried.
+is given. On restore a checkpoint that fails to load (corrupt, half-written) is reported in one line and the
+previous one is tried. A save that fails (a full disk: orbax raises it from its writer thread, at the next save
+or at the wait) raises CheckpointWriteError, one message naming the step, the path, the cause and the checkpoint
+that is intact.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-import logging
 import os
 import pathlib
+import sys
 import time
+import traceback
 from typing import Any
 
 import grain.checkpoint as grain_ckpt
@@ -26,10 +30,9 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
+from translocator_jax.runtime import cli
 from translocator_jax.runtime import metrics_writer
 
-
-log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
@@ -105,6 +108,8 @@ class Checkpointer:
     )
     self.manager = ocp.CheckpointManager(self.directory, options=options)
     self.best_metric = best_metric
+    self._in_flight = None  # the step of the async save not yet known to be written
+    self._write_failed = False
 
   def all_steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
@@ -120,14 +125,49 @@ class Checkpointer:
       items["data"] = grain_ckpt.CheckpointSave(_IteratorSnapshot(data_iterator))
     if metrics is not None and self.best_metric and self.best_metric not in metrics:
       metrics = None
-    self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+    self.wait()  # a failure of the previous (async) save surfaces here: reported under that save's step
+    with self._write_failure_of(step):
+      self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+    self._in_flight = step
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    step, self._in_flight = self._in_flight, None
+    with self._write_failure_of(step):
+      self.manager.wait_until_finished()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      if not self._write_failed:
+        self.wait()
+    finally:
+      try:
+        self.manager.close()
+      except Exception:  # pylint: disable=broad-except
+        if not self._write_failed:
+          raise
+        # orbax raises the reported write failure again from every later call; once is enough.
+
+  @contextlib.contextmanager
+  def _write_failure_of(self, step: int | None):
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except  # any failure of a save: the message names its cause
+      self._write_failed = True
+      raise CheckpointWriteError(self._write_failure_message(step, e)) from e
+
+  def _write_failure_message(self, step: int | None, error: BaseException) -> str:
+    where = f"checkpoint step {step} to {self.step_dir(step)}" if step is not None else f"to {self.directory}"
+    try:
+      self.manager.reload()  # the steps on disk now: the failed one is not among them
+      intact = [s for s in self.all_steps() if step is None or s < step]
+    except Exception:  # pylint: disable=broad-except  # the directory itself may be what fails
+      intact = []
+    if intact:
+      previous = (f"the previous checkpoint, step {intact[-1]} ({self.step_dir(intact[-1])}), is intact: once "
+                  "that is fixed, rerunning the same command resumes from it")
+    else:
+      previous = "no checkpoint was saved before it: once that is fixed, rerunning the same command starts over"
+    return f"could not write {where}: {_cause(error)}; {previous}"
 
   def restore_latest(self, abstract_state: Any, data_iterator: Any | None = None) -> tuple[int | None, Any]:
     """(step, state) of the newest checkpoint that loads; (None, None) when there is none.
@@ -154,10 +194,8 @@ class Checkpointer:
         return step, state
       except Exception as e:  # pylint: disable=broad-except
         moved = self._set_aside(step)
-        msg = (f"checkpoint {self.step_dir(step)} could not be restored ({type(e).__name__}: "
-               f"{str(e).splitlines()[0][:300] if str(e) else ''}); moved it to {moved}; trying the previous one")
-        log.warning(msg, exc_info=True)  # the traceback says why, for the record
-        print(f"WARNING: {msg}", flush=True)
+        _warn(f"checkpoint {self.step_dir(step)} could not be restored ({_summary(e)}); moved it to {moved}; "
+              "trying the previous one", e)
     return None, None
 
   def _params_mismatch(self, step: int, abstract_state: Any) -> str | None:
@@ -194,6 +232,41 @@ class Checkpointer:
 
 class CheckpointMismatchError(ValueError):
   """The workdir's checkpoints are of another model than the config (names or shapes differ)."""
+
+
+class CheckpointWriteError(cli.Fault):
+  """A checkpoint could not be written (a full disk, a lost mount); the message names the step, the path, the
+  cause and the checkpoint that is intact."""
+
+
+class NoReadableCheckpointError(cli.Fault, RuntimeError):
+  """Every checkpoint that could serve inference failed to load; the message names each and why."""
+
+
+def _summary(error: BaseException) -> str:
+  """The exception's type and first line: enough to say why in one line (tensorstore's messages run long)."""
+  text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+  text = text if len(text) <= 300 else text[:300] + "..."
+  return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _cause(error: BaseException) -> str:
+  """What the system said (e.g. "No space left on device (FILE)"), found along the exception chain."""
+  seen, e = set(), error
+  while e is not None and id(e) not in seen:
+    if isinstance(e, OSError) and e.strerror:
+      return f"{e.strerror} ({e.filename})" if e.filename else e.strerror
+    seen.add(id(e))
+    e = e.__cause__ or e.__context__
+  return _summary(error)
+
+
+def _warn(message: str, error: BaseException) -> None:
+  """One line on stderr (process 0); the traceback behind it only with --verbose / TRANSLOCATOR_VERBOSE=1."""
+  if jax.process_index() == 0:
+    print(f"WARNING: {message}", file=sys.stderr, flush=True)
+  if cli.verbose():
+    traceback.print_exception(error, file=sys.stderr)
 
 
 def best_step(workdir, steps) -> int | None:
@@ -252,7 +325,7 @@ def load_for_inference(path: str | pathlib.Path, which: str = "latest") -> Infer
   """restore_for_inference, also naming the step (galleries record which checkpoint embedded them)."""
   path = as_path(path)
   ckpt_dir, step = _find_checkpoint(path)
-  options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+  options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)  # as read_only sets it
   manager = ocp.CheckpointManager(ckpt_dir, options=options, item_handlers={
       "state": ocp.PyTreeCheckpointHandler(), "config": ocp.JsonCheckpointHandler(),
       "data": grain_ckpt.CheckpointHandler()})
@@ -277,8 +350,9 @@ def load_for_inference(path: str | pathlib.Path, which: str = "latest") -> Infer
             config=ocp.args.JsonRestore()))
         return InferenceCheckpoint(ml_collections.ConfigDict(restored["config"]), restored["state"]["params"], s)
       except Exception as e:  # pylint: disable=broad-except
-        errors.append(f"step {s}: {type(e).__name__}: {e}")
-        log.warning("checkpoint %s/%s could not be restored: %s", ckpt_dir, s, e)
-    raise RuntimeError(f"no readable checkpoint in {ckpt_dir}:\n" + "\n".join(errors))
+        errors.append(f"step {s}: {_summary(e)}")
+        tried_next = "; trying the previous one" if s != steps[-1] else ""
+        _warn(f"checkpoint {ckpt_dir / str(s)} could not be restored ({_summary(e)}){tried_next}", e)
+    raise NoReadableCheckpointError(f"no readable checkpoint in {ckpt_dir} ({'; '.join(errors)})")
   finally:
     manager.close()

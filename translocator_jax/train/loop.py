@@ -21,6 +21,7 @@ from translocator_jax.models import load as load_lib
 from translocator_jax.runtime import checkpoints as ckpt_lib
 from translocator_jax.runtime import metrics_writer
 from translocator_jax.runtime import sharding as sharding_lib
+from translocator_jax.runtime import workdir_lock
 from translocator_jax.train import optimizer as optim_lib
 from translocator_jax.train import step as step_lib
 
@@ -73,10 +74,19 @@ def resolve_head_sizes(config: ml_collections.ConfigDict, partitions) -> None:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
-  """Trains config in workdir (resuming from its newest readable checkpoint); returns a summary dict."""
+  """Trains config in workdir (resuming from its newest readable checkpoint); returns a summary dict.
+
+  Refuses (WorkdirLockedError) a workdir another trainer is using; raises CheckpointWriteError when a checkpoint
+  cannot be written (the previous one stays intact, and rerunning resumes from it).
+  """
   workdir = ckpt_lib.as_path(workdir)  # local or gs://
   if jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)
+  with workdir_lock.hold(workdir):  # before anything is written there (config.json, checkpoints)
+    return _train(config, workdir)
+
+
+def _train(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
   total = int(config.train.total_steps)
   global_batch = int(config.data.batch_size)
   mesh = sharding_lib.make_mesh()
@@ -200,8 +210,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
     raise
   finally:
     bar.close()
-    checkpointer.close()
-    writer.close()
+    try:
+      checkpointer.close()  # waits for the last save: a failed write surfaces here
+    finally:
+      writer.close()
   saved_steps = checkpointer.all_steps()
 
   fingerprint = ckpt_lib.params_fingerprint(state["params"])

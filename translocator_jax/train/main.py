@@ -5,6 +5,11 @@ command runs on every host with TRANSLOCATOR_DISTRIBUTED=auto (jax.distributed.i
 pod); each host reads its own shard of the data. Explicit multi-process runs (e.g. CPU, gloo) set
 JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES and JAX_PROCESS_ID.
 
+Faults, in one line each: a checkpoint that cannot be written (a full disk) stops the run (exit status 1) naming
+the checkpoint that is intact, and rerunning the same command resumes from it; a workdir another trainer uses is
+refused (WORKDIR/.lock names its host and pid; exit status 2). --verbose adds the details (the checkpoint
+library's own logs, tracebacks); TRANSLOCATOR_TRACEBACK=1 raises the error itself.
+
 Workdir: config.json, checkpoints/<step>/{state,data,config}, metrics.jsonl, tensorboard/ (gs:// works for
 checkpoints and metrics through etils.epath), and calibration.json: the confidence radii fitted on the validation
 split at the end (eval/calibration.py), when the run has one.
@@ -31,6 +36,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                  help="override a config field, e.g. --set train.total_steps=100 (repeatable)")
   p.add_argument("--summary-json", default=None, help="also write the run summary (losses, fingerprint) here")
+  cli.add_verbose_arg(p)
   return p.parse_args(argv)
 
 
