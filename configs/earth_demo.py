@@ -11,6 +11,8 @@ config.json holds the resolved numbers).
 """
 import ml_collections
 
+CONFIG_ARGS = ("tiny",)  # the variants get_config knows (config_io refuses others)
+
 
 def get_config(arg: str | None = None):
   tiny = arg == "tiny"

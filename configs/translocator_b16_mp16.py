@@ -27,6 +27,7 @@ import ml_collections
 
 SHARED_DATA = "../shared/data"
 MP16_IMAGES = 4_723_695  # rows of mp16_places365.csv (a build that skips bad files has a few fewer)
+CONFIG_ARGS = ("runlocal", "authors")  # the variants get_config knows (config_io refuses others)
 
 
 def get_config(arg: str | None = None):

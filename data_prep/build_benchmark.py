@@ -7,6 +7,7 @@ Exit status 0 when written (skipped files listed in OUTPUT/report.json), 2 when 
 import sys
 
 from translocator_jax.data.build import cli
+from translocator_jax.runtime import cli as runtime_cli
 
 if __name__ == "__main__":
-  sys.exit(cli.benchmark_main())
+  sys.exit(runtime_cli.run(cli.benchmark_main, prog=cli.BENCHMARK_PROG, distributed=False))

@@ -22,10 +22,22 @@ from tqdm import tqdm
 from translocator_jax.data.earth_patches import dataset as earth_patches
 from translocator_jax.data.records import schema
 from translocator_jax.data.records import sources
+from translocator_jax.runtime import cli
+
+PROG = "python -m data_prep.build_earth_patches"
+
+
+def taus_arg(text: str) -> tuple[tuple[int, int], ...]:
+  """--taus JSON -> ((tau_min, tau_max), ...); a malformed value is argparse's one-line usage error."""
+  try:
+    return tuple((int(lo), int(hi)) for lo, hi in json.loads(text))
+  except (ValueError, TypeError) as e:
+    raise argparse.ArgumentTypeError(f"{text!r} is not JSON [[tau_min, tau_max], ...] with one pair per "
+                                     f"partition, coarse -> fine, e.g. [[4,800],[4,320],[4,120]] ({e})") from None
 
 
 def parse_args(argv):
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--output", required=True, help="TFDS data dir to build into")
   p.add_argument("--config", default="default", choices=sorted(earth_patches.PRESETS))
   p.add_argument("--num-train", type=int)
@@ -34,7 +46,7 @@ def parse_args(argv):
   p.add_argument("--patch-px", type=int)
   p.add_argument("--patch-km", type=float)
   p.add_argument("--seed", type=int)
-  p.add_argument("--taus", help="JSON [[tau_min, tau_max] x 3], coarse -> fine")
+  p.add_argument("--taus", type=taus_arg, help="JSON [[tau_min, tau_max] x 3], coarse -> fine")
   p.add_argument("--no-summary-scan", action="store_true", help="skip reading the records back for the summary")
   return p.parse_args(argv)
 
@@ -45,7 +57,7 @@ def overrides_from(args) -> dict:
     if getattr(args, name) is not None:
       out[name] = getattr(args, name)
   if args.taus:
-    out["taus"] = tuple(tuple(t) for t in json.loads(args.taus))
+    out["taus"] = args.taus
   return out
 
 
@@ -107,4 +119,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(cli.run(main, prog=PROG, distributed=False))

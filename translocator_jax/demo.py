@@ -120,13 +120,24 @@ def _plain(d: dict[str, Any]) -> dict[str, Any]:
   return {k: (float(v) if isinstance(v, (float, np.floating)) else int(v)) for k, v in d.items()}
 
 
+def _count(text: str) -> int:
+  """A whole number >= 0 (argparse type): a bad value is a one-line usage error before anything runs."""
+  try:
+    value = int(text)
+  except ValueError:
+    value = -1
+  if value < 0:
+    raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+  return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   p = argparse.ArgumentParser(prog="python -m translocator_jax.demo", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--workdir", default="runs/earth_demo")
   p.add_argument("--quick", action="store_true", help="the tiny variant (about a minute; for tests and Colab)")
   p.add_argument("--data-dir", default=None, help="TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
-  p.add_argument("--examples", type=int, default=4, help="test patches to predict and map")
+  p.add_argument("--examples", type=_count, default=4, help="test patches to predict and map")
   args = p.parse_args(sys.argv[1:] if argv is None else argv)
   run(args.workdir, quick=args.quick, data_dir=args.data_dir, num_examples=args.examples)
   return 0

@@ -257,14 +257,14 @@ def tiny_segmenter(tmp_path_factory):
   return d
 
 
-def test_benchmark_missing_map_stops_unless_a_segmenter_is_given(tmp_path, shared_data, tiny_segmenter, capsys):
+def test_benchmark_missing_map_stops_unless_a_segmenter_is_given(tmp_path, shared_data, tiny_segmenter):
   ids = _benchmark_inputs(tmp_path, shared_data)
   args = ["--name", "im2gps", "--csv", str(tmp_path / "im2gps.csv"),
           "--images", str(tmp_path / "im2gps_rgb_images.tar.gz"),
           "--segmentations", str(tmp_path / "im2gps_seg_images_PNG.tar.gz"), "--no-progress", "--no-cells"]
-  assert cli.benchmark_main(args + ["--output", str(tmp_path / "stopped")]) == 2
-  err = capsys.readouterr().err
-  assert "1 of 4 images have no segmentation map" in err and ids[-1] in err
+  with pytest.raises(writer.BuildError, match="1 of 4 images have no segmentation map") as stopped:
+    cli.benchmark_main(args + ["--output", str(tmp_path / "stopped")])  # one line, exit 2 under runtime.cli.run
+  assert ids[-1] in str(stopped.value)
   assert not list((tmp_path / "stopped").glob("*.array_record-*"))
   assert cli.benchmark_main(args + ["--output", str(tmp_path / "out"), "--segmenter", str(tiny_segmenter)]) == 0
   records = {r["image_id"].decode(): r for r in _read_records(tmp_path / "out", "test")}
@@ -325,11 +325,11 @@ def test_photos_from_exif_gps_or_csv_with_segmenter(tmp_path, tiny_segmenter):
   assert "not found" in reasons["pos.csv"]
 
 
-def test_photos_without_maps_or_segmenter_stop_with_a_clear_message(tmp_path, capsys):
+def test_photos_without_maps_or_segmenter_stop_with_a_clear_message(tmp_path):
   fx.write_folder(tmp_path / "p", {"a.jpg": fx.exif_gps(fx.photo(8, 8, 1), 1.0, 2.0)})
-  assert cli.photos_main(["--input", str(tmp_path / "p"), "--output", str(tmp_path / "o"), "--no-cells",
-                          "--no-progress"]) == 2
-  assert "no segmentation map" in capsys.readouterr().err
+  with pytest.raises(writer.BuildError, match="1 photos have no segmentation map.*--segmenter MODEL_DIR"):
+    cli.photos_main(["--input", str(tmp_path / "p"), "--output", str(tmp_path / "o"), "--no-cells", "--no-progress"])
+  assert not list((tmp_path / "o").glob("*.array_record-*"))
 
 
 def test_segment_step_writes_maps_the_builder_reads(tmp_path, tiny_segmenter):

@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 
 import dataset_fixtures as fx
 from translocator_jax.data.build import cli
@@ -40,9 +41,10 @@ def test_csv_with_bad_rows_builds_and_lists_each_bad_row(tmp_path, shared_data, 
   assert fine.num_classes > 3 and (counts > 10).all() and (counts <= 40).all()
 
 
-def test_missing_columns_or_input_stop_with_a_clear_message(tmp_path, capsys):
+def test_missing_columns_or_input_stop_with_a_clear_message(tmp_path):
+  # runtime.cli.run (the data_prep script's set-up) turns these into one line and exit status 2.
   (tmp_path / "m.csv").write_text("id,lat\n1,2\n")
-  assert cli.partitions_main(["--input", str(tmp_path / "m.csv"), "--output", str(tmp_path / "p")]) == 2
-  assert "needs columns 'LAT' and 'LON'" in capsys.readouterr().err
-  assert cli.partitions_main(["--input", str(tmp_path / "none.csv"), "--output", str(tmp_path / "p")]) == 2
-  assert "no such CSV file or dataset folder" in capsys.readouterr().err
+  with pytest.raises(ValueError, match="needs columns 'LAT' and 'LON'"):
+    cli.partitions_main(["--input", str(tmp_path / "m.csv"), "--output", str(tmp_path / "p")])
+  with pytest.raises(FileNotFoundError, match="no such CSV file or dataset folder"):
+    cli.partitions_main(["--input", str(tmp_path / "none.csv"), "--output", str(tmp_path / "p")])

@@ -1,7 +1,5 @@
-"""--set overrides are strict: a typo or a value of the wrong type is refused in one line, naming the key."""
-import subprocess
-import sys
-
+"""--set overrides are strict: a typo or a value of the wrong type is refused in one line, naming the key (the
+commands' own one-line refusals: test_cli_errors.py)."""
 import pytest
 
 from translocator_jax.runtime import config_io
@@ -45,16 +43,22 @@ def test_good_overrides_apply(config):
   assert config.optim.momentum == 0.8 and config.train.fsdp_min_size == 0 and config.data.data_dir == "/x"
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--config", EARTH_TINY, "--set", "model.depht=3"], "did you mean model.depth?"),
-    (["--config", EARTH_TINY, "--set", "data.batch_size=abc"], "expected int"),
-    (["--config", EARTH_TINY, "--set", "model.variant=Q/99"], "unknown ViT variant 'Q/99'"),
-    (["--config", "configs/nope.py"], "config file configs/nope.py not found"),
+@pytest.mark.parametrize("text,spec,error,message", [
+    ("def get_config(arg):\n  return arg\n", "{dir}", FileNotFoundError, "config file {dir} not found"),
+    ("def get_config(arg)\n  return arg\n", "{file}", ValueError, "config file {file} is not valid Python"),
+    ("CONFIG = 1\n", "{file}", ValueError, "config file {file} has no get_config(arg) function"),
+    ("CONFIG_ARGS = ('small', 'big')\ndef get_config(arg):\n  return arg\n", "{file}:smal", ValueError,
+     "{file} has no config 'smal'; did you mean {file}:small? it has: {file}, {file}:small, {file}:big"),
 ])
-def test_the_trainer_says_it_in_one_line_and_exits_2(args, message, tmp_path):
-  out = subprocess.run([sys.executable, "-m", "translocator_jax.train.main", *args, "--workdir", str(tmp_path / "w")],
-                       capture_output=True, text=True, timeout=300)
-  lines = [l for l in out.stderr.splitlines() if l.strip() and "WARNING" not in l]
-  assert out.returncode == 2, out.stderr[-2000:]
-  assert len(lines) == 1 and lines[0].startswith("translocator-train: error:") and message in lines[0], lines
-  assert not (tmp_path / "w" / "checkpoints").exists()
+def test_a_bad_config_file_or_argument_is_refused_naming_it(tmp_path, text, spec, error, message):
+  (tmp_path / "c.py").write_text(text)
+  names = dict(dir=str(tmp_path), file=str(tmp_path / "c.py"))
+  with pytest.raises(error) as e:
+    config_io.load_config(spec.format(**names))
+  assert message.format(**names) in str(e.value)
+
+
+def test_listed_config_arguments_still_load(tmp_path):
+  (tmp_path / "c.py").write_text("CONFIG_ARGS = ('small',)\ndef get_config(arg):\n  return {'arg': arg}\n")
+  assert config_io.load_config(f"{tmp_path / 'c.py'}:small") == {"arg": "small"}
+  assert config_io.load_config(str(tmp_path / "c.py")) == {"arg": None}

@@ -18,6 +18,7 @@ import numpy as np
 from translocator_jax import paths
 from translocator_jax.data.earth_patches import dataset as earth_patches
 from translocator_jax.data.records import palette as palette_lib
+from translocator_jax.data.records import sources
 from translocator_jax.geo import cells, metrics
 
 # Datasets translocator-eval reads when the config names none; every dataset is evaluated on its 'test' split.
@@ -48,13 +49,18 @@ class DatasetMissingError(FileNotFoundError):
   """A dataset the config names is not on disk; the message says which command builds it."""
 
 
+class MapsMissingError(ValueError):
+  """A two-stream model was asked to train or evaluate on a set built without segmentation maps."""
+
+
 @dataclasses.dataclass
 class DatasetInfo:
   name: str
   tfds_dir: str | None             # the built TFDS dir (None for synthetic, or an unbuilt training set)
   partition_paths: tuple[str, ...] | None
   palette: np.ndarray | None        # [K, 3] uint8 (seg_input='palette')
-  num_seg_classes: int
+  num_seg_classes: int              # 0 for a set without maps
+  has_maps: bool = True             # False: built with --no-seg (records hold schema.NO_MAP)
 
 
 def paper_table(name: str) -> dict[str, float] | None:
@@ -108,7 +114,22 @@ def dataset_info(config: ml_collections.ConfigDict, name: str, *, need_records: 
     tfds_dir = None
   parts = mp16_partition_paths(config.data.get("partitions_dir"),
                                tuple(config.data.get("partition_files", MP16_PARTITION_FILES)))
-  return DatasetInfo(name, tfds_dir, parts, palette_lib.palette(), palette_lib.NUM_CLASSES)
+  has_maps = tfds_dir is None or sources.has_segmentation_maps(tfds_dir)
+  info = DatasetInfo(name, tfds_dir, parts, palette_lib.palette(), palette_lib.NUM_CLASSES if has_maps else 0,
+                     has_maps)
+  if need_records:
+    require_maps(config, info)  # before anything is built or compiled for a run that cannot read the set
+  return info
+
+
+def require_maps(config: ml_collections.ConfigDict, info: DatasetInfo) -> None:
+  """Refuses (MapsMissingError) a two-stream model (config.model.fusion other than 'none') on a set without maps."""
+  fusion = config.model.get("fusion", None) or "cls_sum"
+  if not info.has_maps and fusion != "none":
+    raise MapsMissingError(
+        f"dataset {info.name!r} ({info.tfds_dir}) has no segmentation maps (built with --no-seg), and "
+        f"model.fusion={fusion!r} is a two-stream model that reads them: use an RGB-only model "
+        "(model.fusion='none') or rebuild the dataset with maps (--seg MAPS or --segmenter MODEL_DIR)")
 
 
 def load_partitions(info: DatasetInfo) -> list[cells.Partition] | None:

@@ -170,12 +170,18 @@ def model_kwargs(model_config: Mapping[str, Any]) -> dict[str, Any]:
   dtype = config_get(model_config, "dtype", "float32")
   if str(dtype) not in ("float32", "bfloat16"):
     raise ValueError(f"config.model.dtype={dtype!r}; expected 'float32' or 'bfloat16'")
+  # Also checked in setup(); here a command refuses a bad value before it builds or compiles anything.
+  fusion, seg_input = config_get(model_config, "fusion", "cls_sum"), config_get(model_config, "seg_input", "palette")
+  if fusion not in FUSIONS:
+    raise ValueError(f"config.model.fusion={fusion!r}; expected one of {FUSIONS}")
+  if seg_input not in SEG_INPUTS:
+    raise ValueError(f"config.model.seg_input={seg_input!r}; expected one of {SEG_INPUTS}")
   return dict(
       heads=heads, width=shape.width, depth=shape.depth, mlp_dim=shape.mlp_dim, num_heads=shape.num_heads,
       patch_size=shape.patch_size,
-      fusion=config_get(model_config, "fusion", "cls_sum"),
+      fusion=fusion,
       fusion_per_layer=bool(config_get(model_config, "fusion_per_layer", False)),
-      seg_input=config_get(model_config, "seg_input", "palette"),
+      seg_input=seg_input,
       num_seg_classes=int(config_get(model_config, "num_seg_classes", 150)),
       seg_embed_dim=int(config_get(model_config, "seg_embed_dim", 16)),
       dtype=jnp.dtype(str(dtype)),

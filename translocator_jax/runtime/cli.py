@@ -1,4 +1,4 @@
-"""The one set-up of every command line (translocator-train, -eval, -predict, the demo).
+"""The one set-up of every command line (translocator-train, -eval, -predict, the demo, the data_prep scripts).
 
 `run(main, argv, prog=...)` applies the host performance settings before JAX starts its backend, joins a
 multi-process job when the environment describes one, sets up logging, and turns an error into one line on
@@ -24,6 +24,7 @@ import sys
 import warnings
 from typing import Callable, Sequence
 
+from translocator_jax.data.build import writer as build_writer
 from translocator_jax.runtime import perf, sharding
 
 USAGE_ERROR = 2
@@ -40,8 +41,9 @@ class Fault(Exception):
   is intact and what to do next."""
 
 
-# What a person's own input raises: a missing file, a bad value, an unknown key.
-USER_ERRORS = (UserError, FileNotFoundError, NotADirectoryError, PermissionError, ValueError, KeyError)
+# What a person's own input raises: a missing file, a bad value, an unknown key, a dataset build that cannot run.
+USER_ERRORS = (UserError, FileNotFoundError, NotADirectoryError, PermissionError, ValueError, KeyError,
+               build_writer.BuildError)
 
 _verbose = False
 _ABANDONED_COROUTINE = r"coroutine '.*' was never awaited"

@@ -10,16 +10,29 @@ import ml_collections
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
-  """'configs/earth_demo.py:tiny' -> get_config('tiny') of that file."""
+  """'configs/earth_demo.py:tiny' -> get_config('tiny') of that file.
+
+  A config file that lists its arguments (CONFIG_ARGS = ("tiny",)) refuses any other, naming them: get_config
+  would otherwise quietly return its default for a misspelt one.
+  """
   path, _, arg = spec.partition(":")
   file = pathlib.Path(path)
-  if not file.exists():
+  if not file.is_file():
     raise FileNotFoundError(f"config file {file} not found (from --config {spec!r})")
   module_spec = importlib.util.spec_from_file_location(f"_config_{file.stem}", file)
   module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  try:
+    module_spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise ValueError(f"config file {file} is not valid Python: {e.msg} (line {e.lineno})") from None
   if not hasattr(module, "get_config"):
-    raise AttributeError(f"{file} has no get_config(arg) function")
+    raise ValueError(f"config file {file} has no get_config(arg) function")
+  known = getattr(module, "CONFIG_ARGS", None)
+  if arg and known is not None and arg not in known:
+    close = difflib.get_close_matches(arg, known, n=1)
+    hint = f"did you mean {file}:{close[0]}? " if close else ""
+    raise ValueError(f"--config {spec!r}: {file} has no config {arg!r}; {hint}it has: "
+                     f"{', '.join([str(file)] + [f'{file}:{a}' for a in known])}")
   return module.get_config(arg or None)
 
 

@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 
+from translocator_jax import models
 from translocator_jax.data import registry
 from translocator_jax.eval import calibration
 from translocator_jax.runtime import checkpoints, cli, config_io
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str]) -> int:
   args = parse_args(argv)
   config = config_io.apply_overrides(config_io.load_config(args.config), args.overrides)
+  models.model_kwargs(config.model)  # a bad model setting is refused before any dataset is built
   try:
     summary = loop.train(config, args.workdir)
   except loop.NonFiniteLossError as e:

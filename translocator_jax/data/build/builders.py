@@ -159,14 +159,22 @@ def _stores(images, segmentations, staging):
   return rgb_store, seg_store
 
 
+def check_model_dir(model_dir) -> None:
+  """BuildError unless `model_dir` looks like a saved transformers model (before any photo is read)."""
+  if not os.path.isdir(model_dir):
+    raise build.BuildError(f"segmenter model folder not found: {model_dir}")
+  if not os.path.isfile(os.path.join(model_dir, "config.json")):
+    raise build.BuildError(f"{model_dir}: not a transformers model folder (no config.json)")
+
+
 def _options(name, split, output_dir, partition_paths, segmenter_dir, **kw) -> build.BuildOptions:
   if partition_paths is None:
     partition_paths = default_partition_paths()
   for p in partition_paths:
     if not os.path.isfile(p):
       raise build.BuildError(f"partition file not found: {p}")
-  if segmenter_dir and not os.path.isdir(segmenter_dir):
-    raise build.BuildError(f"segmenter model folder not found: {segmenter_dir}")
+  if segmenter_dir:
+    check_model_dir(segmenter_dir)
   return build.BuildOptions(name=name, split=split, output_dir=pathlib.Path(output_dir),
                             partition_paths=list(partition_paths), segmenter_dir=segmenter_dir, **kw)
 
@@ -220,13 +228,21 @@ def read_photo_csv(csv_path, columns=("path", "lat", "lon")) -> tuple[dict[str, 
 
 def build_photos(*, input_dir, output_dir, csv_path=None, segmentations=None, seg_name: str = DEFAULT_SEG_NAME,
                  segmenter_dir: str | None = None, name: str = "photos", split: str = "test",
-                 partition_paths: Sequence[str] | None = None, maps_oriented: bool = True, **options) -> dict:
+                 partition_paths: Sequence[str] | None = None, maps_oriented: bool = True,
+                 segmentation_maps: bool = True, **options) -> dict:
   """Your own photos: every JPEG/PNG under `input_dir`, positioned by EXIF GPS or by `csv_path` (path,lat,lon,
   paths relative to `input_dir`; photos it does not list fall back to EXIF). Maps from `segmentations` (a
   folder/tarball named like the photos) or computed with `segmenter_dir`. `maps_oriented`: the given maps were
   computed on the EXIF-rotated photos, as `data_prep.segment` writes them (decides square photos).
+  segmentation_maps=False (--no-seg): no maps at all; the records hold schema.NO_MAP and the set is marked as
+  having none, for RGB-only models (model.fusion='none').
   """
-  opts = _options(name, split, output_dir, partition_paths, segmenter_dir, maps_oriented=maps_oriented, **options)
+  if not segmentation_maps and (segmentations or segmenter_dir):
+    raise build.BuildError("--no-seg builds a set without maps: leave out --seg and --segmenter, or drop --no-seg")
+  if csv_path is not None and not os.path.isfile(csv_path):
+    raise build.BuildError(f"positions CSV not found: {csv_path}")
+  opts = _options(name, split, output_dir, partition_paths, segmenter_dir, maps_oriented=maps_oriented,
+                  segmentation_maps=segmentation_maps, **options)
   staging = opts.output_dir / build.STAGING
   staging.mkdir(parents=True, exist_ok=True)
   rgb_store, seg_store = _stores(input_dir, segmentations, staging)
@@ -256,10 +272,11 @@ def build_photos(*, input_dir, output_dir, csv_path=None, segmentations=None, se
     items.append(build.Item(image_id=n, rgb_name=n, seg_name=seg, latlon=latlon))
   skipped += [{"source": f"{csv_path}:row {row}", "reason": f"photo {p!r} not found under {input_dir}"}
               for p, (row, _, _) in positions.items() if p not in listed]
-  if no_seg and not segmenter_dir:
+  if no_seg and not segmenter_dir and segmentation_maps:
     raise build.BuildError(
         f"{len(no_seg)} photos have no segmentation map (first: {no_seg[:5]}); pass --segmenter MODEL_DIR (an "
-        "ADE20K SegFormer/UperNet folder) or --seg with maps named like the photos")
+        "ADE20K SegFormer/UperNet folder) or --seg with maps named like the photos (or --no-seg: a set without "
+        "maps, for RGB-only models, model.fusion='none')")
   items.sort(key=lambda it: it.image_id)
   return build.write_dataset(items, rgb_store, seg_store, skipped, opts)
 
@@ -271,6 +288,7 @@ def segment_folder(*, images, output_dir, model_dir, existing=None, seg_name: st
   dataset size (short side <= 320), which the builders accept as a rescaled map. Returns the report (also
   output_dir/report.json): {"written": N, "skipped": [{"source", "reason"}], "already_present": M}.
   """
+  check_model_dir(model_dir)
   output_dir = pathlib.Path(output_dir)
   output_dir.mkdir(parents=True, exist_ok=True)
   staging = output_dir / "_staging"

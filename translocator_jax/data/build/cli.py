@@ -2,12 +2,13 @@
 
 Exit status: 0 when the dataset was written (skipped files are listed in report.json and counted on stderr),
 2 when the build could not run (bad arguments, missing inputs, missing segmentation maps without a segmenter, an
-output folder holding another build).
+output folder holding another build). A `main` raises what stops it (BuildError, a missing file, a bad value);
+the data_prep scripts run it under runtime.cli.run, the set-up of every command, which prints that as one line
+`PROG: error: ...` and exits 2.
 """
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Callable, Sequence
 
 from translocator_jax.data.build import builders
@@ -15,10 +16,37 @@ from translocator_jax.data.build import partitions as partitions_build
 from translocator_jax.data.build import writer as build
 
 
+MP16_PROG = "python -m data_prep.build_mp16"
+BENCHMARK_PROG = "python -m data_prep.build_benchmark"
+PHOTOS_PROG = "python -m data_prep.photos_to_dataset"
+SEGMENT_PROG = "python -m data_prep.segment"
+PARTITIONS_PROG = "python -m data_prep.build_partitions"
+
+
+def _positive(text: str) -> int:
+  """A whole number > 0 (argparse type): a bad count is a one-line usage error, not a failure mid-build."""
+  try:
+    value = int(text)
+  except ValueError:
+    value = 0
+  if value <= 0:
+    raise argparse.ArgumentTypeError(f"expected a whole number > 0, got {text!r}")
+  return value
+
+
+def _quality(text: str) -> int:
+  value = _positive(text)
+  if value > 100:
+    raise argparse.ArgumentTypeError(f"JPEG quality goes from 1 to 100, got {text!r}")
+  return value
+
+
 def _common(p: argparse.ArgumentParser) -> None:
   p.add_argument("--output", required=True, help="output folder (the TFDS data dir; created)")
-  p.add_argument("--workers", type=int, default=1, help="parallel worker processes (one piece each at a time)")
-  p.add_argument("--piece-size", type=int, default=2000, help="images per ArrayRecord shard (the resume unit)")
+  p.add_argument("--workers", type=_positive, default=1,
+                 help="parallel worker processes (one piece each at a time)")
+  p.add_argument("--piece-size", type=_positive, default=2000,
+                 help="images per ArrayRecord shard (the resume unit)")
   p.add_argument("--partitions", nargs=3, metavar=("COARSE", "MIDDLE", "FINE"), default=None,
                  help="partition CSVs for the `cells` field (default: the MP-16 cells_50_* in the shared data)")
   p.add_argument("--no-cells", action="store_true", help="write cells = -1 (no partition files)")
@@ -27,9 +55,9 @@ def _common(p: argparse.ArgumentParser) -> None:
   p.add_argument("--seg-name", default=builders.DEFAULT_SEG_NAME,
                  help="map file name of an image id, a format over {id} {stem} {ext} (default: %(default)s, the "
                       "published layout: a/b.jpg -> a/b.png)")
-  p.add_argument("--max-pixels", type=int, default=build.images_lib.DEFAULT_MAX_PIXELS,
+  p.add_argument("--max-pixels", type=_positive, default=build.images_lib.DEFAULT_MAX_PIXELS,
                  help="images with more pixels are skipped (decompression bombs)")
-  p.add_argument("--jpeg-quality", type=int, default=build.images_lib.DEFAULT_JPEG_QUALITY)
+  p.add_argument("--jpeg-quality", type=_quality, default=build.images_lib.DEFAULT_JPEG_QUALITY)
   p.add_argument("--keep-spool", action="store_true", help="keep the tarball spools in _staging/ after the build")
   p.add_argument("--no-progress", action="store_true")
 
@@ -42,17 +70,13 @@ def _kwargs(a) -> dict:
 
 
 def _run(fn: Callable[[], dict]) -> int:
-  try:
-    report = fn()
-  except (build.BuildError, FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  report = fn()
   print(f"written: {report['written']}  skipped: {len(report['skipped'])}")
   return 0
 
 
 def mp16_main(argv: Sequence[str] | None = None) -> int:
-  p = argparse.ArgumentParser(description="Build MP-16 (split train) from the published layout.")
+  p = argparse.ArgumentParser(prog=MP16_PROG, description="Build MP-16 (split train) from the published layout.")
   p.add_argument("--csv", required=True, help="mp16_places365.csv")
   p.add_argument("--images", required=True, help="mp16_rgb_images.tgz or its folder")
   p.add_argument("--segmentations", required=True, help="mp16_seg_images_PNG.tgz or its folder")
@@ -63,7 +87,7 @@ def mp16_main(argv: Sequence[str] | None = None) -> int:
 
 
 def benchmark_main(argv: Sequence[str] | None = None) -> int:
-  p = argparse.ArgumentParser(description="Build a benchmark test set (split test).")
+  p = argparse.ArgumentParser(prog=BENCHMARK_PROG, description="Build a benchmark test set (split test).")
   p.add_argument("--name", required=True, help="im2gps, im2gps3k, yfcc26k, yfcc4k (or any name with --csv)")
   p.add_argument("--csv", default=None, help="metadata CSV (default for im2gps/im2gps3k/yfcc26k: shared data)")
   p.add_argument("--images", required=True, help="RGB tarball or folder")
@@ -79,13 +103,17 @@ def benchmark_main(argv: Sequence[str] | None = None) -> int:
 
 
 def photos_main(argv: Sequence[str] | None = None) -> int:
-  p = argparse.ArgumentParser(description="Build a dataset of your own photos (positions from EXIF GPS or --csv).")
+  p = argparse.ArgumentParser(prog=PHOTOS_PROG,
+                              description="Build a dataset of your own photos (positions from EXIF GPS or --csv).")
   p.add_argument("--input", required=True, help="folder tree (or tarball) of JPEG/PNG photos")
   p.add_argument("--csv", default=None, help="CSV with header path,lat,lon (paths relative to --input)")
   p.add_argument("--seg", default=None, help="folder/tarball of segmentation maps named like the photos")
   p.add_argument("--seg-on-stored-pixels", action="store_true",
                  help="the --seg maps were computed on the photos as stored, before EXIF rotation (default: on the "
                       "rotated photos, as data_prep.segment writes them); decides only square or flipped photos")
+  p.add_argument("--no-seg", action="store_true",
+                 help="build without segmentation maps (records hold none; the set is marked so): for RGB-only "
+                      "models (model.fusion='none'); two-stream models refuse such a set")
   p.add_argument("--name", default="photos")
   p.add_argument("--split", default="test")
   _common(p)
@@ -93,11 +121,12 @@ def photos_main(argv: Sequence[str] | None = None) -> int:
   kw = _kwargs(a)
   return _run(lambda: builders.build_photos(input_dir=a.input, csv_path=a.csv, segmentations=a.seg,
                                             maps_oriented=not a.seg_on_stored_pixels, name=a.name,
-                                            split=a.split, **kw))
+                                            split=a.split, segmentation_maps=not a.no_seg, **kw))
 
 
 def segment_main(argv: Sequence[str] | None = None) -> int:
-  p = argparse.ArgumentParser(description="Write ADE20K-150 maps (palette PNGs) for photos that have none.")
+  p = argparse.ArgumentParser(prog=SEGMENT_PROG,
+                              description="Write ADE20K-150 maps (palette PNGs) for photos that have none.")
   p.add_argument("--images", required=True, help="folder or tarball of photos")
   p.add_argument("--output", required=True, help="folder for the maps (same relative names, .png)")
   p.add_argument("--model", required=True, help="local transformers ADE20K segmentation model folder")
@@ -110,7 +139,8 @@ def segment_main(argv: Sequence[str] | None = None) -> int:
 
 
 def partitions_main(argv: Sequence[str] | None = None) -> int:
-  p = argparse.ArgumentParser(description="Build the S2 partitions (GeoEstimation CSV layout) from training "
+  p = argparse.ArgumentParser(prog=PARTITIONS_PROG,
+                              description="Build the S2 partitions (GeoEstimation CSV layout) from training "
                                           "coordinates: a CSV with LAT/LON columns or a built dataset folder.")
   p.add_argument("--input", required=True, help="mp16_places365.csv, or a built TFDS dataset dir (.../1.0.0)")
   p.add_argument("--split", default="train", help="the dataset split (dataset input)")
@@ -122,13 +152,9 @@ def partitions_main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--lon-column", default="LON")
   p.add_argument("--no-progress", action="store_true")
   a = p.parse_args(argv)
-  try:
-    report = partitions_build.build_partitions(
-        a.input, a.output, split=a.split, tau_min=a.tau_min, tau_max=a.tau_max, lat_column=a.lat_column,
-        lon_column=a.lon_column, progress=not a.no_progress)
-  except (FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  report = partitions_build.build_partitions(
+      a.input, a.output, split=a.split, tau_min=a.tau_min, tau_max=a.tau_max, lat_column=a.lat_column,
+      lon_column=a.lon_column, progress=not a.no_progress)
   for part in report["partitions"]:
     print(f"{part['file']}: {part['classes']} classes, {part['assigned']} of {report['coordinates']} assigned")
   print(f"coordinates: {report['coordinates']}  skipped rows: {len(report['skipped'])}"

@@ -67,6 +67,7 @@ class BuildOptions:
   # Where a map fits the photo both as stored and EXIF-rotated (square or flipped photos): True when the maps were
   # computed on the rotated view (data_prep.segment), False for the published maps (computed on stored pixels).
   maps_oriented: bool = False
+  segmentation_maps: bool = True  # False: every record holds schema.NO_MAP (photos_to_dataset --no-seg)
   max_pixels: int = images_lib.DEFAULT_MAX_PIXELS
   max_short_side: int = schema.MAX_SHORT_SIDE
   jpeg_quality: int = images_lib.DEFAULT_JPEG_QUALITY
@@ -78,7 +79,9 @@ class BuildOptions:
     return {"name": self.name, "split": self.split, "piece_size": self.piece_size,
             "partitions": [str(p) for p in self.partition_paths], "segmenter": self.segmenter_dir,
             "maps_oriented": self.maps_oriented,
-            "max_pixels": self.max_pixels, "max_short_side": self.max_short_side, "quality": self.jpeg_quality}
+            "max_pixels": self.max_pixels, "max_short_side": self.max_short_side, "quality": self.jpeg_quality,
+            # Only when set: builds with maps keep the fingerprint they had before the option existed (resumable).
+            **({} if self.segmentation_maps else {"segmentation_maps": False})}
 
 
 def shard_name(name: str, split: str, index: int, count: int) -> str:
@@ -168,6 +171,9 @@ def _process_item(item: Item, rgb_store, seg_store, options: BuildOptions) -> di
       classes = images_lib.segmentation_classes(seg_img, size)  # Mapped at the output size: fewer pixels.
     except images_lib.BadInput as e:
       raise images_lib.BadInput(f"{where}: {e}") from None
+  elif not options.segmentation_maps:
+    jpeg, size, _ = images_lib.finish_image(decoded, transpose=True, max_short_side=options.max_short_side,
+                                            quality=options.jpeg_quality)
   else:
     if not options.segmenter_dir:
       raise images_lib.BadInput("no segmentation map and no segmenter")
@@ -176,7 +182,8 @@ def _process_item(item: Item, rgb_store, seg_store, options: BuildOptions) -> di
     classes = _segmenter(options.segmenter_dir)(np.asarray(rgb))
   return {
       schema.IMAGE: jpeg,
-      schema.SEGMENTATION: images_lib.encode_classes(classes, size),
+      schema.SEGMENTATION: (images_lib.encode_classes(classes, size) if options.segmentation_maps
+                            else schema.NO_MAP),
       schema.LATLON: latlon.astype(np.float32),
       _LATLON64: latlon,
       schema.SCENE_S3: int(item.scenes[0]),
@@ -296,8 +303,10 @@ def write_dataset(items: Sequence[Item], rgb_store, seg_store, plan_skipped: Seq
   metadata = tfds.core.MetadataDict(
       schema_keys=[schema.IMAGE, schema.SEGMENTATION, schema.LATLON, schema.SCENE_S3, schema.SCENE_S16,
                    schema.SCENE_S365, schema.CELLS, schema.IMAGE_ID],
-      num_seg_classes=150, seg_classes="ADE20K-150", partitions=[os.path.basename(str(p))
-                                                                 for p in options.partition_paths])
+      num_seg_classes=150 if options.segmentation_maps else 0,
+      seg_classes="ADE20K-150" if options.segmentation_maps else "none",
+      partitions=[os.path.basename(str(p)) for p in options.partition_paths],
+      **{schema.MAPS_METADATA_KEY: options.segmentation_maps})
   tfds.folder_dataset.write_metadata(
       data_dir=out_dir, features=schema.features(), split_infos=[split_info], check_data=False,
       description=options.description or f"{options.name} in the TransLocator-JAX schema",

@@ -67,6 +67,8 @@ class Options:
     for name in ("num_train", "num_validation", "num_test", "patch_px"):
       if int(getattr(self, name)) <= 0:
         raise ValueError(f"earth_patches option {name} must be > 0, got {getattr(self, name)}")
+    if not float(self.patch_km) > 0:
+      raise ValueError(f"earth_patches option patch_km must be > 0, got {self.patch_km}")
     if len(self.taus) != schema.NUM_PARTITIONS or any(len(t) != 2 or t[0] >= t[1] for t in self.taus):
       raise ValueError(f"earth_patches option taus must be {schema.NUM_PARTITIONS} (tau_min < tau_max) pairs, "
                        f"got {self.taus}")

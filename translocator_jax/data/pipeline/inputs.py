@@ -20,6 +20,7 @@ def train_iterator(config: ml_collections.ConfigDict, info: registry.DatasetInfo
   """This process's iterator over its shard of the training set (get_state / set_state for checkpoints)."""
   if info.name == "synthetic":
     return synthetic.SyntheticIterator(config, global_batch, jax.process_index(), jax.process_count())
+  registry.require_maps(config, info)
   source = sources.open_source(info.tfds_dir, config.data.get("train_split", "train"))
   loader = loaders.train_loader(
       source, batch_size=global_batch // jax.process_count(), image_size=int(config.model.image_size),
@@ -38,6 +39,7 @@ def eval_batches(config: ml_collections.ConfigDict, info: registry.DatasetInfo, 
     syn = config.data.get("synthetic", {})
     ex = synthetic.make_synthetic_examples(config, int(syn.get("num_examples", 32)), int(syn.get("seed", 0)))
     return synthetic.synthetic_eval_batches(ex, batch_size), len(ex["image"])
+  registry.require_maps(config, info)  # also for a training set's info read without its records (evaluation)
   source = sources.open_source(info.tfds_dir, split)
   loader = loaders.eval_loader(
       source, batch_size=batch_size // jax.process_count(), image_size=int(config.model.image_size),

@@ -109,9 +109,15 @@ class _Fields:
                      "(record: its largest class)")
 
 
+def _zeros_if_no_map(seg: Any, hw: tuple[int, int]) -> Any:
+  """The map of a record without one (schema.NO_MAP, a --no-seg set): zeros the size of the photo, so RGB-only
+  models (which ignore the map; registry.require_maps keeps two-stream models off such sets) get the usual batch."""
+  return np.zeros(hw, np.uint8) if isinstance(seg, bytes) and seg == schema.NO_MAP else seg
+
+
 def _split(ex: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
   image = np.asarray(ex[schema.IMAGE])
-  seg = np.asarray(ex[schema.SEGMENTATION])
+  seg = np.asarray(_zeros_if_no_map(ex[schema.SEGMENTATION], image.shape[:2]))
   if seg.ndim == 3:
     seg = seg[..., 0]
   if image.shape[:2] != seg.shape:
@@ -145,6 +151,7 @@ class TrainAugment:
     if hw is None:
       image = codecs.decode_rgb(image) if isinstance(image, bytes) else np.asarray(image)
       hw = image.shape[:2]
+    seg = _zeros_if_no_map(seg, tuple(hw))
     seg_hw = codecs.image_size(seg) if isinstance(seg, bytes) else None
     if seg_hw is None:
       if isinstance(seg, bytes):
@@ -191,6 +198,7 @@ class AuthorsTenCrop:
     for n, ex in enumerate(records):
       image, seg = ex[schema.IMAGE], ex[schema.SEGMENTATION]
       image = codecs.decode_rgb(image) if isinstance(image, bytes) else np.asarray(image)
+      seg = _zeros_if_no_map(seg, image.shape[:2])
       seg = np.asarray(codecs.decode_gray(seg)) if isinstance(seg, bytes) else np.asarray(seg)
       seg = seg[..., 0] if seg.ndim == 3 else seg
       images_out[n], segs_out[n] = augment.authors_ten_crops(image, seg, self.image_size, rng)

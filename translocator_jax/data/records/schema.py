@@ -5,7 +5,10 @@ One example (a photo, an Earth patch, a benchmark image) is a dict with these ke
   image         JPEG-encoded RGB, uint8 [H, W, 3]; short side resized to at most MAX_SHORT_SIDE px (as the ISNs
                 did, keeping MP-16 near 100 GB).
   segmentation  PNG-encoded class indices, uint8 [H, W, 1], same H and W as `image`. ADE20K-150 indices 0..149 for
-                photos; the Earth-patches set uses its own classes (see data/earth_patches.py).
+                photos; the Earth-patches set uses its own classes (see data/earth_patches.py). Empty (NO_MAP) in
+                a set built without maps (photos_to_dataset --no-seg), whose metadata.json then says
+                "segmentation_maps": false; readers give such a record a map of zeros the size of its image, and
+                only RGB-only models (model.fusion='none', which ignore the map) may read the set.
   latlon        float32 [2], (lat, lon) in degrees.
   scene_s3, scene_s16, scene_s365
                 int32 scene labels (Places365 hierarchy as in the benchmark CSVs), -1 where unknown.
@@ -30,6 +33,8 @@ NUM_PARTITIONS = len(PARTITION_NAMES)
 SCENE_KEYS = {3: SCENE_S3, 16: SCENE_S16, 365: SCENE_S365}
 MAX_SHORT_SIDE = 320
 UNKNOWN = -1
+NO_MAP = b""  # the segmentation field of a record without a map
+MAPS_METADATA_KEY = "segmentation_maps"  # metadata.json: False when every record holds NO_MAP
 
 
 def features():

@@ -2,7 +2,9 @@
 
 `open_source(dataset_dir, split)`: record i is the decoded example dict of the schema (image uint8 [H, W, 3],
 segmentation uint8 [H, W, 1], latlon float32 [2], cells int32 [3], scene_* int32, image_id bytes) plus
-`index` = i, in the order of `tfds.builder_from_directory(dir).as_data_source(split)`.
+`index` = i, in the order of `tfds.builder_from_directory(dir).as_data_source(split)`. A record without a map
+(schema.NO_MAP, a set built with --no-seg: `has_segmentation_maps` is False) decodes to a map of zeros the size of
+its image; undecoded, its segmentation stays NO_MAP.
 
 For datasets in the project schema stored as ArrayRecord (all of ours) it reads the shards directly and parses
 each tf.train.Example with protobuf (about 8 us a record here, against about 100 us for TFDS's generic numpy
@@ -123,7 +125,8 @@ class ArrayRecordSource:
                        f"(missing or empty {e})") from e
     if self.decode:
       ex[schema.IMAGE] = codecs.pil_decode(image, "RGB")
-      ex[schema.SEGMENTATION] = codecs.pil_decode(seg, "L")[..., None]
+      ex[schema.SEGMENTATION] = (codecs.pil_decode(seg, "L")[..., None] if seg != schema.NO_MAP
+                                 else np.zeros(ex[schema.IMAGE].shape[:2] + (1,), np.uint8))
     else:
       ex[schema.IMAGE], ex[schema.SEGMENTATION] = image, seg
     ex[INDEX] = np.int64(i)
@@ -158,6 +161,15 @@ def _is_schema_array_record(dataset_dir: str | os.PathLike) -> bool:
   keys = {schema.IMAGE, schema.SEGMENTATION, schema.LATLON, schema.CELLS, schema.IMAGE_ID, schema.SCENE_S3,
           schema.SCENE_S16, schema.SCENE_S365}
   return info.get("fileFormat") == "array_record" and keys <= set(features)
+
+
+def has_segmentation_maps(dataset_dir: str | os.PathLike) -> bool:
+  """False for a set built without maps (its metadata.json says so); True otherwise (every older build has maps)."""
+  try:
+    metadata = json.loads((pathlib.Path(dataset_dir) / "metadata.json").read_text())
+  except (OSError, ValueError):
+    return True
+  return bool(metadata.get(schema.MAPS_METADATA_KEY, True)) if isinstance(metadata, dict) else True
 
 
 def open_source(dataset_dir: str | os.PathLike, split: str, *, decode: bool = True,

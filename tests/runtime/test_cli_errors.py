@@ -1,0 +1,120 @@
+"""Every command, run as a new user would (a subprocess), says a mistake in one line `PROG: error: ...` naming it
+and exits 2, with no traceback; no dataset is built and nothing trained before the refusal."""
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from translocator_jax import paths
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+TINY = "configs/earth_demo.py:tiny"
+TRAIN, EVAL, PREDICT = "translocator-train", "translocator-eval", "translocator-predict"
+GALLERY, DEMO = "translocator-gallery", "python -m translocator_jax.demo"
+CALIBRATION = "python -m translocator_jax.eval.calibration"
+MODULES = {TRAIN: "translocator_jax.train.main", EVAL: "translocator_jax.eval.main",
+           PREDICT: "translocator_jax.predict", GALLERY: "translocator_jax.eval.gallery_main",
+           DEMO: "translocator_jax.demo", CALIBRATION: "translocator_jax.eval.calibration"}
+USAGE = "usage"  # argparse's own refusal: its usage block, then the one error line
+
+# (command, arguments ({tmp}: a fresh folder, {photo}: a JPEG there, {file}: a plain file), message, usage?)
+CASES = {
+    "train: unknown key": (TRAIN, ["--config", TINY, "--set", "model.depht=3"],
+                           "no key 'model.depht'; did you mean model.depth?", None),
+    "train: value of another type": (TRAIN, ["--config", TINY, "--set", "data.batch_size=abc"],
+                                     "expected int (the config has 16), got str", None),
+    "train: unknown variant": (TRAIN, ["--config", TINY, "--set", "model.variant=Q/99"],
+                               "unknown ViT variant 'Q/99'", None),
+    "train: unknown fusion": (TRAIN, ["--config", TINY, "--set", "model.fusion=bogus"],
+                              "config.model.fusion='bogus'; expected one of ('cls_sum', 'late_concat', 'none')", None),
+    "train: missing config file": (TRAIN, ["--config", "configs/nope.py"],
+                                   "config file configs/nope.py not found", None),
+    "train: unknown config argument": (TRAIN, ["--config", "configs/earth_demo.py:nosucharg"],
+                                       "configs/earth_demo.py has no config 'nosucharg'", None),
+    "train: misspelt config argument": (TRAIN, ["--config", "configs/earth_demo.py:tiyn"],
+                                        "did you mean configs/earth_demo.py:tiny?", None),
+    "train: unknown flag": (TRAIN, ["--config", TINY, "--bogus-flag"], "unrecognized arguments: --bogus-flag", USAGE),
+    "eval: missing workdir": (EVAL, ["--workdir", "{tmp}/nowhere"], "{tmp}/nowhere: not a workdir", None),
+    "eval: a folder without checkpoints": (EVAL, ["--checkpoint", "{tmp}"], "not a workdir (no checkpoints/)", None),
+    "eval: unknown tta": (EVAL, ["--workdir", "{tmp}", "--tta", "bogus"], "invalid choice: 'bogus'", USAGE),
+    "eval: no checkpoint given": (EVAL, [], "one of the arguments --workdir --checkpoint is required", USAGE),
+    "predict: missing checkpoint": (PREDICT, ["{photo}", "--checkpoint", "{tmp}/nowhere"],
+                                    "{tmp}/nowhere: not a workdir", None),
+    "predict: missing map folder": (PREDICT, ["{photo}", "--checkpoint", "{tmp}", "--seg-dir", "{tmp}/no_maps"],
+                                    "--seg-dir {tmp}/no_maps: no such folder", None),
+    "predict: maps not one per photo": (PREDICT, ["{photo}", "--checkpoint", "{tmp}", "--seg", "a.png", "b.png"],
+                                        "--seg takes one map per photo (1 photos, 2 maps)", None),
+    "gallery: missing workdir": (GALLERY, ["--workdir", "{tmp}/nowhere"], "not a workdir", None),
+    "calibration: missing workdir": (CALIBRATION, ["--workdir", "{tmp}/nowhere"], "not a workdir", None),
+    "demo: unknown flag": (DEMO, ["--workdir", "{tmp}/w", "--bogus-flag"], "unrecognized arguments: --bogus-flag",
+                           USAGE),
+    "demo: bad option value": (DEMO, ["--workdir", "{tmp}/w", "--examples", "-1"],
+                               "argument --examples: expected a whole number >= 0, got '-1'", USAGE),
+    "demo: data dir that is a file": (DEMO, ["--workdir", "{tmp}/w", "--quick", "--data-dir", "{file}"],
+                                      "Not a directory", None),
+    "photos: missing input": ("data_prep.photos_to_dataset", ["--input", "{tmp}/nowhere", "--output", "{tmp}/o"],
+                              "images input not found: {tmp}/nowhere", None),
+    "photos: no maps, no segmenter, no --no-seg": (
+        "data_prep.photos_to_dataset", ["--input", "{tmp}/photos", "--output", "{tmp}/o", "--no-cells"],
+        "1 photos have no segmentation map", None),
+    "photos: missing positions CSV": ("data_prep.photos_to_dataset",
+                                      ["--input", "{tmp}/photos", "--csv", "{tmp}/pos.csv", "--output", "{tmp}/o"],
+                                      "positions CSV not found: {tmp}/pos.csv", None),
+    "photos: bad count": ("data_prep.photos_to_dataset",
+                          ["--input", "{tmp}/photos", "--piece-size", "0", "--output", "{tmp}/o"],
+                          "argument --piece-size: expected a whole number > 0, got '0'", USAGE),
+    "earth patches: bad taus": ("data_prep.build_earth_patches", ["--output", "{tmp}/o", "--taus", "[1,2]"],
+                                "argument --taus: '[1,2]' is not JSON [[tau_min, tau_max], ...]", USAGE),
+    "earth patches: bad size": ("data_prep.build_earth_patches", ["--output", "{tmp}/o", "--num-train", "-5"],
+                                "earth_patches option num_train must be > 0, got -5", None),
+    "earth patches: output is a file": ("data_prep.build_earth_patches", ["--output", "{file}", "--config", "tiny"],
+                                        "Not a directory", None),
+    "benchmark: missing CSV": ("data_prep.build_benchmark", ["--name", "x", "--csv", "{tmp}/x.csv", "--images",
+                                                            "{tmp}/photos", "--output", "{tmp}/o"],
+                               "metadata CSV not found: {tmp}/x.csv", None),
+    "benchmark: yfcc4k without its CSV": ("data_prep.build_benchmark", ["--name", "yfcc4k", "--images",
+                                                                       "{tmp}/photos", "--output", "{tmp}/o"],
+                                          "yfcc4k: pass its metadata CSV", None),
+    "mp16: missing CSV": ("data_prep.build_mp16", ["--csv", "{tmp}/mp16.csv", "--images", "{tmp}/photos",
+                                                   "--segmentations", "{tmp}/photos", "--output", "{tmp}/o"],
+                          "metadata CSV not found: {tmp}/mp16.csv", None),
+    "partitions: missing input": ("data_prep.build_partitions", ["--input", "{tmp}/mp16.csv", "--output", "{tmp}/o"],
+                                  "{tmp}/mp16.csv: no such CSV file or dataset folder", None),
+    "segment: missing model folder": ("data_prep.segment", ["--images", "{tmp}/photos", "--output", "{tmp}/o",
+                                                            "--model", "{tmp}/no_model"],
+                                      "segmenter model folder not found: {tmp}/no_model", None),
+}
+
+
+def _prog(command: str) -> str:
+  return f"python -m {command}" if command.startswith("data_prep.") else command
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_mistake_is_one_line_naming_it_and_exit_status_2(case, tmp_path):
+  command, args, message, usage = CASES[case]
+  (tmp_path / "photos").mkdir()
+  Image.new("RGB", (8, 8)).save(tmp_path / "photos" / "a.jpg")  # a real photo: only what the case names is wrong
+  (tmp_path / "file").write_text("a file, not a folder")
+  fill = dict(tmp=str(tmp_path), photo=str(tmp_path / "photos" / "a.jpg"), file=str(tmp_path / "file"))
+  env = dict(os.environ, TRANSLOCATOR_SHARED_DATA=str(paths.shared_data_dir()), TFDS_DATA_DIR=str(tmp_path / "tfds"))
+  env.pop("TRANSLOCATOR_TRACEBACK", None)
+  if command == TRAIN:
+    args = [*args, "--workdir", "{tmp}/w"]
+  out = subprocess.run([sys.executable, "-m", MODULES.get(command, command), *[a.format(**fill) for a in args]],
+                       capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+  lines = [l for l in out.stderr.splitlines() if l.strip() and "WARNING" not in l]
+  assert "Traceback" not in out.stderr, out.stderr[-3000:]
+  assert out.returncode == 2, (out.returncode, out.stderr[-3000:])
+  assert lines and lines[-1].startswith(f"{_prog(command)}: error: "), lines
+  assert message.format(**fill) in lines[-1], lines[-1]
+  if usage:  # argparse's usage block first, then the one line
+    assert lines[0].startswith("usage: ") and sum(": error: " in l for l in lines) == 1, lines
+  else:
+    assert len(lines) == 1, lines
+  # Refused before any dataset was built or any training ran.
+  assert not (tmp_path / "tfds").exists()
+  assert not list(tmp_path.rglob("*.array_record-*")) and not list(tmp_path.rglob("checkpoints"))
