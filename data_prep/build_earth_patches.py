@@ -84,7 +84,7 @@ def summary(info: earth_patches.EarthPatchesInfo, seconds: float | None, stats: 
   lines = [
       f"earth_patches -> {info.data_dir}",
       f"  built in {seconds:.1f} s" if seconds is not None else "  already built (nothing to do)",
-      f"  examples: " + ", ".join(f"{k} {v}" for k, v in info.num_examples.items()) + f"; {size / 2**20:.1f} MiB",
+      "  examples: " + ", ".join(f"{k} {v}" for k, v in info.num_examples.items()) + f"; {size / 2**20:.1f} MiB",
       f"  patches: {o['patch_px']} px covering {o['patch_km']:g} km ({o['patch_km'] / o['patch_px']:.1f} km/px), "
       f"seed {o['seed']}",
       "  partitions (classes, taus): " + ", ".join(

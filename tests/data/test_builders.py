@@ -7,7 +7,6 @@ import pathlib
 import signal
 import subprocess
 import sys
-import tarfile
 import textwrap
 import time
 
