@@ -112,3 +112,10 @@ def test_partition_files_with_a_byte_order_mark_and_crlf_load(shared_data, tmp_p
   a, b = load_partition_csv(src), load_partition_csv(copy)
   assert a.hex_ids == b.hex_ids and a.num_images == b.num_images
   np.testing.assert_array_equal(a.latlon_mean, b.latlon_mean)
+
+
+def test_a_missing_predictions_file_is_one_line_naming_the_program_and_the_file(tmp_path, capsys):
+  missing = tmp_path / "missing.csv"
+  assert evaluate.main(["predictions", str(missing)]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("translocator-eval predictions: error:") and "missing.csv" in err[0]

@@ -322,9 +322,9 @@ def predictions_main(argv: Sequence[str]) -> int:
   args = parser.parse_args(argv)
   try:
     table, preds = evaluate_predictions_file(args.file, skip_bad=args.skip_bad)
-  except (ValueError, OSError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  except (ValueError, OSError) as e:  # a missing, empty or malformed file: the person's input, in the common form
+    print(cli.error_line(f"{PROG} predictions", e), file=sys.stderr)
+    return cli.USAGE_ERROR
   if preds.bad_rows:
     print(f"skipped {len(preds.bad_rows)} bad row(s):", file=sys.stderr)
     for line_no, why in preds.bad_rows:
