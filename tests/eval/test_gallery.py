@@ -40,7 +40,8 @@ def test_gallery_holds_every_training_patch_of_this_checkpoint(built):
   records = sources.open_source(registry.dataset_info(config, "earth_patches").tfds_dir, "train", decode=False)
   np.testing.assert_array_equal(g.fine_cell, [records[i][schema.CELLS][-1] for i in range(len(records))])
   assert len(g.meta["parts"]) == 4   # 240 patches, batches of 64, a part per batch
-  assert set(g.meta["refine"]) >= {"top_cells", "temperature", "neighbours", "radius_km", "features", "tuned_on"}
+  assert set(g.meta["refine"]) >= {"top_cells", "temperature", "neighbours", "radius_km", "fine_weight", "features",
+                                   "tuned_on"}
   assert g.meta["refine"]["tuned_on"] == "validation"
   saved = json.loads((root / "config.json").read_text())
   assert saved["eval"]["refine"] == "gallery" and saved["eval"]["gallery"]["top_cells"] == g.meta["refine"]["top_cells"]

@@ -53,7 +53,8 @@ def _hand_pick(gallery, query, cell_probs, settings):
   w = np.exp(scores[nb] - scores[nb].max())
   w /= w.sum()
   d = haversine_km_numpy(gallery.latlon[nb][:, None], gallery.latlon[nb][None])
-  support = ((d < settings.radius_km) * w[None]).sum(1) + 0.5 * ((d < refine.FINE_KM) * w[None]).sum(1)
+  support = (((d < settings.radius_km) * w[None]).sum(1)
+             + settings.fine_weight * ((d < refine.FINE_KM) * w[None]).sum(1))
   best = nb[int(np.argmax(support))]
   return best, sims[best]
 
@@ -77,6 +78,29 @@ def test_refinement_picks_the_hand_computed_photo(radius_km, expected):
   assert int(np.asarray(out["matched_row"])[0]) == want
   np.testing.assert_allclose(np.asarray(out["refined"])[0], gallery.latlon[want], atol=1e-5)
   np.testing.assert_allclose(float(np.asarray(out["matched_similarity"])[0]), want_sim, atol=2e-3)
+
+
+@pytest.mark.parametrize("fine_weight,expected", [(0.5, 0), (2.0, 3)])
+def test_fine_weight_trades_the_heaviest_region_for_the_heaviest_1_km_cluster(fine_weight, expected):
+  # Five equally similar photos in cell 0 (equal weights w = 1/5): a region of three photos 5-10 km apart (none
+  # within 1 km of another) and, 100+ km away, a pair 0.3 km apart. Support of a region photo: 3w + fine_weight w;
+  # of a pair photo: 2w + fine_weight 2w. The region wins below fine_weight 1, the pair above.
+  latlon = np.array([[10.0, 5.0], [10.05, 5.0], [10.0, 5.09], [11.0, 5.0], [11.0027, 5.0]], np.float32)
+  latlon = np.concatenate([latlon, [[70.0 + i, 10.0 * i] for i in range(5)]]).astype(np.float32)
+  emb = np.stack([_unit(10.0)] * 5).astype(np.float16)
+  emb = np.concatenate([emb, -emb])
+  fine = np.array([0] * 5 + [2] * 5, np.int32)
+  gallery = Gallery(emb, latlon, fine, np.arange(10), np.array([f"p{i}" for i in range(10)]), {})
+  settings = refine.RefineSettings(top_cells=1, temperature=0.1, neighbours=5, radius_km=25.0,
+                                   fine_weight=fine_weight)
+  head = np.array([[0.6, 0.3, 0.1]], np.float32)
+  out = refine.Refiner(gallery, _partitions(), settings).refine({"coarse": head, "middle": head, "fine": head},
+                                                                _unit(8.0)[None])
+  want, _ = _hand_pick(gallery, _unit(8.0).astype(np.float64), head[0] ** 3 / (head[0] ** 3).sum(), settings)
+  assert want == expected
+  assert int(np.asarray(out["matched_row"])[0]) == want
+  if expected == 3:  # the answer is the pair's centre
+    np.testing.assert_allclose(np.asarray(out["refined"])[0], latlon[3:5].mean(0), atol=1e-4)
 
 
 def test_top_cells_widen_the_search_and_settings_are_checked():

@@ -7,8 +7,8 @@ cell probabilities and adds retrieval (PIGEON-style within-cell refinement):
   2. every gallery photo of those cells is scored  log p(its cell) + similarity / temperature  and the best
      `neighbours` are kept (eval.search, sharded over the mesh);
   3. the evidence agrees at a geographic mode: with w = softmax of the neighbours' scores, the neighbour j
-     maximising  sum_k w_k [d(j, k) < radius_km] + sum_k w_k [d(j, k) < FINE_KM] / 2  (the heaviest cluster
-     within radius_km, ties going to the tightest 1-km cluster) is the matched photo, and the answer is the
+     maximising  sum_k w_k [d(j, k) < radius_km] + fine_weight * sum_k w_k [d(j, k) < FINE_KM]  (the heaviest
+     cluster within radius_km and, by fine_weight, the heaviest 1-km cluster) is the matched photo, and the answer is the
      w-weighted mean location of the neighbours within FINE_KM of it (the cluster's centre lies nearer a new photo
      of that cluster than any one member does). Chosen on the Earth demo's validation split against the top-1
      neighbour and a weighted medoid; see README.
@@ -34,7 +34,7 @@ REFINE_MODES = ("none", "gallery")
 FINE_KM = 1.0
 # The validation grid of `tune`.
 GRID = {"features": ("plain", "projected"), "top_cells": (5, 20), "temperature": (0.02, 0.05, 0.1),
-        "neighbours": (20, 50, 100), "radius_km": (1.0, 5.0, 25.0)}
+        "neighbours": (20, 50, 100, 200), "radius_km": (1.0, 5.0, 25.0), "fine_weight": (0.5, 1.0, 2.0)}
 FEATURES = ("plain", "projected")
 
 
@@ -44,6 +44,7 @@ class RefineSettings:
   temperature: float = 0.05    # similarity / temperature beside log p(cell)
   neighbours: int = 50         # gallery photos that vote
   radius_km: float = 25.0      # the agreement radius
+  fine_weight: float = 1.0     # weight of the 1-km cluster beside the radius_km one
   features: str = "plain"      # 'plain': centred pre-logits; 'projected': the geo-aware projection
 
   @classmethod
@@ -75,13 +76,13 @@ def top_cell_logp(cell_probs, top_cells: int):
 
 
 @jax.jit(static_argnames=("neighbours",))
-def agreement_pick(scores, latlon, radius_km, neighbours: int):
+def agreement_pick(scores, latlon, radius_km, neighbours: int, fine_weight):
   """(index into the first `neighbours` columns of each row's geographic mode, [B, 2] the score-weighted mean
   location of the neighbours within FINE_KM of it); scores [B, n] best first, latlon [B, n, 2]."""
   scores, latlon = scores[:, :neighbours], latlon[:, :neighbours]
   w = jax.nn.softmax(jnp.where(jnp.isfinite(scores), scores, -1e30), axis=1)
   d = distance.haversine_km(latlon[:, :, None, :], latlon[:, None, :, :])  # [B, n, n]
-  support = ((d < radius_km) * w[:, None, :]).sum(-1) + 0.5 * ((d < FINE_KM) * w[:, None, :]).sum(-1)
+  support = ((d < radius_km) * w[:, None, :]).sum(-1) + fine_weight * ((d < FINE_KM) * w[:, None, :]).sum(-1)
   pick = jnp.argmax(support, axis=1)  # ties: the better-scored neighbour
   # The cluster's centre lies nearer a new photo of that cluster than any one member does.
   near = jnp.take_along_axis(d, pick[:, None, None], axis=1)[:, 0] < FINE_KM  # [B, n], the pick included
@@ -138,11 +139,13 @@ class Refiner:
     s = settings or self.settings
     cell_probs = self.cell_probs(probs)
     scores, rows = self.neighbours(cell_probs, emb, s.top_cells, s.temperature, s.neighbours, s.features)
-    return self._answer(cell_probs, emb, scores, rows, s.neighbours, s.radius_km)
+    return self._answer(cell_probs, emb, scores, rows, s.neighbours, s.radius_km, s.fine_weight)
 
-  def _answer(self, cell_probs, emb, scores, rows, neighbours: int, radius_km: float) -> dict[str, Any]:
+  def _answer(self, cell_probs, emb, scores, rows, neighbours: int, radius_km: float,
+              fine_weight: float) -> dict[str, Any]:
     latlon = jnp.take(self.latlon, jnp.maximum(rows, 0), axis=0)
-    pick, point = agreement_pick(scores, latlon, jnp.float32(radius_km), int(min(neighbours, scores.shape[1])))
+    pick, point = agreement_pick(scores, latlon, jnp.float32(radius_km), int(min(neighbours, scores.shape[1])),
+                                 jnp.float32(fine_weight))
     row = jnp.take_along_axis(rows, pick[:, None], axis=1)[:, 0]
     found = jnp.isfinite(jnp.take_along_axis(scores, pick[:, None], axis=1)[:, 0])
     fallback = jnp.take(jnp.asarray(self.hierarchy.fine_latlon), jnp.argmax(cell_probs, axis=1), axis=0)
@@ -186,18 +189,19 @@ def tune(refiner: Refiner, probs: Mapping[str, np.ndarray], emb: np.ndarray, tru
       e = jnp.asarray(emb[s:s + batch])
       cp = refiner.cell_probs(p)
       found.append((cp, e) + refiner.neighbours(cp, e, top_cells, temperature, k_max, features))
-    for neighbours, radius_km in itertools.product(grid["neighbours"], grid["radius_km"]):
-      pred = np.concatenate([np.asarray(refiner._answer(cp, e, sc, rows, neighbours, radius_km)["refined"])
-                             for cp, e, sc, rows in found])
+    fine_weights = grid.get("fine_weight", (RefineSettings.fine_weight,))
+    for neighbours, radius_km, fine_weight in itertools.product(grid["neighbours"], grid["radius_km"], fine_weights):
+      pred = np.concatenate([np.asarray(refiner._answer(cp, e, sc, rows, neighbours, radius_km, fine_weight)[
+          "refined"]) for cp, e, sc, rows in found])
       table = metrics.accuracy_table(pred, true_latlon)
       keeps = (table["acc_750km"] >= base["acc_750km"] - 0.01 and table["acc_2500km"] >= base["acc_2500km"] - 0.01
                and table["median_km"] < base["median_km"])
       records.append({"features": features, "top_cells": top_cells, "temperature": temperature,
-                      "neighbours": neighbours, "radius_km": radius_km, "keeps_fstar": bool(keeps), **table})
+                      "neighbours": neighbours, "radius_km": radius_km, "fine_weight": fine_weight,
+                      "keeps_fstar": bool(keeps), **table})
   pool = [r for r in records if r["keeps_fstar"]] or records
   best = max(pool, key=lambda r: r["acc_1km"] + r["acc_25km"])
-  return RefineSettings(best["top_cells"], best["temperature"], best["neighbours"], best["radius_km"],
-                        best["features"]), records
+  return RefineSettings(**{f.name: best[f.name] for f in dataclasses.fields(RefineSettings)}), records
 
 
 @jax.jit
@@ -217,9 +221,10 @@ def load_refiner(path, ckpt: checkpoints.InferenceCheckpoint, partitions, *, ref
   root = gallery_lib.gallery_dir(path, gallery_dir)
   expect = {"step": ckpt.step, "params_fingerprint": checkpoints.params_fingerprint(ckpt.params)}
   gallery = gallery_lib.load(root, expect=expect)
-  settings = RefineSettings.from_mapping(
-      {k: v for k, v in gallery.meta.get("refine", {}).items() if k != "tuned_on"}
-      or ckpt.config.eval.get("gallery", None))
+  tuned = {k: v for k, v in gallery.meta.get("refine", {}).items() if k != "tuned_on"}
+  if tuned:
+    tuned.setdefault("fine_weight", 0.5)  # galleries tuned before the weight was: their rule had it fixed at 0.5
+  settings = RefineSettings.from_mapping(tuned or ckpt.config.eval.get("gallery", None))
   proj_path = projection_lib.path_in(root)
   proj = projection_lib.Projection.load(proj_path) if proj_path.exists() else None
   return Refiner(gallery, partitions, settings, mesh=mesh, refine=refine_mode == "gallery", projection=proj)
