@@ -137,3 +137,40 @@ def test_predictor_refines_as_evaluation_does(built, tmp_path):
   # Without refinement the Predictor answers as before, with no refined field.
   plain = predict.Predictor.from_checkpoint(workdir, data_dir=str(data_dir), refine="none")
   assert plain.predict([examples[0][schema.IMAGE]], [examples[0][schema.SEGMENTATION]])[0].refined is None
+
+
+def _ceiling_script():
+  import importlib.util
+  import pathlib
+  path = pathlib.Path(__file__).parents[2] / "benchmarks" / "one_km_ceiling.py"
+  spec = importlib.util.spec_from_file_location("one_km_ceiling", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_one_km_ceiling_on_a_hand_made_gallery_and_the_tiny_run(built, capsys):
+  ceiling = _ceiling_script()
+  # Within 25 km of the truth: a pair 0.3 km apart 5 km away, and three photos 0.2-0.4 km from the truth. The
+  # three are the densest 1-km cluster, and their mean lies within 1 km of the truth; told only 2 km, the rule
+  # still sees the three; told 0.1 km it sees nothing.
+  truth = np.array([10.0, 5.0])
+  gallery = np.array([[10.045, 5.0], [10.0477, 5.0], [10.002, 5.0], [9.998, 5.0], [10.0, 5.003]])
+  assert ceiling.densest_cluster_hit(truth, gallery, 25.0)
+  assert ceiling.densest_cluster_hit(truth, gallery, 2.0)
+  assert not ceiling.densest_cluster_hit(truth, gallery, 0.1)
+  assert not ceiling.densest_cluster_hit(truth, gallery[:2], 25.0)  # the pair's centre is 5 km off
+
+  workdir, data_dir, root = built
+  ceiling.main(["--workdir", str(workdir), "--gallery", str(root), "--data-dir", str(data_dir),
+                "--regions-km", "25"])
+  out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  config = checkpoints.load_for_inference(workdir).config
+  config.data.data_dir = str(data_dir)
+  records = sources.open_source(registry.dataset_info(config, "earth_patches").tfds_dir, "validation", decode=False)
+  truth = np.stack([records[i][schema.LATLON] for i in range(len(records))]).astype(np.float64)
+  g = gallery_lib.load(root)
+  brute = np.array([distance.haversine_km_numpy(t[None], g.latlon.astype(np.float64)).min() for t in truth])
+  assert out["split"] == "validation" and out["n"] == len(truth) and out["gallery"] == len(g.latlon)
+  assert out["any_training_photo_within_1km"] == pytest.approx(np.mean(brute < 1.0))
+  assert 0.0 <= out["densest_cluster_told_region_25km"] <= out["any_training_photo_within_1km"] <= 1.0
