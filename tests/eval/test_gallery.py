@@ -174,3 +174,18 @@ def test_one_km_ceiling_on_a_hand_made_gallery_and_the_tiny_run(built, capsys):
   assert out["split"] == "validation" and out["n"] == len(truth) and out["gallery"] == len(g.latlon)
   assert out["any_training_photo_within_1km"] == pytest.approx(np.mean(brute < 1.0))
   assert 0.0 <= out["densest_cluster_told_region_25km"] <= out["any_training_photo_within_1km"] <= 1.0
+
+
+def test_unseen_places_are_measured_against_the_split_the_run_trained_on(built):
+  import types
+  workdir, data_dir, root = built
+  config = checkpoints.load_for_inference(workdir).config
+  config.data.data_dir = str(data_dir)
+  info = registry.dataset_info(config, "earth_patches")
+  refiner = types.SimpleNamespace(gallery=gallery_lib.load(root))  # a gallery of split 'train'
+  np.testing.assert_array_equal(eval_main._training_latlon(info, "train", refiner), refiner.gallery.latlon)
+  # A run trained on another split (config.data.train_split) is measured against that split's records, not the
+  # gallery's.
+  np.testing.assert_array_equal(eval_main._training_latlon(info, "validation", refiner),
+                                leakage.training_locations(info, "validation"))
+  assert len(leakage.training_locations(info, "validation")) != len(refiner.gallery.latlon)

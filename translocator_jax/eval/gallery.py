@@ -91,10 +91,11 @@ def _write_npz(path: pathlib.Path, **arrays) -> None:
   tmp.replace(path)  # a part is either whole or absent
 
 
-def build(path, *, which: str = "latest", split: str = "train", dataset: str | None = None,
+def build(path, *, which: str = "latest", split: str | None = None, dataset: str | None = None,
           out_dir=None, batch_size: int | None = None, part_batches: int = 32, data_dir: str | None = None,
           overwrite: bool = False, progress: bool = True) -> pathlib.Path:
-  """Embeds every image of `split` of the training dataset (or `dataset`) with a checkpoint; returns the dir.
+  """Embeds every image of `split` (default: the one the run trained on, config.data.train_split, else 'train') of
+  the training dataset (or `dataset`) with a checkpoint; returns the dir.
 
   Every process embeds its shard; a rerun resumes from the first part it lacks; an existing gallery of another
   checkpoint is refused unless overwrite=True (which deletes it).
@@ -104,6 +105,7 @@ def build(path, *, which: str = "latest", split: str = "train", dataset: str | N
   if data_dir:
     config.data.data_dir = data_dir
   name = dataset or config.data.train
+  split = split or config.data.get("train_split", "train")
   root = gallery_dir(path, out_dir)
   info = registry.dataset_info(config, name)
   fingerprint = checkpoints.params_fingerprint(ckpt.params)

@@ -32,7 +32,8 @@ PROG = "translocator-gallery"
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   cli.add_checkpoint_args(p)
-  p.add_argument("--split", default="train", help="the split to embed (default: train)")
+  p.add_argument("--split", default=None,
+                 help="the split to embed (default: the one the run trained on, config.data.train_split or train)")
   p.add_argument("--out", default=None, help="gallery directory (default: WORKDIR/gallery)")
   p.add_argument("--data-dir", default=None, help="TFDS data dir (default: config.data.data_dir)")
   p.add_argument("--batch-size", type=int, default=None, help="global batch (default: config.eval.batch_size)")

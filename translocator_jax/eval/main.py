@@ -242,7 +242,7 @@ def evaluate_checkpoint(path, *, which: str = "latest", datasets: Sequence[str] 
              else checkpoints.workdir_of(path) / "predictions")  # local or gs://
   refiner = refine.load_refiner(path, ckpt, partitions, refine_mode=refine_mode, gallery_dir=gallery_dir,
                                mesh=mesh)
-  train_latlon = _training_latlon(train_info, refiner)
+  train_latlon = _training_latlon(train_info, config.data.get("train_split", "train"), refiner)
   calib = calibration.load(path, ckpt, partitions)
   rows, missing, results = [], [], []
   for name in (d.strip() for d in datasets):
@@ -267,14 +267,15 @@ def evaluate_checkpoint(path, *, which: str = "latest", datasets: Sequence[str] 
   return Evaluation(rows[:-1], results, missing, tta, refine_mode)
 
 
-def _training_latlon(train_info: registry.DatasetInfo, refiner: refine.Refiner | None) -> np.ndarray | None:
-  """Every training location: the gallery's when it holds the training split, else read from the records
-  (None, with a note, when they are not there)."""
-  if refiner is not None and refiner.gallery.meta.get("split") == "train" and \
+def _training_latlon(train_info: registry.DatasetInfo, train_split: str,
+                     refiner: refine.Refiner | None) -> np.ndarray | None:
+  """Every location of the split the run trained on: the gallery's when it holds that split, else read from the
+  records (None, with a note, when they are not there)."""
+  if refiner is not None and refiner.gallery.meta.get("split") == train_split and \
       refiner.gallery.meta.get("dataset") == train_info.name:
     return refiner.gallery.latlon
   try:
-    return leakage.training_locations(train_info)
+    return leakage.training_locations(train_info, train_split)
   except (registry.DatasetMissingError, FileNotFoundError) as e:
     print(f"{PROG}: no unseen-place subset ({e})", file=sys.stderr)
     return None
