@@ -146,3 +146,23 @@ def test_an_rgb_only_model_trains_evaluates_and_predicts_on_it(no_seg_sets, tmp_
   (p,) = predictor.predict([str(test_photos / "gps.jpg")], top_k=2)  # no map: the model reads none
   assert p.error is None and len(p.candidates) == 2
   np.testing.assert_allclose(p.true_latlon, TEST_PLACES[0], atol=1e-4)  # from the photo's EXIF
+
+
+def test_a_set_without_maps_is_skipped_in_a_multi_dataset_evaluation(earth_tiny_run, no_seg_sets, tmp_path, capsys):
+  # The two-stream tiny run evaluated on a mapless set and on its own test patches: the mapless one is named in one
+  # line and skipped, the other is still evaluated, and the exit status says something was skipped.
+  workdir, tiny_data = earth_tiny_run
+  mapless_data, _ = no_seg_sets
+  both = tmp_path / "tfds"
+  both.mkdir()
+  (both / "earth_patches").symlink_to(pathlib.Path(tiny_data) / "earth_patches")
+  (both / "mapless_test").symlink_to(mapless_data / "mapless_test")
+  code = evaluation.main(["--workdir", str(workdir), "--datasets", "mapless_test,earth_patches", "--data-dir",
+                          str(both), "--output-dir", str(tmp_path / "out"), "--no-knn", "--json"])
+  out, err = capsys.readouterr()
+  assert code == 2
+  skipped = [line for line in err.splitlines() if "mapless_test" in line]
+  assert len(skipped) == 1 and "has no segmentation maps" in skipped[0] and "Traceback" not in err
+  records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+  assert [r["dataset"] for r in records] == ["earth_patches"]
+  assert (tmp_path / "out" / "earth_patches.csv").exists() and not (tmp_path / "out" / "mapless_test.csv").exists()

@@ -250,7 +250,7 @@ def evaluate_checkpoint(path, *, which: str = "latest", datasets: Sequence[str] 
       preds, tables = evaluate_dataset(config, model, params, name, mesh=mesh, train_info=train_info,
                                        partitions=partitions, tta=tta, batch_size=batch_size, knn=knn,
                                        refiner=refiner, train_latlon=train_latlon, calib=calib)
-    except registry.DatasetMissingError as e:
+    except (registry.DatasetMissingError, registry.MapsMissingError) as e:  # the others are still evaluated
       missing.append(name)
       print(f"{PROG}: {e}", file=sys.stderr)
       continue
