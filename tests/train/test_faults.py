@@ -58,7 +58,7 @@ def test_a_full_disk_stops_the_run_with_one_message_and_the_rerun_resumes(train_
   recorded = {r["step"]: r["params_fingerprint"] for r in metrics_writer.read_metrics(workdir)
               if "params_fingerprint" in r}
   ckpt = checkpoints.load_for_inference(ckpt_dir / "4")
-  assert ckpt.step == 4 and checkpoints.params_fingerprint(ckpt.params) == recorded[4]
+  assert ckpt.step == 4 and checkpoints.params_fingerprint(ckpt.params) == recorded[4] == ckpt.fingerprint
   # Once there is space again, the same command resumes from it.
   summary, out = run_train(workdir, OVERRIDES)
   assert summary["resumed_from"] == 4 and summary["checkpoints"] == [4, 8, 12], out[-3000:]

@@ -62,17 +62,16 @@ def fine_probabilities(partitions, probs, hier: hierarchy.Hierarchy | None = Non
 
 def fit(path, *, which: str = "latest", data_dir: str | None = None, batch_size: int | None = None) -> dict:
   """Fits the temperatures on the run's validation split and writes WORKDIR/calibration.json; returns its content."""
-  preds, config, partitions, split = queries.split_queries(path, which=which, data_dir=data_dir,
-                                                           batch_size=batch_size)
+  preds, _, partitions, split, ckpt = queries.split_queries(path, which=which, data_dir=data_dir,
+                                                            batch_size=batch_size)
   probs = {h: preds.extras[f"p_{h}"] for h in ("coarse", "middle", "fine") if f"p_{h}" in preds.extras}
   cell_probs = np.asarray(fine_probabilities(partitions, probs), np.float32)
   base = Calibration.for_partition(partitions[-1])
   temperatures, rows = confidence.fit_temperatures(cell_probs, preds.pred_latlon, preds.true_latlon,
                                                    np.asarray(base.points))
-  ckpt = checkpoints.load_for_inference(path, which=which)
   record = {"temperatures": dict(zip(("radius50", "radius90"), temperatures)), "fitted_on": split,
             "n": int(len(cell_probs)), "step": ckpt.step,
-            "params_fingerprint": checkpoints.params_fingerprint(ckpt.params),
+            "params_fingerprint": ckpt.fingerprint,
             "spread": "measured" if partitions[-1].spread_km is not None else "S2 cell extent",
             "grid": rows}
   best = {f"coverage_radius{int(q * 100)}": next(r[f"coverage_{q:g}"] for r in rows if r["temperature"] == t)
@@ -90,7 +89,7 @@ def load(path, ckpt: checkpoints.InferenceCheckpoint, partitions) -> Calibration
   if file.exists():
     record = json.loads(file.read_text())
     if (record.get("step") == ckpt.step
-        and record.get("params_fingerprint") == checkpoints.params_fingerprint(ckpt.params)):
+        and record.get("params_fingerprint") == ckpt.fingerprint):
       t = record["temperatures"]
       return Calibration.for_partition(partitions[-1], (t["radius50"], t["radius90"]), calibrated=True)
     print(f"note: {file} was fitted for checkpoint step {record.get('step')}, not step {ckpt.step}: confidence "

@@ -108,7 +108,7 @@ def build(path, *, which: str = "latest", split: str | None = None, dataset: str
   split = split or config.data.get("train_split", "train")
   root = gallery_dir(path, out_dir)
   info = registry.dataset_info(config, name)
-  fingerprint = checkpoints.params_fingerprint(ckpt.params)
+  fingerprint = ckpt.fingerprint
   ident = identity(config, ckpt.step, fingerprint, name, split)
   if overwrite and jax.process_index() == 0 and root.exists():
     shutil.rmtree(root)

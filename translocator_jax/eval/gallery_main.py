@@ -48,7 +48,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def tune_on_validation(path, root, *, which: str = "latest", data_dir: str | None = None,
                        batch_size: int | None = None) -> tuple[refine.RefineSettings, dict]:
   """Chooses refinement's settings on the run's validation set and saves them with the gallery."""
-  preds, config, partitions, split = queries.split_queries(path, which=which, data_dir=data_dir, batch_size=batch_size)
+  preds, config, partitions, split, _ = queries.split_queries(path, which=which, data_dir=data_dir,
+                                                              batch_size=batch_size)
   gallery = gallery_lib.load(root)
   proj_path = projection.path_in(root)
   refiner = refine.Refiner(gallery, partitions,

@@ -13,8 +13,9 @@ from translocator_jax.runtime import checkpoints, cli, sharding as sharding_lib
 
 def split_queries(path, split: str | None = None, *, which: str = "latest", data_dir: str | None = None,
                   batch_size: int | None = None):
-  """(Predictions with extras p_coarse/p_middle/p_fine/embedding, config, partitions, what was read) of a split
-  of the training dataset, or (split None) of the run's validation set (config.data.val, else data.val_split)."""
+  """(Predictions with extras p_coarse/p_middle/p_fine/embedding, config, partitions, what was read, the loaded
+  InferenceCheckpoint) of a split of the training dataset, or (split None) of the run's validation set
+  (config.data.val, else data.val_split)."""
   ckpt = checkpoints.load_for_inference(path, which)
   config = ckpt.config
   if data_dir:
@@ -38,6 +39,6 @@ def split_queries(path, split: str | None = None, *, which: str = "latest", data
                                     partitions=partitions, heads=config.model.heads, desc=f"queries {split}",
                                     total=len(batches), palette=info.palette, embedding_hook=hook)
   where = split if info.name == train_info.name else f"{info.name}/{split}"
-  return preds, config, partitions, where
+  return preds, config, partitions, where, ckpt
 
 

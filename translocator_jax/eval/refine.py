@@ -219,7 +219,7 @@ def load_refiner(path, ckpt: checkpoints.InferenceCheckpoint, partitions, *, ref
   if refine_mode == "none" and not gallery_dir:
     return None
   root = gallery_lib.gallery_dir(path, gallery_dir)
-  expect = {"step": ckpt.step, "params_fingerprint": checkpoints.params_fingerprint(ckpt.params)}
+  expect = {"step": ckpt.step, "params_fingerprint": ckpt.fingerprint}
   gallery = gallery_lib.load(root, expect=expect)
   tuned = {k: v for k, v in gallery.meta.get("refine", {}).items() if k != "tuned_on"}
   if tuned:

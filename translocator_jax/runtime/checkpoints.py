@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -319,6 +320,11 @@ class InferenceCheckpoint:
   config: ml_collections.ConfigDict
   params: Any
   step: int
+
+  @functools.cached_property
+  def fingerprint(self) -> str:
+    """params_fingerprint(params), hashed once per load (a gallery and a calibration both check it)."""
+    return params_fingerprint(self.params)
 
 
 def load_for_inference(path: str | pathlib.Path, which: str = "latest") -> InferenceCheckpoint:
