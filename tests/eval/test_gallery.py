@@ -189,3 +189,30 @@ def test_unseen_places_are_measured_against_the_split_the_run_trained_on(built):
   np.testing.assert_array_equal(eval_main._training_latlon(info, "validation", refiner),
                                 leakage.training_locations(info, "validation"))
   assert len(leakage.training_locations(info, "validation")) != len(refiner.gallery.latlon)
+
+
+def test_validation_queries_take_the_crops_evaluation_takes(built, monkeypatch):
+  # Settings and radii are fitted on queries cropped as config.eval.tta says: with five crops the queries'
+  # predictions are those of a five-crop forward over the validation split, not the centre crop's.
+  from translocator_jax import models
+  from translocator_jax.data.pipeline import inputs
+  from translocator_jax.eval import inference, queries
+  from translocator_jax.runtime import sharding
+  workdir, data_dir, _ = built
+  centre = queries.split_queries(workdir, data_dir=str(data_dir), batch_size=64)[0]
+  load = checkpoints.load_for_inference
+
+  def five_crop_run(*args, **kwargs):
+    ckpt = load(*args, **kwargs)
+    ckpt.config.eval.tta = "five_crop"
+    return ckpt
+
+  monkeypatch.setattr(queries.checkpoints, "load_for_inference", five_crop_run)
+  five, config, partitions, _, ckpt = queries.split_queries(workdir, data_dir=str(data_dir), batch_size=64)
+  info = registry.dataset_info(config, "earth_patches")
+  batches, _ = inputs.eval_batches(config, info, "validation", 64, "five_crop")
+  direct = inference.predict_dataset(models.build_model(config.model), ckpt.params, batches,
+                                     mesh=sharding.make_mesh(), partitions=partitions, heads=config.model.heads,
+                                     palette=info.palette)
+  np.testing.assert_allclose(five.pred_latlon, direct.pred_latlon, atol=1e-4)
+  assert not np.allclose(five.extras["p_fine"], centre.extras["p_fine"])

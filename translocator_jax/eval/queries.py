@@ -32,7 +32,8 @@ def split_queries(path, split: str | None = None, *, which: str = "latest", data
   mesh = sharding_lib.make_mesh()
   batch_size = int(batch_size or config.eval.get("batch_size", 256))
   batch_size = max(jax.device_count(), batch_size // jax.device_count() * jax.device_count())
-  batches, _ = inputs.eval_batches(config, info, split, batch_size)
+  # The crops evaluation takes (config.eval.tta), so settings and radii are fitted on the queries they serve.
+  batches, _ = inputs.eval_batches(config, info, split, batch_size, config.eval.get("tta", "center"))
   hook = lambda probs, emb: {"p_coarse": probs["coarse"], "p_middle": probs["middle"], "p_fine": probs["fine"],
                              "embedding": emb}
   preds = inference.predict_dataset(models.build_model(config.model), ckpt.params, batches, mesh=mesh,
