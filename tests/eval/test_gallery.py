@@ -216,3 +216,23 @@ def test_validation_queries_take_the_crops_evaluation_takes(built, monkeypatch):
                                      palette=info.palette)
   np.testing.assert_allclose(five.pred_latlon, direct.pred_latlon, atol=1e-4)
   assert not np.allclose(five.extras["p_fine"], centre.extras["p_fine"])
+
+
+def test_a_gallery_tuned_before_the_1_km_weight_keeps_the_rule_it_was_tuned_with(built, tmp_path):
+  from translocator_jax.eval import refine
+  workdir, data_dir, root = built
+  old = tmp_path / "old_gallery"
+  shutil.copytree(root, old)
+  meta = json.loads((old / gallery_lib.META).read_text())
+  tuned = meta["refine"]
+  del meta["refine"]["fine_weight"]
+  (old / gallery_lib.META).write_text(json.dumps(meta))
+  ckpt = checkpoints.load_for_inference(workdir)
+  config = ckpt.config
+  config.data.data_dir = str(data_dir)
+  partitions = registry.load_partitions(registry.dataset_info(config, "earth_patches"))
+  refiner = refine.load_refiner(workdir, ckpt, partitions, refine_mode="gallery", gallery_dir=old)
+  assert refiner.settings.fine_weight == 0.5  # the rule's weight before it was tuned
+  assert refiner.settings.neighbours == tuned["neighbours"] and refiner.settings.features == tuned["features"]
+  current = refine.load_refiner(workdir, ckpt, partitions, refine_mode="gallery", gallery_dir=root)
+  assert current.settings.fine_weight == json.loads((root / gallery_lib.META).read_text())["refine"]["fine_weight"]

@@ -8,9 +8,9 @@ cell probabilities and adds retrieval (PIGEON-style within-cell refinement):
      `neighbours` are kept (eval.search, sharded over the mesh);
   3. the evidence agrees at a geographic mode: with w = softmax of the neighbours' scores, the neighbour j
      maximising  sum_k w_k [d(j, k) < radius_km] + fine_weight * sum_k w_k [d(j, k) < FINE_KM]  (the heaviest
-     cluster within radius_km and, by fine_weight, the heaviest 1-km cluster) is the matched photo, and the answer is the
-     w-weighted mean location of the neighbours within FINE_KM of it (the cluster's centre lies nearer a new photo
-     of that cluster than any one member does). Chosen on the Earth demo's validation split against the top-1
+     cluster within radius_km and, by fine_weight, the heaviest 1-km cluster) is the matched photo, and the answer
+     is the w-weighted mean location of the neighbours within FINE_KM of it (the cluster's centre lies nearer a new
+     photo of that cluster than any one member does). Chosen on the Earth demo's validation split against the top-1
      neighbour and a weighted medoid; see README.
 The settings are tuned on the validation split (`tune`), never on test; a prediction also names the photo it
 matched and its similarity.
