@@ -102,6 +102,8 @@ def run(workdir, *, quick: bool = False, data_dir: str | None = None, num_exampl
       "workdir": str(workdir), "dataset": str(info.tfds_dir), "predictions_csv": str(csv_path),
       "maps": [str(p) for p in map_paths] + [str(errors_png), str(curve_png)],
       "test_table": _plain(_table(pred_latlon, true_latlon)),
+      # The printed table's rows (f*, refined, partitions, references, unseen places, without near-duplicates).
+      "table": [[name, _plain(t) if t is not None else None] for name, t in result.rows],
       "evaluation": result.results[0], "minutes": round((time.time() - started) / 60, 2),
   }
   (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
