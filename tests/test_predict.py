@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from translocator_jax import predict
 from translocator_jax.data import registry
@@ -136,6 +136,30 @@ def test_exif_gps_becomes_the_true_location(predictor, test_records, tmp_path):
   (p,) = predictor.predict([str(path)], [records[1][schema.SEGMENTATION]])
   assert p.error is None
   np.testing.assert_allclose(p.true_latlon, (-(33 + 52 / 60 + 12 / 3600), 151 + 12 / 60 + 36 / 3600), atol=1e-4)
+
+
+def test_figures_show_the_whole_oriented_photo_not_the_models_crop(predictor, test_records, tmp_path):
+  _, records = test_records
+  patch = records[2][schema.IMAGE]
+  (p,) = predictor.predict([patch], [records[2][schema.SEGMENTATION]], keep_inputs=True)
+  crop = predictor.preprocess(patch, records[2][schema.SEGMENTATION])[1]
+  np.testing.assert_array_equal(p.photo, patch)  # the whole patch, where the model read its centre crop
+  assert not np.array_equal(crop, patch)
+  # A large photo stored sideways (EXIF orientation 6) is kept upright and shrunk to DISPLAY_PX on its long side.
+  stored = np.broadcast_to(np.linspace(0, 255, 700).astype(np.uint8)[None, :, None], (300, 700, 3)).copy()
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  path = tmp_path / "sideways.jpg"
+  Image.fromarray(stored).save(path, exif=exif, quality=95)
+  (q,) = predictor.predict([str(path)], [np.zeros((700, 300), np.uint8)], keep_inputs=True)
+  assert q.error is None and q.photo.shape == (predict.DISPLAY_PX, 219, 3)
+  upright = ImageOps.exif_transpose(Image.open(path)).convert("RGB").resize((219, predict.DISPLAY_PX),
+                                                                           Image.Resampling.LANCZOS)
+  np.testing.assert_array_equal(q.photo, np.asarray(upright))
+  assert q.photo[0].mean() < 40 < 215 < q.photo[-1].mean()  # the ramp now runs top to bottom
+  assert predictor.figure(q, tmp_path / "sideways.png").stat().st_size > 0
+  (r,) = predictor.predict([str(path)], [np.zeros((700, 300), np.uint8)])
+  assert r.photo is None  # kept only when asked for
 
 
 def test_a_map_of_another_photo_or_a_failing_segmenter_is_that_photos_error_only(predictor, test_records, tmp_path):

@@ -47,6 +47,7 @@ from translocator_jax.eval import calibration, inference, maps, refine as refine
 from translocator_jax.geo import distance, hierarchy, places
 from translocator_jax.runtime import checkpoints, cli
 
+DISPLAY_PX = 512  # the longest side of the photo kept for figures
 NO_SEG_MESSAGE = (
     "no segmentation map for {source}: this model reads the photo's ADE20K segmentation map too. Pass one with "
     "--seg MAP (Python: segs=[...]), or a transformers ADE20K segmenter folder with --segmenter DIR (e.g. a saved "
@@ -85,7 +86,8 @@ class Prediction:
   true_latlon: tuple[float, float] | None = None  # from the photo's EXIF GPS, when present
   error: str | None = None
   refined: Refined | None = None           # with refine='gallery'
-  # predict(..., keep_inputs=True): the probability over the fine cells and the model's input crop (for figures)
+  # predict(..., keep_inputs=True): the probability over the fine cells and the whole photo as oriented, at most
+  # DISPLAY_PX a side (for figures: a person recognises their photo, not the model's centre crop)
   cell_probabilities: np.ndarray | None = dataclasses.field(default=None, repr=False)
   photo: np.ndarray | None = dataclasses.field(default=None, repr=False)
 
@@ -193,6 +195,10 @@ class Predictor:
   def preprocess(self, image, seg=None) -> tuple[str, np.ndarray, np.ndarray, tuple[float, float] | None]:
     """(source, uint8 crop [S, S, 3], uint8 class map [S, S], EXIF latlon or None) of one photo, cropped as
     evaluation crops (augment.eval_crops) and finished on the device by the same forward; PredictError if unusable."""
+    return self._prepare(image, seg)[:4]
+
+  def _prepare(self, image, seg):
+    """preprocess's tuple and the whole oriented photo, uint8 [H, W, 3]."""
     try:
       return self._preprocess(image, seg)
     except PredictError:
@@ -230,7 +236,7 @@ class Predictor:
       raise PredictError(f"{name}: segmentation class {int(classes.max())} >= the model's {num_seg} classes")
     img, sg = augment.eval_crops(np.ascontiguousarray(pixels), classes, self.image_size, "center",
                                  self.crop_fraction)
-    return name, img, sg, true_latlon
+    return name, img, sg, true_latlon, pixels
 
   # ---------------------------------------------------------------------------------------------- model
 
@@ -282,12 +288,13 @@ class Predictor:
   def predict(self, images: Sequence[Any], segs: Sequence[Any] | None = None, *, top_k: int = 5,
               batch_size: int = 16, progress: bool = False, keep_inputs: bool = False) -> list[Prediction]:
     """One Prediction per image (paths, bytes or uint8 arrays), in order; unreadable ones carry `error`.
-    keep_inputs=True keeps each photo's cell probabilities and input crop (what figure() draws)."""
+    keep_inputs=True keeps each photo's cell probabilities and the photo itself, at most DISPLAY_PX a side (what
+    figure() draws)."""
     if segs is not None and len(segs) != len(images):
       raise ValueError(f"{len(images)} images but {len(segs)} segmentation maps")
     top_k = max(1, min(int(top_k), len(self.cell_latlon)))
     results: list[Prediction | None] = [None] * len(images)
-    ready = []  # (position, source, image, seg, true_latlon)
+    ready = []  # (position, source, image, seg, true_latlon, photo for display or None)
 
     def flush():
       if not ready:
@@ -302,11 +309,11 @@ class Predictor:
       probs, refined = self._outputs(image, seg)
       centre = self.cell_latlon[np.argmax(probs, axis=1)]
       radii = np.asarray(self.calibration.radii_km(probs.astype(np.float32), centre))
-      for i, (pos, source, crop, _, true_latlon) in enumerate(ready):
+      for i, (pos, source, _, _, true_latlon, photo) in enumerate(ready):
         results[pos] = self._describe(source, probs[i], radii[i], top_k, true_latlon)
         if keep_inputs:
           results[pos].cell_probabilities = probs[i].astype(np.float32)
-          results[pos].photo = crop
+          results[pos].photo = photo
         if refined is not None:
           r = refined[i]
           top = results[pos].candidates[0].latlon
@@ -316,8 +323,9 @@ class Predictor:
 
     for pos in tqdm.tqdm(range(len(images)), desc="predict", disable=not progress):
       try:
-        source, image, seg, true_latlon = self.preprocess(images[pos], None if segs is None else segs[pos])
-        ready.append((pos, _source_name(source, pos), image, seg, true_latlon))
+        source, image, seg, true_latlon, photo = self._prepare(images[pos], None if segs is None else segs[pos])
+        ready.append((pos, _source_name(source, pos), image, seg, true_latlon,
+                      display_copy(photo) if keep_inputs else None))
       except PredictError as e:
         results[pos] = Prediction(_source_name(images[pos], pos), error=str(e))
       if len(ready) == batch_size:
@@ -345,6 +353,16 @@ class Predictor:
         cell_prob=p.cell_probabilities, cell_spread_km=self.cell_spread_km, radius50_km=p.radius50_km,
         radius90_km=p.radius90_km, true_latlon=p.true_latlon, refined_latlon=p.refined.latlon if p.refined else None,
         title=(title or pathlib.Path(p.source).name) + error)
+
+
+def display_copy(photo: np.ndarray) -> np.ndarray:
+  """A photo shrunk to at most DISPLAY_PX a side (aspect kept), for figures; smaller photos as they are."""
+  h, w = photo.shape[:2]
+  scale = DISPLAY_PX / max(h, w)
+  if scale >= 1:
+    return np.array(photo)
+  size = (max(1, round(w * scale)), max(1, round(h * scale)))
+  return np.asarray(Image.fromarray(photo).resize(size, Image.Resampling.LANCZOS))
 
 
 def _source_name(item, pos: int) -> str:
