@@ -104,6 +104,13 @@ def test_format_table_has_paper_row():
                                                     "geoscore": 2000.0, "n": 237}),
                                  ("im2gps / paper", registry.paper_table("im2gps"))])
   assert "812.3" in text and "19.9" in text and "86.7" in text
+  # A row name longer than the usual column (the leakage rows) widens it for every row: the columns stay aligned.
+  table = {"acc_1km": 0.1, "acc_25km": 0.2, "acc_200km": 0.3, "acc_750km": 0.4, "acc_2500km": 0.5,
+           "median_km": 1.0, "geoscore": 2.0, "n": 3}
+  lines = metrics.format_table([("yfcc26k / w/o 12345 near-dups (sim>0.95), refined", table), ("", None),
+                                ("yfcc26k / fstar", table)]).splitlines()
+  assert len(lines[0]) == len(lines[2]) == len(lines[4]) and lines[2].endswith(lines[4][-60:])
+  assert lines[2].index("10.0") == lines[4].index("10.0") > len("yfcc26k / w/o 12345 near-dups (sim>0.95), refined")
 
 
 def test_evaluation_and_prediction_need_only_the_partitions_of_an_unbuilt_training_set(tmp_path):

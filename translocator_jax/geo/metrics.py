@@ -283,7 +283,8 @@ def format_table(rows: Sequence[tuple[str, Mapping[str, float] | None]] | Mappin
   (mean km when asked), GeoScore and count. A None table is a blank line; a missing value is left blank."""
   rows = list(rows.items()) if isinstance(rows, Mapping) else list(rows)
   keys = [threshold_key(t) for t in thresholds_km]
-  head = f"{'':50s}" + "".join(f"{f'{t:g} km':>9s}" for t in thresholds_km) + f"{'median km':>11s}"
+  width = max([50] + [len(name) + 2 for name, t in rows if t is not None])  # long row names keep the columns aligned
+  head = f"{'':{width}s}" + "".join(f"{f'{t:g} km':>9s}" for t in thresholds_km) + f"{'median km':>11s}"
   head += (f"{'mean km':>11s}" if mean_km else "") + f"{'GeoScore':>10s}" + f"{'n':>8s}"
   lines = [head, "-" * len(head)]
   for name, t in rows:
@@ -296,5 +297,5 @@ def format_table(rows: Sequence[tuple[str, Mapping[str, float] | None]] | Mappin
       med += f"{t['mean_km']:11.1f}" if "mean_km" in t else f"{'-':>11s}"
     gs = f"{t['geoscore']:10.1f}" if "geoscore" in t else f"{'-':>10s}"
     n = f"{int(t['n']):8d}" if "n" in t else f"{'':8s}"
-    lines.append(f"{name:50s}{accs}{med}{gs}{n}")
+    lines.append(f"{name:{width}s}{accs}{med}{gs}{n}")
   return "\n".join(lines)
