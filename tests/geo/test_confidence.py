@@ -55,6 +55,38 @@ def test_radii_equal_a_numpy_weighted_quantile():
       assert got[b, i] == pytest.approx(_reference_radii(probs[b], centre[b], points, t, q), rel=2e-3, abs=0.05)
 
 
+def _numpy_weighted_quantile(values, weights, q):
+  order = np.argsort(values, kind="stable")
+  mass = np.cumsum(np.asarray(weights, np.float64)[order])
+  return values[order][np.searchsorted(mass, q * mass[-1])]
+
+
+def test_weighted_quantile_picks_the_value_a_sorted_cumulative_sum_picks():
+  rng = np.random.default_rng(3)
+  b, n = 5, 50_001  # not a multiple of the summation groups
+  values = rng.gamma(1.0, 3000.0, (b, n)).astype(np.float32)
+  values[:, :2000] = np.round(values[:, :2000])                 # ties
+  values[0, :10] = 0.0                                          # zero distances
+  values[1] = rng.uniform(0, 1e-3, n).astype(np.float32)        # tiny values (small exponents)
+  weights = rng.integers(0, 6, (b, n)).astype(np.float32)       # whole numbers: every float32 sum is exact,
+  weights[2, : n // 2] = 0.0                                    # so the pick must be exactly the reference's
+  weights[3] = 0.0
+  weights[3, 777] = 4.0                                         # all the mass on one value
+  for q in (0.1, 0.5, 0.9, 1.0):
+    got = np.asarray(confidence.weighted_quantile(jnp.asarray(values), jnp.asarray(weights), q))
+    want = [_numpy_weighted_quantile(values[i], weights[i], q) for i in range(b)]
+    np.testing.assert_array_equal(got, want, err_msg=f"q={q}")
+  assert np.asarray(confidence.weighted_quantile(jnp.asarray(values), jnp.asarray(weights), 0.5))[3] == values[3, 777]
+  # Real-valued weights: the crossing may move only where float32 sums cannot tell, i.e. to a neighbouring value
+  # whose mass below differs from q by float32 rounding.
+  soft = rng.dirichlet(np.full(n, 0.2), b).astype(np.float32)
+  got = np.asarray(confidence.weighted_quantile(jnp.asarray(values), jnp.asarray(soft), 0.9))
+  for i in range(b):
+    below = soft[i][values[i] < got[i]].astype(np.float64).sum()
+    upto = soft[i][values[i] <= got[i]].astype(np.float64).sum()
+    assert below <= 0.9 + 1e-5 and upto >= 0.9 - 1e-5 and got[i] in values[i]
+
+
 def test_one_cell_gives_the_gaussian_quantiles_and_a_far_cell_the_tail():
   points = confidence.cell_points([[10.0, 20.0], [10.0, 30.0]], [50.0, 1.0])
   # All the mass in one cell: the radii are its Gaussian's (RMS radius 50 km): 50 sqrt(ln 2), 50 sqrt(ln 10).

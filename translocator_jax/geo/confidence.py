@@ -57,6 +57,50 @@ def tempered(cell_probs: jax.Array, temperature: float | jax.Array) -> jax.Array
   return jax.nn.softmax(logp, axis=-1)
 
 
+# weighted_quantile's radix digits: (shift, bits) of a non-negative float32's bit pattern, most significant first
+# (bit 31, the sign, is 0). Non-negative floats order as their bit patterns do, so three digits pin one value.
+_DIGITS = ((21, 10), (10, 11), (0, 10))
+# weighted_quantile sums each digit's weights in this many groups of the values, then adds the groups: one long
+# float32 running sum per bin (tens of thousands of values in the top bins) loses the crossing by ~1e-6.
+_GROUPS = 16
+
+
+def weighted_quantile(values: jax.Array, weights: jax.Array, q: float) -> jax.Array:
+  """[B] per row, the smallest value v with sum(weights[values <= v]) >= q * sum(weights): the q-quantile of
+  non-negative `values` [B, N] weighted by non-negative `weights` [B, N], q in (0, 1].
+
+  A radix select instead of a sort: three passes, each summing the weights by a digit of the values' bit pattern
+  (a scatter-add into at most 2048 bins) and keeping the digit where the running mass crosses q. Both radii of an
+  MP-16 photo (206k distances) take 7.7 ms on a 2-core CPU, against 43 ms by a sort (benchmarks/confidence_radii.py).
+  The answer is one of `values`.
+  """
+  b, n = values.shape
+  pad = (-n) % _GROUPS
+  bits = jnp.pad(jax.lax.bitcast_convert_type(values.astype(jnp.float32), jnp.int32), ((0, 0), (0, pad)))
+  bits = bits.reshape(b, _GROUPS, -1)
+  weights = jnp.pad(weights.astype(jnp.float32), ((0, 0), (0, pad))).reshape(b, _GROUPS, -1)
+  rows, groups = jnp.arange(b)[:, None, None], jnp.arange(_GROUPS)[None, :, None]
+  prefix = jnp.zeros((b,), jnp.int32)   # the digits chosen so far
+  below = jnp.zeros((b,), jnp.float32)  # the mass of the values under the chosen prefix's range
+  target = None
+  for shift, width in _DIGITS:
+    high = shift + width
+    inside = (bits >> high) == (prefix[:, None, None] >> high) if high < 31 else jnp.ones(bits.shape, bool)
+    digit = (bits >> shift) & ((1 << width) - 1)
+    mass = jnp.zeros((b, _GROUPS, 1 << width), jnp.float32).at[rows, groups, digit].add(
+        jnp.where(inside, weights, 0.0)).sum(1)
+    cum = below[:, None] + jnp.cumsum(mass, axis=1)
+    if target is None:
+      target = q * cum[:, -1]  # the total as these sums see it, so the first digit always crosses
+    k = jax.vmap(jnp.searchsorted)(cum, target)
+    # Rounding may leave the sub-bins' sum a hair under the target: then the last bin that holds mass.
+    last = jnp.max(jnp.where(mass > 0, jnp.arange(1 << width), 0), axis=1)
+    k = jnp.minimum(k, last)
+    below = jnp.where(k > 0, jnp.take_along_axis(cum, jnp.maximum(k - 1, 0)[:, None], axis=1)[:, 0], below)
+    prefix = prefix | (k.astype(jnp.int32) << shift)
+  return jax.lax.bitcast_convert_type(prefix, jnp.float32)
+
+
 @functools.partial(jax.jit, static_argnames=("quantiles",))
 def radii_km(cell_probs: jax.Array, centre: jax.Array, points: jax.Array, temperatures=(1.0, 1.0),
              quantiles: Sequence[float] = QUANTILES) -> jax.Array:
@@ -70,16 +114,9 @@ def radii_km(cell_probs: jax.Array, centre: jax.Array, points: jax.Array, temper
   pts = points.reshape(1, c * m, 2)
   d = distance.haversine_km(jnp.broadcast_to(centre[:, None, :], (b, c * m, 2)),
                             jnp.broadcast_to(pts, (b, c * m, 2)))
-  order = jnp.argsort(d, axis=1)
-  d_sorted = jnp.take_along_axis(d, order, axis=1)
   temperatures = jnp.asarray(temperatures, jnp.float32)
-  out = []
-  for i, q in enumerate(quantiles):
-    weights = jnp.repeat(tempered(cell_probs, temperatures[i]), m, axis=1)
-    mass = jnp.cumsum(jnp.take_along_axis(weights, order, axis=1), axis=1)
-    at = jax.vmap(lambda cm: jnp.searchsorted(cm, q * cm[-1]))(mass)
-    out.append(jnp.take_along_axis(d_sorted, jnp.minimum(at, c * m - 1)[:, None], axis=1)[:, 0])
-  return jnp.stack(out, axis=1)
+  return jnp.stack([weighted_quantile(d, jnp.repeat(tempered(cell_probs, temperatures[i]), m, axis=1), q)
+                    for i, q in enumerate(quantiles)], axis=1)
 
 
 def coverage(radius_km, pred_latlon, true_latlon) -> float:
