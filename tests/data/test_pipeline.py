@@ -175,9 +175,19 @@ def test_eval_center_and_five_crop():
   np.testing.assert_array_equal(again["image"], five["image"])
 
 
+def assert_finished_image(got, want, platform):
+  """The same bits as the host on CPU/GPU (table lookup); on a TPU (multiply-add) within a fused multiply-add's
+  last-bit rounding."""
+  if platform == "tpu":
+    np.testing.assert_allclose(got, want, rtol=2e-7, atol=2e-7)
+  else:
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("platform", ["cpu", "tpu"])  # the TPU path (no gathers) runs here on the CPU
 @pytest.mark.parametrize("tta", ["center", "five_crop"])
 @pytest.mark.parametrize("seg_input", ["palette", "classes"])
-def test_eval_batches_finished_on_device_equal_host_ones(tta, seg_input):
+def test_eval_batches_finished_on_device_equal_host_ones(tta, seg_input, platform):
   import jax  # pylint: disable=g-import-not-at-top
   from translocator_jax.data.pipeline import device_finish  # pylint: disable=g-import-not-at-top
   src = ListSource(blocky_records(6, height=40, width=56, block=8))
@@ -187,8 +197,8 @@ def test_eval_batches_finished_on_device_equal_host_ones(tta, seg_input):
   raw = pipeline.stack_batches(list(pipeline.eval_loader(src, finish="device", **kw)))
   assert raw["image"].dtype == raw["seg"].dtype == np.uint8
   assert raw["seg"].shape == host["image"].shape[:-1]  # class map: no colour axis
-  image, seg = jax.jit(device_finish.DeviceFinish(seg_input, PALETTE))(raw["image"], raw["seg"])
-  np.testing.assert_array_equal(image, host["image"])
+  image, seg = jax.jit(device_finish.DeviceFinish(seg_input, PALETTE, platform))(raw["image"], raw["seg"])
+  assert_finished_image(image, host["image"], platform)
   np.testing.assert_array_equal(seg, host["seg"])
   for k in ("latlon", "cells", "scene", "mask", "index"):
     np.testing.assert_array_equal(raw[k], host[k], err_msg=k)
@@ -344,8 +354,9 @@ def test_encoded_records_give_the_batches_of_decoded_ones(seg_input):
   assert not np.array_equal(b[0]["image"], b[2]["image"])  # epochs differ
 
 
+@pytest.mark.parametrize("platform", ["cpu", "tpu"])
 @pytest.mark.parametrize("seg_input", ["palette", "classes"])
-def test_batches_finished_in_workers_here_or_on_device_are_the_same(seg_input):
+def test_batches_finished_in_workers_here_or_on_device_are_the_same(seg_input, platform):
   import jax  # pylint: disable=g-import-not-at-top
   from translocator_jax.data.pipeline import device_finish  # pylint: disable=g-import-not-at-top
   src = ListSource(blocky_records(8, height=16, width=16, block=4))
@@ -355,13 +366,13 @@ def test_batches_finished_in_workers_here_or_on_device_are_the_same(seg_input):
   there = list(pipeline.train_loader(src, finish="workers", **kw))
   raw = list(pipeline.train_loader(src, finish="device", **kw))
   assert len(here) == len(there) == len(raw) == 2
-  finish = jax.jit(device_finish.DeviceFinish(seg_input, PALETTE))
+  finish = jax.jit(device_finish.DeviceFinish(seg_input, PALETTE, platform))
   for a, b, r in zip(here, there, raw):
     assert a["image"].dtype == np.float32
     assert a["seg"].dtype == (np.float32 if seg_input == "palette" else np.int32)
     assert r["image"].dtype == r["seg"].dtype == np.uint8 and r["seg"].shape == (4, 8, 8)
     image, seg = finish(r["image"], r["seg"])
-    np.testing.assert_array_equal(image, a["image"])
+    assert_finished_image(image, a["image"], platform)
     np.testing.assert_array_equal(seg, a["seg"])
     assert seg.dtype == a["seg"].dtype
     for k in a:
@@ -379,6 +390,18 @@ def test_device_finish_passes_float_inputs_and_needs_a_palette_for_uint8_maps():
   np.testing.assert_array_equal(out_seg, colours)
   with pytest.raises(ValueError, match="needs the dataset's palette"):
     device_finish.DeviceFinish("palette", None).seg(np.zeros((2, 4, 4), np.uint8))
+
+
+@pytest.mark.parametrize("platform", ["cpu", "tpu"])
+def test_every_class_and_classes_past_the_palette_finish_like_the_host_table(platform):
+  import jax  # pylint: disable=g-import-not-at-top
+  from translocator_jax.data.pipeline import augment, device_finish  # pylint: disable=g-import-not-at-top
+  palette = np.random.default_rng(2).integers(0, 256, (150, 3)).astype(np.uint8)
+  seg = np.arange(256, dtype=np.uint8).reshape(1, 16, 16)  # 150 classes and 106 past the palette
+  rgb = np.stack([seg[0], 255 - seg[0], seg[0] // 3], axis=-1)[None]
+  image, colours = jax.jit(device_finish.DeviceFinish("palette", palette, platform))(rgb, seg)
+  np.testing.assert_array_equal(colours, augment.palette_table(palette)[seg.reshape(-1), 0].reshape(1, 16, 16, 3))
+  assert_finished_image(image, augment.normalize(rgb), platform)
 
 
 def test_classes_past_the_palette_are_refused_naming_the_records():

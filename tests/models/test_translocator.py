@@ -206,11 +206,18 @@ def test_bad_inputs_and_config(tiny):
     models.build_model(tiny().model).init(jax.random.key(0), image[:, :30, :30], image[:, :30, :30])
 
 
-def test_attention_auto_is_xla_off_gpu_and_rejects_unknown_names(tiny):
-  assert jax.default_backend() == "cpu"
-  for dtype in (jnp.float32, jnp.bfloat16):
-    assert vit.resolve_attention("auto", dtype, 64) == "xla"
-  assert vit.resolve_attention("cudnn", jnp.float32, 64) == "cudnn"  # an explicit choice is kept
+def test_attention_auto_follows_the_target_platform_and_rejects_unknown_names(tiny):
+  for platform in ("cpu", "tpu"):
+    for dtype in (jnp.float32, jnp.bfloat16):
+      assert vit.resolve_attention("auto", dtype, 64, platform) == "xla"
+  # cuDNN when the target is a GPU in 16-bit, whatever backend this (CPU) process has.
+  assert vit.resolve_attention("auto", jnp.bfloat16, 64, "gpu") == "cudnn"
+  assert vit.resolve_attention("auto", jnp.float32, 64, "gpu") == "xla"
+  assert vit.resolve_attention("cudnn", jnp.float32, 64, "cpu") == "cudnn"  # an explicit choice is kept
+  assert models.build_model(tiny().model, platform="tpu").platform == "tpu"
+  assert models.build_model(tiny().model).platform == jax.devices()[0].platform
+  with pytest.raises(ValueError, match="platform='mps'"):
+    models.build_model(tiny().model, platform="mps")
   model = models.build_model(tiny("attention=flash").model)
   image, seg = _batch(tiny().model)
   with pytest.raises(ValueError, match=r"config.model.attention='flash'"):

@@ -125,7 +125,7 @@ def build(path, *, which: str = "latest", split: str | None = None, dataset: str
   batch_size = int(batch_size or config.eval.get("batch_size", 256))
   batch_size = max(jax.device_count(), batch_size // jax.device_count() * jax.device_count())
   batches, _ = inputs.eval_batches(config, info, split, batch_size, "center", image_ids=True)
-  model = models.build_model(config.model)
+  model = models.build_model(config.model, sharding_lib.platform(mesh))
   params = jax.device_put(ckpt.params, sharding_lib.state_shardings(ckpt.params, mesh,
                                                                      bool(config.train.get("fsdp", False))))
   forward = inference.make_forward(model, info.palette, embed=True)

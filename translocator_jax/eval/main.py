@@ -233,7 +233,7 @@ def evaluate_checkpoint(path, *, which: str = "latest", datasets: Sequence[str] 
   mesh = sharding_lib.make_mesh()
   batch_size = int(batch_size or config.eval.get("batch_size", 256))
   batch_size = max(jax.device_count(), batch_size // jax.device_count() * jax.device_count())
-  model = models.build_model(config.model)
+  model = models.build_model(config.model, sharding_lib.platform(mesh))
   train_info = registry.dataset_info(config, config.data.train, need_records=False)  # its partitions
   partitions = registry.load_partitions(train_info)
   if partitions is None:

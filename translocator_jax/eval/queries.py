@@ -36,7 +36,7 @@ def split_queries(path, split: str | None = None, *, which: str = "latest", data
   batches, _ = inputs.eval_batches(config, info, split, batch_size, config.eval.get("tta", "center"))
   hook = lambda probs, emb: {"p_coarse": probs["coarse"], "p_middle": probs["middle"], "p_fine": probs["fine"],
                              "embedding": emb}
-  preds = inference.predict_dataset(models.build_model(config.model), ckpt.params, batches, mesh=mesh,
+  preds = inference.predict_dataset(models.build_model(config.model, sharding_lib.platform(mesh)), ckpt.params, batches, mesh=mesh,
                                     partitions=partitions, heads=config.model.heads, desc=f"queries {split}",
                                     total=len(batches), palette=info.palette, embedding_hook=hook)
   where = split if info.name == train_info.name else f"{info.name}/{split}"

@@ -113,13 +113,13 @@ def search(gallery: DeviceGallery, queries, k: int, *, cell_logp=None, temperatu
 
   Without cell_logp the score is the dot product. With cell_logp [Q, C] the score is dot / temperature +
   cell_logp[q, cell of the row]; rows in no cell, or whose cell has -inf, never come back unless fewer than k
-  rows are left (their scores are then -inf). approximate: approx_max_k per chunk (default: on TPU only).
+  rows are left (their scores are then -inf). approximate: approx_max_k per chunk (default: when the gallery's mesh is on TPUs).
   """
   k = int(k)
   if not 0 < k <= gallery.size:
     raise ValueError(f"k={k} must be in [1, gallery size {gallery.size}]")
   if approximate is None:
-    approximate = jax.default_backend() == "tpu"
+    approximate = sharding_lib.platform(gallery.mesh) == "tpu"
   queries = jnp.asarray(queries, gallery.embeddings.dtype)
   biased = cell_logp is not None
   logp = jnp.asarray(cell_logp, jnp.float32) if biased else jnp.zeros((1, 1), jnp.float32)

@@ -34,12 +34,14 @@ class Projection(nn.Module):
   dtype: Any = jnp.float32
   ln_epsilon: float = 1e-6
   gelu_approximate: bool = True
+  platform: str = "cpu"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     y = nn.LayerNorm(epsilon=self.ln_epsilon, dtype=jnp.float32, param_dtype=jnp.float32, name="LayerNorm_0")(x)
     y = vit.gelu(y, self.gelu_approximate)
-    y = vit.Dense(x.shape[-1], dtype=self.dtype, bias_init=nn.initializers.zeros, name="Dense_0")(y)
+    y = vit.Dense(x.shape[-1], dtype=self.dtype, platform=self.platform, bias_init=nn.initializers.zeros,
+                  name="Dense_0")(y)
     return y.astype(jnp.float32)
 
 
@@ -48,10 +50,12 @@ class CLSFusion(nn.Module):
   dtype: Any = jnp.float32
   ln_epsilon: float = 1e-6
   gelu_approximate: bool = True
+  platform: str = "cpu"
 
   @nn.compact
   def __call__(self, cls_a: jax.Array, cls_b: jax.Array) -> jax.Array:
-    kw = dict(dtype=self.dtype, ln_epsilon=self.ln_epsilon, gelu_approximate=self.gelu_approximate)
+    kw = dict(dtype=self.dtype, ln_epsilon=self.ln_epsilon, gelu_approximate=self.gelu_approximate,
+              platform=self.platform)
     f = Projection(name="f", **kw)
     g = Projection(name="g", **kw)
     return g(f(cls_a) + f(cls_b))
@@ -77,6 +81,7 @@ class TransLocator(nn.Module):
   remat: bool = False
   head_zeroinit: bool = True
   attention: str = "auto"
+  platform: str = "cpu"       # the devices the program is compiled for: build_model's `platform`
 
   def setup(self):
     if self.fusion not in FUSIONS:
@@ -85,7 +90,8 @@ class TransLocator(nn.Module):
       raise ValueError(f"config.model.seg_input={self.seg_input!r}; expected one of {SEG_INPUTS}")
     enc = dict(width=self.width, depth=self.depth, mlp_dim=self.mlp_dim, num_heads=self.num_heads,
                patch_size=self.patch_size, dtype=self.dtype, dropout=self.dropout, ln_epsilon=self.ln_epsilon,
-               gelu_approximate=self.gelu_approximate, remat=self.remat, attention=self.attention)
+               gelu_approximate=self.gelu_approximate, remat=self.remat, attention=self.attention,
+               platform=self.platform)
     self.rgb = vit.ViTEncoder(**enc)
     if self.fusion != "none":
       self.seg = vit.ViTEncoder(**enc)
@@ -93,7 +99,8 @@ class TransLocator(nn.Module):
         self.seg_classes = nn.Embed(self.num_seg_classes, self.seg_embed_dim,
                                     embedding_init=nn.initializers.normal(stddev=1.0))
     if self.fusion == "cls_sum":
-      kw = dict(dtype=self.dtype, ln_epsilon=self.ln_epsilon, gelu_approximate=self.gelu_approximate)
+      kw = dict(dtype=self.dtype, ln_epsilon=self.ln_epsilon, gelu_approximate=self.gelu_approximate,
+                platform=self.platform)
       if self.fusion_per_layer:
         for i in range(self.depth):
           setattr(self, f"fusion_{i}", CLSFusion(**kw))
@@ -101,7 +108,7 @@ class TransLocator(nn.Module):
         self.fusion_shared = CLSFusion(name="fusion", **kw)
     init = nn.initializers.zeros if self.head_zeroinit else nn.initializers.xavier_uniform()
     for name, n in self.heads:
-      setattr(self, f"head_{name}", vit.Dense(n, dtype=self.dtype, kernel_init=init,
+      setattr(self, f"head_{name}", vit.Dense(n, dtype=self.dtype, platform=self.platform, kernel_init=init,
                                               bias_init=nn.initializers.zeros))
 
   def _fuse(self, i: int, cls_rgb: jax.Array, cls_seg: jax.Array) -> jax.Array:
@@ -156,8 +163,16 @@ def config_get(cfg: Mapping[str, Any], key: str, default: Any) -> Any:
   return default if value is None else value
 
 
-def model_kwargs(model_config: Mapping[str, Any]) -> dict[str, Any]:
-  """TransLocator constructor arguments from config.model (missing optional fields take defaults)."""
+def default_platform() -> str:
+  """The platform of the devices this process runs on: the target when nothing compiles for other devices."""
+  return jax.devices()[0].platform
+
+
+def model_kwargs(model_config: Mapping[str, Any], platform: str | None = None) -> dict[str, Any]:
+  """TransLocator constructor arguments from config.model (missing optional fields take defaults).
+
+  platform: the devices the model is compiled for (runtime.sharding.platform(mesh)); None = this process's.
+  """
   shape = vit.decode_variant(
       model_config["variant"], width=config_get(model_config, "width", None) or None,
       depth=config_get(model_config, "depth", None) or None, mlp_dim=config_get(model_config, "mlp_dim", None) or None,
@@ -191,18 +206,19 @@ def model_kwargs(model_config: Mapping[str, Any]) -> dict[str, Any]:
       remat=bool(config_get(model_config, "remat", False)),
       head_zeroinit=bool(config_get(model_config, "head_zeroinit", True)),
       attention=str(config_get(model_config, "attention", "auto")),
+      platform=vit.check_platform(platform or default_platform()),
   )
 
 
-def build_model(model_config: Mapping[str, Any]) -> TransLocator:
-  """The TransLocator for config.model (a ConfigDict or a plain dict)."""
-  return TransLocator(**model_kwargs(model_config))
+def build_model(model_config: Mapping[str, Any], platform: str | None = None) -> TransLocator:
+  """The TransLocator for config.model (a ConfigDict or a plain dict), its choices made for `platform`."""
+  return TransLocator(**model_kwargs(model_config, platform))
 
 
-def build_encoder(model_config: Mapping[str, Any]) -> vit.ViTEncoder:
+def build_encoder(model_config: Mapping[str, Any], platform: str | None = None) -> vit.ViTEncoder:
   """A single ViT stream with the sizes and options of config.model (for weight checks and feature use)."""
-  kw = model_kwargs(model_config)
+  kw = model_kwargs(model_config, platform)
   return vit.ViTEncoder(width=kw["width"], depth=kw["depth"], mlp_dim=kw["mlp_dim"], num_heads=kw["num_heads"],
                         patch_size=kw["patch_size"], dtype=kw["dtype"], dropout=kw["dropout"],
                         ln_epsilon=kw["ln_epsilon"], gelu_approximate=kw["gelu_approximate"], remat=kw["remat"],
-                        attention=kw["attention"])
+                        attention=kw["attention"], platform=kw["platform"])

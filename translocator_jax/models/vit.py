@@ -15,6 +15,7 @@ the query weights. The encoder exposes `embed`, `block` and `norm` so TransLocat
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -63,48 +64,62 @@ def gelu(x: jax.Array, approximate: bool) -> jax.Array:
   return nn.gelu(x, approximate=approximate)
 
 
-def _dot(x: jax.Array, w: jax.Array, dtype: Dtype) -> jax.Array:
-  """x @ w over the last axis of x in `dtype` (params stay float32 in storage)."""
-  x, w = x.astype(dtype), w.astype(dtype)
-  if jax.default_backend() == "cpu":
-    return _cpu_matmul(x, w)
-  return jnp.dot(x, w)
+PLATFORMS = ("cpu", "gpu", "tpu")
 
 
-@jax.custom_vjp
-def _cpu_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
-  """jnp.dot(x, w) whose weight gradient runs through XLA:CPU's fast dot path (same values as autodiff).
+def check_platform(platform: str) -> str:
+  """The platform a model is built for ('cpu', 'gpu', 'tpu'): the devices its program is compiled for (the
+  mesh's), which differ from the process's own backend when compiling for a TPU pod from a CPU host."""
+  if platform not in PLATFORMS:
+    raise ValueError(f"platform={platform!r}; expected one of {PLATFORMS}")
+  return platform
 
-  Autodiff writes dW = x^T dy as a dot contracting the lhs's first axis, which XLA:CPU's XNNPACK/YNNPACK dot
-  fusion does not take: it ran on the slow generic dot, with the gradient operands copied transposed (the
-  S/16 MLP's backward ~30% slower). Here the smaller operand is transposed explicitly; the barrier stops the
-  simplifier folding that transpose back into the dot.
+
+def _dot(x: jax.Array, w: jax.Array, dtype: Dtype, platform: str) -> jax.Array:
+  """x @ w over the last axis of x in `dtype`; w stays float32 in storage and its gradient is float32."""
+  return _matmul(x.astype(dtype), w, jnp.dtype(dtype), platform)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _matmul(x: jax.Array, w: jax.Array, dtype: Any, platform: str) -> jax.Array:
+  """jnp.dot(x, w.astype(dtype)) with a hand-written backward (same values as autodiff):
+
+  - the weight gradient accumulates and leaves in float32 (`preferred_element_type`), so under a 16-bit dtype
+    the cross-device gradient sum that XLA places at this dot runs in float32, not in bfloat16;
+  - on a CPU it is written as a plain [K, M] x [M, N] dot: autodiff's dW = x^T dy contracts the lhs's first
+    axis, which XLA:CPU's XNNPACK/YNNPACK dot fusion does not take (the S/16 MLP's backward ran ~30% slower).
+    The smaller operand is transposed explicitly; the barrier stops the simplifier folding that transpose back.
   """
-  return jnp.dot(x, w)
+  return jnp.dot(x, w.astype(dtype))
 
 
-def _cpu_matmul_fwd(x, w):
-  return jnp.dot(x, w), (x, w)
+def _matmul_fwd(x, w, dtype, platform):
+  w_cast = w.astype(dtype)
+  return jnp.dot(x, w_cast), (x, w_cast)
 
 
-def _cpu_matmul_bwd(res, dy):
-  x, w = res
-  dx = jnp.dot(dy, w.T)
+def _matmul_bwd(dtype, platform, res, dy):
+  x, w_cast = res
+  dx = jnp.dot(dy, w_cast.T)
   x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
-  if x2.shape[1] <= dy2.shape[1]:
-    dw = jnp.dot(jax.lax.optimization_barrier(x2.T), dy2)
+  f32 = jnp.float32
+  if platform != "cpu":
+    dw = jax.lax.dot_general(x2, dy2, (((0,), (0,)), ((), ())), preferred_element_type=f32)
+  elif x2.shape[1] <= dy2.shape[1]:
+    dw = jnp.dot(jax.lax.optimization_barrier(x2.T), dy2, preferred_element_type=f32)
   else:
-    dw = jnp.dot(jax.lax.optimization_barrier(dy2.T), x2).T
-  return dx.astype(x.dtype), dw.astype(w.dtype)
+    dw = jnp.dot(jax.lax.optimization_barrier(dy2.T), x2, preferred_element_type=f32).T
+  return dx.astype(x.dtype), dw
 
 
-_cpu_matmul.defvjp(_cpu_matmul_fwd, _cpu_matmul_bwd)
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
 class Dense(nn.Module):
   """A Dense layer whose params are float32 and whose matmul runs in `dtype`; names kernel/bias like nn.Dense."""
   features: int
   dtype: Dtype = jnp.float32
+  platform: str = "cpu"
   kernel_init: Any = nn.initializers.xavier_uniform()
   bias_init: Any = nn.initializers.normal(stddev=1e-6)
 
@@ -112,7 +127,7 @@ class Dense(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
     bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
-    return _dot(x, kernel, self.dtype) + bias.astype(self.dtype)
+    return _dot(x, kernel, self.dtype, self.platform) + bias.astype(self.dtype)
 
 
 class _Params(nn.Module):
@@ -137,7 +152,7 @@ _OUT_INIT = nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2)   # [H, D
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 
 
-def resolve_attention(attention: str, dtype: Dtype, head_dim: int) -> str:
+def resolve_attention(attention: str, dtype: Dtype, head_dim: int, platform: str) -> str:
   """'xla' or 'cudnn' for config.model.attention: 'auto' takes cuDNN's fused attention on a GPU in 16-bit
   (what it supports: fp16/bf16, head dim a multiple of 8 up to 128) and XLA's matmul + softmax elsewhere.
 
@@ -149,7 +164,7 @@ def resolve_attention(attention: str, dtype: Dtype, head_dim: int) -> str:
   if attention != "auto":
     return attention
   fits_cudnn = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128
-  return "cudnn" if jax.default_backend() == "gpu" and fits_cudnn else "xla"
+  return "cudnn" if platform == "gpu" and fits_cudnn else "xla"
 
 
 def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str) -> jax.Array:
@@ -173,6 +188,7 @@ class MultiHeadDotProductAttention(nn.Module):
   num_heads: int
   dtype: Dtype = jnp.float32
   attention: str = "auto"
+  platform: str = "cpu"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -187,8 +203,8 @@ class MultiHeadDotProductAttention(nn.Module):
     # One [D, 3*D] matmul instead of three; the softmax scale goes into the (small) query weights.
     w_qkv = jnp.concatenate([wq * scale, wk, wv], axis=1).reshape(d, 3 * d)
     b_qkv = jnp.concatenate([bq * scale, bk, bv], axis=0).reshape(3 * d)
-    qkv = (_dot(x, w_qkv, self.dtype) + b_qkv.astype(self.dtype)).reshape(b, n, 3, h, dh)
-    if resolve_attention(self.attention, self.dtype, dh) == "cudnn":
+    qkv = (_dot(x, w_qkv, self.dtype, self.platform) + b_qkv.astype(self.dtype)).reshape(b, n, 3, h, dh)
+    if resolve_attention(self.attention, self.dtype, dh, self.platform) == "cudnn":
       # The scale is already folded into the query.
       ctx = fused_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], "cudnn").reshape(b, n, d)
     else:
@@ -198,7 +214,7 @@ class MultiHeadDotProductAttention(nn.Module):
       logits = jnp.einsum("bhqd,bhkd->bhqk", q, k)
       probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
       ctx = jnp.einsum("bhqk,bhkd->bhqd", probs, v).transpose(0, 2, 1, 3).reshape(b, n, d)
-    return _dot(ctx, wo.reshape(d, d), self.dtype) + bo.astype(self.dtype)
+    return _dot(ctx, wo.reshape(d, d), self.dtype, self.platform) + bo.astype(self.dtype)
 
 
 class MlpBlock(nn.Module):
@@ -207,14 +223,15 @@ class MlpBlock(nn.Module):
   dtype: Dtype = jnp.float32
   dropout: float = 0.0
   gelu_approximate: bool = True
+  platform: str = "cpu"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     d = x.shape[-1]
-    y = Dense(self.mlp_dim, dtype=self.dtype, name="Dense_0")(x)
+    y = Dense(self.mlp_dim, dtype=self.dtype, platform=self.platform, name="Dense_0")(x)
     y = gelu(y, self.gelu_approximate)
     y = nn.Dropout(self.dropout)(y, deterministic=not train)
-    y = Dense(d, dtype=self.dtype, name="Dense_1")(y)
+    y = Dense(d, dtype=self.dtype, platform=self.platform, name="Dense_1")(y)
     return nn.Dropout(self.dropout)(y, deterministic=not train)
 
 
@@ -227,18 +244,19 @@ class Encoder1DBlock(nn.Module):
   ln_epsilon: float = 1e-6
   gelu_approximate: bool = True
   attention: str = "auto"
+  platform: str = "cpu"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     ln = dict(epsilon=self.ln_epsilon, dtype=jnp.float32, param_dtype=jnp.float32)
     y = nn.LayerNorm(name="LayerNorm_0", **ln)(x)
     y = MultiHeadDotProductAttention(self.num_heads, dtype=self.dtype, attention=self.attention,
-                                     name="MultiHeadDotProductAttention_1")(y)
+                                     platform=self.platform, name="MultiHeadDotProductAttention_1")(y)
     y = nn.Dropout(self.dropout)(y, deterministic=not train)
     x = x + y.astype(jnp.float32)
     y = nn.LayerNorm(name="LayerNorm_2", **ln)(x)
     y = MlpBlock(self.mlp_dim, dtype=self.dtype, dropout=self.dropout, gelu_approximate=self.gelu_approximate,
-                 name="MlpBlock_3")(y, train)
+                 platform=self.platform, name="MlpBlock_3")(y, train)
     return x + y.astype(jnp.float32)
 
 
@@ -262,6 +280,7 @@ class Transformer(nn.Module):
   gelu_approximate: bool = True
   remat: bool = False
   attention: str = "auto"
+  platform: str = "cpu"
 
   def setup(self):
     self.posembed_input = AddPositionEmbs()
@@ -270,7 +289,8 @@ class Transformer(nn.Module):
     for i in range(self.depth):
       setattr(self, f"encoderblock_{i}", block_cls(
           mlp_dim=self.mlp_dim, num_heads=self.num_heads, dtype=self.dtype, dropout=self.dropout,
-          ln_epsilon=self.ln_epsilon, gelu_approximate=self.gelu_approximate, attention=self.attention))
+          ln_epsilon=self.ln_epsilon, gelu_approximate=self.gelu_approximate, attention=self.attention,
+          platform=self.platform))
     self.encoder_norm = nn.LayerNorm(epsilon=self.ln_epsilon, dtype=jnp.float32, param_dtype=jnp.float32)
     self.dropout_layer = nn.Dropout(self.dropout)
 
@@ -306,14 +326,15 @@ class ViTEncoder(nn.Module):
   gelu_approximate: bool = True
   remat: bool = False
   attention: str = "auto"
+  platform: str = "cpu"
 
   def setup(self):
-    self.embedding = _PatchEmbed(self.width, self.patch_size, dtype=self.dtype)
+    self.embedding = _PatchEmbed(self.width, self.patch_size, dtype=self.dtype, platform=self.platform)
     self.cls = self.param("cls", nn.initializers.zeros, (1, 1, self.width), jnp.float32)
     self.Transformer = Transformer(  # pylint: disable=invalid-name  (checkpoint scope name)
         depth=self.depth, mlp_dim=self.mlp_dim, num_heads=self.num_heads, dtype=self.dtype,
         dropout=self.dropout, ln_epsilon=self.ln_epsilon, gelu_approximate=self.gelu_approximate,
-        remat=self.remat, attention=self.attention)
+        remat=self.remat, attention=self.attention, platform=self.platform)
 
   def embed(self, image: jax.Array, train: bool = False) -> jax.Array:
     """Patch tokens with CLS prepended and position embedding added: [B, 1+N, D] float32."""
@@ -339,6 +360,7 @@ class _PatchEmbed(nn.Module):
   width: int
   patch_size: int
   dtype: Dtype = jnp.float32
+  platform: str = "cpu"
 
   @nn.compact
   def __call__(self, image: jax.Array) -> jax.Array:
@@ -350,5 +372,5 @@ class _PatchEmbed(nn.Module):
     bias = self.param("bias", nn.initializers.zeros, (self.width,), jnp.float32)
     x = image.reshape(b, hh // p, p, ww // p, p, c).transpose(0, 1, 3, 2, 4, 5)
     x = x.reshape(b, (hh // p) * (ww // p), p * p * c)
-    y = _dot(x, kernel.reshape(p * p * c, self.width), self.dtype) + bias.astype(self.dtype)
+    y = _dot(x, kernel.reshape(p * p * c, self.width), self.dtype, self.platform) + bias.astype(self.dtype)
     return y.astype(jnp.float32)

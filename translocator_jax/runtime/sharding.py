@@ -43,6 +43,12 @@ def make_mesh(devices=None) -> Mesh:
   return Mesh(devices.reshape(-1), (DATA_AXIS,))
 
 
+def platform(mesh: Mesh) -> str:
+  """'cpu', 'gpu' or 'tpu': the devices a program over `mesh` is compiled for (compile-only TPU devices
+  included). Implementation choices read this, never the process's own backend."""
+  return mesh.devices.flat[0].platform
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 

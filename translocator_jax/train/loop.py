@@ -107,7 +107,7 @@ def _train(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
     cell_latlon = {name: np.asarray(p.latlon_mean, np.float32)
                    for name, p in zip(schema.PARTITION_NAMES, partitions) if name in config.model.heads}
 
-  model = models.build_model(config.model)
+  model = models.build_model(config.model, sharding_lib.platform(mesh))
   tx, schedule = optim_lib.make_optimizer(config.optim, total)
   rng = jax.random.key(int(config.get("seed", 0)))
   fsdp = bool(config.train.get("fsdp", False))

@@ -92,7 +92,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, config: 
   accum = int(config.optim.get("grad_accum_steps", 1) or 1)
   seed = int(config.get("seed", 0))
   cells = {k: jnp.asarray(v, jnp.float32) for k, v in (cell_latlon or {}).items()}
-  finish = device_finish.DeviceFinish(config.model.get("seg_input", "palette"), palette)
+  finish = device_finish.DeviceFinish(config.model.get("seg_input", "palette"), palette, sharding_lib.platform(mesh))
 
   def loss_fn(params, micro, n_valid, rng):
     image, seg = finish(micro["image"], micro["seg"])

@@ -225,6 +225,11 @@ def crop_resize(image: np.ndarray | Image.Image, seg: np.ndarray | Image.Image, 
 
 
 @functools.lru_cache(maxsize=1)
+def normalize_affine() -> tuple[np.ndarray, np.ndarray]:
+  """(scale, shift), float32 [3] each: normalize(rgb) == rgb.astype(float32) * scale + shift per channel."""
+  return np.asarray(_SCALE, np.float32).copy(), np.asarray(_SHIFT, np.float32).copy()
+
+
 def image_lut() -> np.ndarray:
   """[256, 1, 3] float32: normalize() of every uint8 value per channel (the same float32 operations)."""
   return normalize(np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1))[:, None, :]
