@@ -1,9 +1,10 @@
-"""The training loop: init or resume, step, log, validate, checkpoint, stop on NaN."""
+"""The training loop: init or resume, step, log, validate, checkpoint, stop on NaN or on a preemption signal."""
 from __future__ import annotations
 
 import logging
 import math
 import pathlib
+import sys
 import time
 from typing import Any
 
@@ -23,6 +24,7 @@ from translocator_jax.runtime import metrics_writer
 from translocator_jax.runtime import sharding as sharding_lib
 from translocator_jax.runtime import workdir_lock
 from translocator_jax.train import optimizer as optim_lib
+from translocator_jax.train import preemption
 from translocator_jax.train import step as step_lib
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
 
   Refuses (WorkdirLockedError) a workdir another trainer is using; raises CheckpointWriteError when a checkpoint
   cannot be written (the previous one stays intact, and rerunning resumes from it).
+
+  SIGTERM / SIGINT during the steps (train/preemption.py) end the step in progress, which is then saved like a
+  periodic checkpoint; once it is written the loop prints `preempted at step N: checkpoint saved` on stderr and
+  raises preemption.TrainingPreempted (no summary, no final validation): rerunning resumes from step N.
   """
   workdir = ckpt_lib.as_path(workdir)  # local or gs://
   if jax.process_index() == 0:
@@ -163,57 +169,70 @@ def _train(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
   t_mark, step_mark = time.time(), start
   pending = None  # (step, device metrics) of the previous step: read one step late to keep the device busy
   last_metrics = {}
-  try:
-    for step in range(start + 1, total + 1):
-      local = next(iterator)
-      batch = sharding_lib.put_batch({k: local[k] for k in step_lib.STEP_KEYS if k in local}, mesh)
-      state, metrics = train_step(state, batch)
-      if pending is not None:
-        prev_step, prev = pending
-        last_metrics = host_metrics(prev_step, prev)
-        losses[prev_step] = last_metrics["loss"]
-      pending = (step, metrics)
-      bar.update(1)
-      save_now = ckpt_every and step % ckpt_every == 0 or step == total
-      log_now = step % log_every == 0 or step == total
-      if save_now or log_now:
-        last_metrics = host_metrics(step, metrics)
-        losses[step] = last_metrics["loss"]
-        pending = None
-      if log_now:
-        dt = time.time() - t_mark
-        ips = (step - step_mark) * global_batch / max(dt, 1e-9)
-        eta = (total - step) * dt / max(step - step_mark, 1)
-        t_mark, step_mark = time.time(), step
-        writer.write(step, {**last_metrics, "images_per_s": ips}, prefix="train/")
-        bar.set_postfix(loss=f"{last_metrics['loss']:.4f}", img_s=f"{ips:.1f}")
-        if is_main and not config.train.get("progress_bar", True):
-          print(_log_line(step, total, last_metrics, ips, eta), flush=True)
-      val = None
-      if validate is not None and (step % eval_every == 0 or step == total):
-        val = validate(state["params"])
-        writer.write(step, val, prefix="val/")
-        if is_main:
-          bar.write(f"step {step}: " + " ".join(f"{k} {v:.4g}" for k, v in val.items()))
-      if save_now:
-        fingerprint = ckpt_lib.params_fingerprint(state["params"])
-        checkpointer.save(step, state, iterator, config, metrics=val)
-        last_saved = step
-        writer.write(step, {"params_fingerprint": fingerprint, "checkpoint": str(checkpointer.step_dir(step))})
-        writer.flush()
-    if pending is not None:
-      last_metrics = host_metrics(*pending)
-      losses[pending[0]] = last_metrics["loss"]
-  except NonFiniteLossError as e:
-    if is_main:
-      bar.write(f"ERROR: {e}")
-    raise
-  finally:
-    bar.close()
+  preempted_at = None
+  # Signals are caught from here (before it there is nothing to lose) until the last save is written.
+  stop = preemption.StopSignals()
+  with stop:
     try:
-      checkpointer.close()  # waits for the last save: a failed write surfaces here
+      for step in range(start + 1, total + 1):
+        local = next(iterator)
+        batch = sharding_lib.put_batch({k: local[k] for k in step_lib.STEP_KEYS if k in local}, mesh)
+        state, metrics = train_step(state, batch)
+        if pending is not None:
+          prev_step, prev = pending
+          last_metrics = host_metrics(prev_step, prev)
+          losses[prev_step] = last_metrics["loss"]
+        pending = (step, metrics)
+        bar.update(1)
+        stop_now = stop.agreed(step)  # asked on every host at every step: all of them stop at the same one
+        save_now = stop_now or ckpt_every and step % ckpt_every == 0 or step == total
+        log_now = step % log_every == 0 or step == total
+        if save_now or log_now:
+          last_metrics = host_metrics(step, metrics)
+          losses[step] = last_metrics["loss"]
+          pending = None
+        if log_now:
+          dt = time.time() - t_mark
+          ips = (step - step_mark) * global_batch / max(dt, 1e-9)
+          eta = (total - step) * dt / max(step - step_mark, 1)
+          t_mark, step_mark = time.time(), step
+          writer.write(step, {**last_metrics, "images_per_s": ips}, prefix="train/")
+          bar.set_postfix(loss=f"{last_metrics['loss']:.4f}", img_s=f"{ips:.1f}")
+          if is_main and not config.train.get("progress_bar", True):
+            print(_log_line(step, total, last_metrics, ips, eta), flush=True)
+        val = None
+        # Not when stopping: a validation pass can outlast a preemption notice's grace period.
+        if validate is not None and not stop_now and (step % eval_every == 0 or step == total):
+          val = validate(state["params"])
+          writer.write(step, val, prefix="val/")
+          if is_main:
+            bar.write(f"step {step}: " + " ".join(f"{k} {v:.4g}" for k, v in val.items()))
+        if save_now:
+          fingerprint = ckpt_lib.params_fingerprint(state["params"])
+          checkpointer.save(step, state, iterator, config, metrics=val)
+          last_saved = step
+          writer.write(step, {"params_fingerprint": fingerprint, "checkpoint": str(checkpointer.step_dir(step))})
+          writer.flush()
+        if stop_now:
+          preempted_at = step
+          break
+      if pending is not None:
+        last_metrics = host_metrics(*pending)
+        losses[pending[0]] = last_metrics["loss"]
+    except NonFiniteLossError as e:
+      if is_main:
+        bar.write(f"ERROR: {e}")
+      raise
     finally:
-      writer.close()
+      bar.close()
+      try:
+        checkpointer.close()  # waits for the last save: a failed write surfaces here
+      finally:
+        writer.close()
+    if preempted_at is not None:  # the save is written (close() waited for it); signals are still caught here
+      if is_main:
+        print(f"preempted at step {preempted_at}: checkpoint saved", file=sys.stderr, flush=True)
+      raise preemption.TrainingPreempted(preempted_at, stop.signum, checkpointer.step_dir(preempted_at))
   saved_steps = checkpointer.all_steps()
 
   fingerprint = ckpt_lib.params_fingerprint(state["params"])

@@ -10,6 +10,13 @@ the checkpoint that is intact, and rerunning the same command resumes from it; a
 refused (WORKDIR/.lock names its host and pid; exit status 2). --verbose adds the details (the checkpoint
 library's own logs, tracebacks); TRANSLOCATOR_TRACEBACK=1 raises the error itself.
 
+Preemption (a Spot / preemptible VM's SIGTERM, or Ctrl-C): the step in progress is finished and saved as a
+checkpoint, `preempted at step N: checkpoint saved` goes to stderr, and the command exits with status 143 after
+SIGTERM, 130 after SIGINT (128 + the signal, as a shell reports a process the signal ended), skipping the final
+calibration and --summary-json; rerunning the same command resumes from step N and ends as an uninterrupted run
+would. A second signal while that checkpoint is written is ignored (SIGKILL still stops it; an unfinished save is
+never used). On several hosts all of them stop at the same step (train/preemption.py).
+
 Workdir: config.json, checkpoints/<step>/{state,data,config}, metrics.jsonl, tensorboard/ (gs:// works for
 checkpoints and metrics through etils.epath), and calibration.json: the confidence radii fitted on the validation
 split at the end (eval/calibration.py), when the run has one.
@@ -25,6 +32,7 @@ from translocator_jax.data import registry
 from translocator_jax.eval import calibration
 from translocator_jax.runtime import checkpoints, cli, config_io
 from translocator_jax.train import loop
+from translocator_jax.train import preemption
 
 PROG = "translocator-train"
 
@@ -51,6 +59,8 @@ def _main(argv: list[str]) -> int:
   models.model_kwargs(config.model)  # a bad model setting is refused before any dataset is built
   try:
     summary = loop.train(config, args.workdir)
+  except preemption.TrainingPreempted as e:
+    return e.exit_status  # the loop printed the one line; the checkpoint of that step is written
   except loop.NonFiniteLossError as e:
     print(f"{PROG}: {e}", file=sys.stderr)
     return 1
