@@ -36,9 +36,12 @@ EXTRAS = {
     "torch": ["torch==2.13.0", "transformers>=5,<6", "safetensors>=0.4,<1"],
     # Opens the trainer's logs: .venv/bin/tensorboard --logdir WORKDIR/tensorboard
     "tensorboard": ["tensorboard>=2.21,<2.22"],
+    # libtpu: trains on Cloud TPU VMs, and compiles for any TPU topology on a CPU-only machine
+    # (translocator-train --compile-only --topology v5e:16x16). jax[tpu] 0.10.2 pins libtpu 0.0.42.1.
+    "tpu": ["jax[tpu]>=0.10.2,<0.11"],
 }
 EXTRAS["dev"] = sorted(set(
-    EXTRAS["data"] + EXTRAS["torch"] + EXTRAS["tensorboard"]
+    EXTRAS["data"] + EXTRAS["torch"] + EXTRAS["tensorboard"] + EXTRAS["tpu"]
     + ["pytest>=8,<10", "chex>=0.1.90,<0.2", "nbclient>=0.10,<1", "nbformat>=5.10,<6", "ipykernel>=6,<8"]
 ))
 

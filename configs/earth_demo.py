@@ -73,6 +73,8 @@ def get_config(arg: str | None = None):
   c.train.tensorboard = True
   c.train.progress_bar = not tiny
 
+  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})  # runtime/sharding.py
+
   c.eval = ml_collections.ConfigDict()
   c.eval.datasets = ("earth_patches",)
   c.eval.batch_size = 64 if tiny else 256

@@ -16,6 +16,7 @@ the code (20 epochs here are ours).
 
 Every experiment config has the same sections (the fields consumers read):
   model     the network (translocator_jax.models reads it)
+  mesh      device mesh axis sizes (data, fsdp)
   data      dataset names and reading options (translocator_jax.data reads it)
   loss      head weights and smoothing
   optim     optimizer and schedule
@@ -89,7 +90,7 @@ def get_config(arg: str | None = None):
   c.train.log_every = 1 if runlocal else 100
   c.train.ckpt_every = 10 if runlocal else 2000
   c.train.keep_checkpoints = 3
-  c.train.fsdp = False                # shard params + optimizer state over the data axis (L/16 on pods)
+  c.train.fsdp = False                # True: every device on the mesh's fsdp axis (short for mesh.data=1, fsdp=-1)
   c.train.fsdp_min_size = 2 ** 14     # arrays smaller than this stay replicated under FSDP
   c.train.async_checkpoints = True
   c.train.eval_every = 0 if runlocal else 4000  # > 0: validate (data.val / val_split), keep the best checkpoint
@@ -97,6 +98,10 @@ def get_config(arg: str | None = None):
   c.train.best_mode = "max"
   c.train.tensorboard = True
   c.train.progress_bar = True
+
+  # Device mesh (runtime/sharding.py): a batch is split over both axes, parameters and optimizer state over
+  # 'fsdp'; -1 takes the remaining devices. Several slices put 'data' across them (DCN).
+  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
 
   c.eval = ml_collections.ConfigDict()
   c.eval.datasets = ("im2gps", "im2gps3k", "yfcc4k")

@@ -4,6 +4,10 @@ import pathlib
 import pytest
 
 from translocator_jax import paths
+from translocator_jax.runtime import perf
+
+# Before JAX starts here or in any subprocess a test runs: libtpu (dev extra) looks for a TPU quietly.
+perf.quiet_libtpu_off_tpu()
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ def config():
     ("train.total_step=1", "did you mean train.total_steps?"),
     ("modle.depth=2", "no key 'modle'; did you mean model?"),
     ("model.heads.scen=3", "did you mean model.heads.scene?"),
-    ("nothing_like_it=1", "its sections: data, eval, init, loss, model, optim, seed, train"),
+    ("nothing_like_it=1", "its sections: data, eval, init, loss, mesh, model, optim, seed, train"),
 ])
 def test_an_unknown_key_is_refused_naming_the_closest(config, override, message):
   with pytest.raises(KeyError) as e:

@@ -121,13 +121,12 @@ def build(path, *, which: str = "latest", split: str | None = None, dataset: str
     print(f"gallery {root}: up to date ({meta['rows']} rows of step {meta['step']})", flush=True)
     return root
 
-  mesh = sharding_lib.make_mesh()
+  mesh = sharding_lib.make_mesh(sharding_lib.inference_axes(config))
   batch_size = int(batch_size or config.eval.get("batch_size", 256))
   batch_size = max(jax.device_count(), batch_size // jax.device_count() * jax.device_count())
   batches, _ = inputs.eval_batches(config, info, split, batch_size, "center", image_ids=True)
   model = models.build_model(config.model, sharding_lib.platform(mesh))
-  params = jax.device_put(ckpt.params, sharding_lib.state_shardings(ckpt.params, mesh,
-                                                                     bool(config.train.get("fsdp", False))))
+  params = jax.device_put(ckpt.params, sharding_lib.state_shardings(ckpt.params, mesh))
   forward = inference.make_forward(model, info.palette, embed=True)
 
   pdir = _part_dir(root, jax.process_index(), jax.process_count())

@@ -81,7 +81,7 @@ def make_forward(model, palette: np.ndarray | None = None, embed: bool = False) 
 def predict_dataset(model, params, batches: Iterable[Mapping[str, np.ndarray]], *, mesh, partitions,
                     heads: Mapping[str, int], desc: str = "eval",
                     forward=None, total: int | None = None, progress: bool = True,
-                    fsdp: bool = False, palette: np.ndarray | None = None,
+                    palette: np.ndarray | None = None,
                     embedding_hook: Callable[[Mapping[str, Any], Any], Mapping[str, Any]] | None = None,
                     confidence_radii: Callable[[Mapping[str, Any], Any], Any] | None = None) -> Predictions:
   """Runs the model over padded batches (this process's shard) and predicts coordinates.
@@ -105,7 +105,7 @@ def predict_dataset(model, params, batches: Iterable[Mapping[str, np.ndarray]], 
   hier = fstar_hierarchy(heads_used, partitions)
   use_fstar = hier is not None
   if any(isinstance(x, np.ndarray) for x in jax.tree.leaves(params)):  # host params: place them as in training
-    params = jax.device_put(params, sharding_lib.state_shardings(params, mesh, fsdp))
+    params = jax.device_put(params, sharding_lib.state_shardings(params, mesh))
   out = {"index": [], "latlon": [], "mask": [], "fine": []}
   preds = {m: [] for m in (["fstar"] if use_fstar else []) + heads_used}
   extras: dict[str, list] = {}

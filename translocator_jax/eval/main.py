@@ -81,7 +81,7 @@ def evaluate_dataset(config: ml_collections.ConfigDict, model, params, name: str
   preds = inference.predict_dataset(model, params, batches, mesh=mesh, partitions=partitions,
                                     heads=config.model.heads, desc=f"eval {name}",
                                     total=len(batches) if hasattr(batches, "__len__") else None,
-                                    fsdp=bool(config.train.get("fsdp", False)), palette=info.palette,
+                                    palette=info.palette,
                                     embedding_hook=refiner,
                                     confidence_radii=calib.head_radii(partitions) if calib else None)
   if len(preds.index) != n:
@@ -230,7 +230,7 @@ def evaluate_checkpoint(path, *, which: str = "latest", datasets: Sequence[str] 
     config.data.data_dir = data_dir
   datasets = list(datasets or config.eval.get("datasets", registry.EVAL_DATASETS))
   tta = tta or config.eval.get("tta", "center")
-  mesh = sharding_lib.make_mesh()
+  mesh = sharding_lib.make_mesh(sharding_lib.inference_axes(config))
   batch_size = int(batch_size or config.eval.get("batch_size", 256))
   batch_size = max(jax.device_count(), batch_size // jax.device_count() * jax.device_count())
   model = models.build_model(config.model, sharding_lib.platform(mesh))

@@ -29,7 +29,7 @@ def split_queries(path, split: str | None = None, *, which: str = "latest", data
       raise cli.UserError(f"{path}: the run has no validation set (config.data.val or config.data.val_split), so "
                           "refinement cannot be tuned (translocator-gallery --no-tune skips tuning)")
     info, split = found
-  mesh = sharding_lib.make_mesh()
+  mesh = sharding_lib.make_mesh(sharding_lib.inference_axes(config))
   batch_size = int(batch_size or config.eval.get("batch_size", 256))
   batch_size = max(jax.device_count(), batch_size // jax.device_count() * jax.device_count())
   # The crops evaluation takes (config.eval.tta), so settings and radii are fitted on the queries they serve.

@@ -75,27 +75,27 @@ def check_platform(platform: str) -> str:
   return platform
 
 
-def _dot(x: jax.Array, w: jax.Array, dtype: Dtype, platform: str) -> jax.Array:
-  """x @ w over the last axis of x in `dtype`; w stays float32 in storage and its gradient is float32."""
-  return _matmul(x.astype(dtype), w, jnp.dtype(dtype), platform)
+def _dot(x: jax.Array, w: jax.Array, b: jax.Array, dtype: Dtype, platform: str) -> jax.Array:
+  """x @ w + b over the last axis of x in `dtype`; w and b stay float32 in storage and get float32 gradients."""
+  return _matmul(x.astype(dtype), w, b, jnp.dtype(dtype), platform)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _matmul(x: jax.Array, w: jax.Array, dtype: Any, platform: str) -> jax.Array:
-  """jnp.dot(x, w.astype(dtype)) with a hand-written backward (same values as autodiff):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _matmul(x: jax.Array, w: jax.Array, b: jax.Array, dtype: Any, platform: str) -> jax.Array:
+  """jnp.dot(x, w.astype(dtype)) + b.astype(dtype) with a hand-written backward (same values as autodiff):
 
-  - the weight gradient accumulates and leaves in float32 (`preferred_element_type`), so under a 16-bit dtype
-    the cross-device gradient sum that XLA places at this dot runs in float32, not in bfloat16;
+  - the weight and bias gradients accumulate and leave in float32 (`preferred_element_type`), so under a 16-bit
+    dtype the cross-device gradient sums that XLA places at these reductions run in float32, not in bfloat16;
   - on a CPU it is written as a plain [K, M] x [M, N] dot: autodiff's dW = x^T dy contracts the lhs's first
     axis, which XLA:CPU's XNNPACK/YNNPACK dot fusion does not take (the S/16 MLP's backward ran ~30% slower).
     The smaller operand is transposed explicitly; the barrier stops the simplifier folding that transpose back.
   """
-  return jnp.dot(x, w.astype(dtype))
+  return jnp.dot(x, w.astype(dtype)) + b.astype(dtype)
 
 
-def _matmul_fwd(x, w, dtype, platform):
+def _matmul_fwd(x, w, b, dtype, platform):
   w_cast = w.astype(dtype)
-  return jnp.dot(x, w_cast), (x, w_cast)
+  return jnp.dot(x, w_cast) + b.astype(dtype), (x, w_cast)
 
 
 def _matmul_bwd(dtype, platform, res, dy):
@@ -109,7 +109,7 @@ def _matmul_bwd(dtype, platform, res, dy):
     dw = jnp.dot(jax.lax.optimization_barrier(x2.T), dy2, preferred_element_type=f32)
   else:
     dw = jnp.dot(jax.lax.optimization_barrier(dy2.T), x2, preferred_element_type=f32).T
-  return dx.astype(x.dtype), dw
+  return dx.astype(x.dtype), dw, jnp.sum(dy2, axis=0, dtype=f32)
 
 
 _matmul.defvjp(_matmul_fwd, _matmul_bwd)
@@ -127,7 +127,7 @@ class Dense(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
     bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
-    return _dot(x, kernel, self.dtype, self.platform) + bias.astype(self.dtype)
+    return _dot(x, kernel, bias, self.dtype, self.platform)
 
 
 class _Params(nn.Module):
@@ -203,7 +203,7 @@ class MultiHeadDotProductAttention(nn.Module):
     # One [D, 3*D] matmul instead of three; the softmax scale goes into the (small) query weights.
     w_qkv = jnp.concatenate([wq * scale, wk, wv], axis=1).reshape(d, 3 * d)
     b_qkv = jnp.concatenate([bq * scale, bk, bv], axis=0).reshape(3 * d)
-    qkv = (_dot(x, w_qkv, self.dtype, self.platform) + b_qkv.astype(self.dtype)).reshape(b, n, 3, h, dh)
+    qkv = _dot(x, w_qkv, b_qkv, self.dtype, self.platform).reshape(b, n, 3, h, dh)
     if resolve_attention(self.attention, self.dtype, dh, self.platform) == "cudnn":
       # The scale is already folded into the query.
       ctx = fused_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], "cudnn").reshape(b, n, d)
@@ -214,7 +214,7 @@ class MultiHeadDotProductAttention(nn.Module):
       logits = jnp.einsum("bhqd,bhkd->bhqk", q, k)
       probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
       ctx = jnp.einsum("bhqk,bhkd->bhqd", probs, v).transpose(0, 2, 1, 3).reshape(b, n, d)
-    return _dot(ctx, wo.reshape(d, d), self.dtype, self.platform) + bo.astype(self.dtype)
+    return _dot(ctx, wo.reshape(d, d), bo, self.dtype, self.platform)
 
 
 class MlpBlock(nn.Module):
@@ -372,5 +372,5 @@ class _PatchEmbed(nn.Module):
     bias = self.param("bias", nn.initializers.zeros, (self.width,), jnp.float32)
     x = image.reshape(b, hh // p, p, ww // p, p, c).transpose(0, 1, 3, 2, 4, 5)
     x = x.reshape(b, (hh // p) * (ww // p), p * p * c)
-    y = _dot(x, kernel.reshape(p * p * c, self.width), self.dtype, self.platform) + bias.astype(self.dtype)
+    y = _dot(x, kernel.reshape(p * p * c, self.width), bias, self.dtype, self.platform)
     return y.astype(jnp.float32)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import glob
 import os
 import sys
 
@@ -45,7 +46,26 @@ def keep_freed_host_memory() -> bool:
              ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
 
 
+def tpu_host() -> bool:
+  """Whether this machine has TPU chips: /dev/accel* (v4, v5e) or /dev/vfio/N (v5p, v6e, TPU7x)."""
+  return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
+
+
+def quiet_libtpu_off_tpu() -> None:
+  """Off a TPU VM, libtpu (the `tpu` and `dev` extras) still starts with JAX and looks for a TPU: it queries the
+  cloud metadata server and writes error lines about TPU_ACCELERATOR_TYPE / TPU_WORKER_HOSTNAMES to stderr. With
+  these variables it finds none quietly; compile-only TPU devices (runtime.tpu) work the same. A TPU VM, or
+  anything the user has set, is left alone. No JAX import: call before JAX starts."""
+  if tpu_host():
+    return
+  # No chips to share either, so libtpu's one-process lockfile would only serialise compile-only work.
+  for key, value in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_ACCELERATOR_TYPE", "v5litepod-1"),
+                     ("TPU_WORKER_HOSTNAMES", "localhost"), ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")):
+    os.environ.setdefault(key, value)
+
+
 def configure_cpu_runtime() -> None:
-  """Both of the above: what the command-line entry points call first."""
+  """The above: what the command-line entry points call first."""
   cpu_performance_flags()
   keep_freed_host_memory()
+  quiet_libtpu_off_tpu()

@@ -1,19 +1,29 @@
 """Device mesh, shardings and host -> device batch placement.
 
-One mesh axis, 'data': batches are split over it; parameters and optimizer state are replicated, or (FSDP)
-each array is split over 'data' along its largest axis that divides evenly. The same code serves one CPU,
-fake CPU devices, a GPU and a multi-host TPU pod.
+Two mesh axes, big_vision / MaxText style: 'data' (pure data parallelism) and 'fsdp' (data parallelism whose
+parameters and optimizer state are split over it). A batch is split over both; each parameter array over 'fsdp'
+along its largest axis that divides evenly (small arrays stay replicated). config.mesh gives the axis sizes
+({'data': -1, 'fsdp': 1} by default: -1 takes the remaining devices); train.fsdp=True is the short way to put
+every device on 'fsdp'. The mesh follows the hardware: jax's create_device_mesh orders a slice's devices along
+its ICI torus, and with several slices the 'data' axis spans them over DCN (create_hybrid_device_mesh), so only
+the gradient all-reduce crosses slices. The same code serves one CPU, fake CPU devices, a GPU, a multi-host pod
+and (compile-only devices) a TPU topology compiled for from a CPU host.
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Mapping
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
+FSDP_AXIS = "fsdp"
+MESH_AXES = (DATA_AXIS, FSDP_AXIS)
+BATCH_AXES = (DATA_AXIS, FSDP_AXIS)  # a batch's leading axis is split over both
 
 
 def maybe_initialize_distributed() -> None:
@@ -38,9 +48,59 @@ def maybe_initialize_distributed() -> None:
     jax.distributed.initialize()  # coordinator, process count and id from the TPU / SLURM environment
 
 
-def make_mesh(devices=None) -> Mesh:
-  devices = np.asarray(devices if devices is not None else jax.devices())
-  return Mesh(devices.reshape(-1), (DATA_AXIS,))
+def mesh_axes(config) -> dict[str, int]:
+  """{'data': n, 'fsdp': m} as config.mesh (and train.fsdp) ask, -1 left to resolve against the device count."""
+  train = config.get("train") or {}
+  if bool(train.get("fsdp", False)):
+    return {DATA_AXIS: 1, FSDP_AXIS: -1}
+  given = dict(config.get("mesh") or {})
+  unknown = sorted(set(given) - set(MESH_AXES))
+  if unknown:
+    raise ValueError(f"config.mesh: unknown axis {unknown}; the axes are {list(MESH_AXES)}")
+  axes = {DATA_AXIS: -1, FSDP_AXIS: 1} | {k: int(v) for k, v in given.items()}
+  if list(axes.values()).count(-1) > 1 or any(v == 0 or v < -1 for v in axes.values()):
+    raise ValueError(f"config.mesh={axes}: each axis is a positive size, or -1 (at most one) for the rest")
+  return axes
+
+
+def inference_axes(config) -> dict[str, int]:
+  """The mesh an evaluation, gallery or validation of `config`'s model runs on: every device on 'fsdp' when the
+  run split its parameters (a model too big to replicate), else on 'data'. Never the run's own sizes: a model
+  trained on a pod is evaluated on other machines."""
+  split = mesh_axes(config)[FSDP_AXIS] != 1
+  return {DATA_AXIS: 1, FSDP_AXIS: -1} if split else {DATA_AXIS: -1, FSDP_AXIS: 1}
+
+
+def resolve_axes(axes: Mapping[str, int], n_devices: int) -> dict[str, int]:
+  """Axis sizes with -1 resolved; their product must be the device count."""
+  fixed = math.prod(v for v in axes.values() if v != -1)
+  sizes = {k: (n_devices // fixed if v == -1 else v) for k, v in axes.items()}
+  if n_devices % fixed or math.prod(sizes.values()) != n_devices:
+    raise ValueError(f"config.mesh={dict(axes)} does not cover the {n_devices} devices "
+                     f"(the sizes must multiply to {n_devices})")
+  return sizes
+
+
+def make_mesh(axes: Mapping[str, int] | None = None, devices=None) -> Mesh:
+  """The ('data', 'fsdp') mesh over `devices` (default: all of jax.devices()), laid out along the hardware.
+
+  Devices of several TPU slices (their slice_index) put the slices on the 'data' axis, over DCN.
+  """
+  devices = list(devices if devices is not None else jax.devices())
+  sizes = resolve_axes(axes or {DATA_AXIS: -1, FSDP_AXIS: 1}, len(devices))
+  shape = [sizes[a] for a in MESH_AXES]
+  slices = len({getattr(d, "slice_index", 0) for d in devices})
+  if slices > 1:
+    if sizes[DATA_AXIS] % slices:
+      raise ValueError(f"config.mesh 'data' axis of {sizes[DATA_AXIS]} must be a multiple of the {slices} slices "
+                       f"(data parallelism spans slices over DCN)")
+    ici = [sizes[DATA_AXIS] // slices, sizes[FSDP_AXIS]]
+    grid = mesh_utils.create_hybrid_device_mesh(ici, [slices, 1], devices)
+  elif devices[0].platform == "tpu":
+    grid = mesh_utils.create_device_mesh(shape, devices)
+  else:  # CPU / GPU devices and processes: their own order (each process's devices stay together)
+    grid = np.asarray(devices).reshape(shape)
+  return Mesh(grid, MESH_AXES)
 
 
 def platform(mesh: Mesh) -> str:
@@ -50,7 +110,7 @@ def platform(mesh: Mesh) -> str:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P(DATA_AXIS))
+  return NamedSharding(mesh, P(BATCH_AXES))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -58,26 +118,35 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def fsdp_spec(shape: tuple[int, ...], axis_size: int, min_size: int = 2 ** 14) -> P:
-  """Shard the largest evenly divisible axis over 'data'; small arrays (biases, norms) stay replicated."""
+  """Shard the largest evenly divisible axis over 'fsdp'; small arrays (biases, norms) stay replicated."""
   if axis_size <= 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
     return P()
   for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
     if shape[dim] % axis_size == 0:
       spec = [None] * len(shape)
-      spec[dim] = DATA_AXIS
+      spec[dim] = FSDP_AXIS
       return P(*spec)
   return P()
 
 
-def state_shardings(abstract_state: Any, mesh: Mesh, fsdp: bool, fsdp_min_size: int = 2 ** 14) -> Any:
-  """NamedShardings for every leaf of a (abstract) train state."""
-  size = mesh.shape[DATA_AXIS]
+def state_shardings(abstract_state: Any, mesh: Mesh, fsdp_min_size: int = 2 ** 14) -> Any:
+  """NamedShardings for every leaf of a (abstract) train state: split over 'fsdp' when that axis has devices."""
+  size = mesh.shape[FSDP_AXIS]
+  return jax.tree.map(lambda leaf: NamedSharding(mesh, fsdp_spec(tuple(getattr(leaf, "shape", ())), size,
+                                                                 fsdp_min_size)), abstract_state)
 
-  def one(leaf):
-    shape = tuple(getattr(leaf, "shape", ()))
-    return NamedSharding(mesh, fsdp_spec(shape, size, fsdp_min_size) if fsdp else P())
 
-  return jax.tree.map(one, abstract_state)
+def gather_for_compute(params: Any, mesh: Mesh) -> Any:
+  """Parameters split over 'fsdp', gathered whole where the step uses them (inside jit; a no-op without 'fsdp').
+
+  Said explicitly, XLA all-gathers each weight (and reduce-scatters its gradient back) while the activations
+  stay split by batch; left to propagation it split activations like the weights and shuffled them between
+  chips (collective-permutes, all-to-alls) around every matmul.
+  """
+  if mesh.shape[FSDP_AXIS] == 1:
+    return params
+  whole = replicated(mesh)
+  return jax.tree.map(lambda p: jax.lax.with_sharding_constraint(p, whole), params)
 
 
 def local_batch_size(global_batch_size: int) -> int:

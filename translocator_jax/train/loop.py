@@ -95,7 +95,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
 def _train(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
   total = int(config.train.total_steps)
   global_batch = int(config.data.batch_size)
-  mesh = sharding_lib.make_mesh()
+  mesh = sharding_lib.make_mesh(sharding_lib.mesh_axes(config))
   sharding_lib.local_batch_size(global_batch)  # validates divisibility
   is_main = jax.process_index() == 0
 
@@ -116,9 +116,8 @@ def _train(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
   model = models.build_model(config.model, sharding_lib.platform(mesh))
   tx, schedule = optim_lib.make_optimizer(config.optim, total)
   rng = jax.random.key(int(config.get("seed", 0)))
-  fsdp = bool(config.train.get("fsdp", False))
   fsdp_min = int(config.train.get("fsdp_min_size", 2 ** 14))
-  params = step_lib.init_params(model, config.model, rng, mesh, fsdp, fsdp_min)
+  params = step_lib.init_params(model, config.model, rng, mesh, fsdp_min)
   pretrained = config.get("init", {}).get("pretrained") if config.get("init") else None
   if pretrained:
     shardings = jax.tree.map(lambda x: x.sharding, params)
@@ -126,7 +125,7 @@ def _train(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
     params = jax.device_put(host_params, shardings)
     if is_main:
       print(report.summary() if hasattr(report, "summary") else report, flush=True)
-  state, state_shardings = step_lib.create_state(params, tx, mesh, fsdp, fsdp_min)
+  state, state_shardings = step_lib.create_state(params, tx, mesh, fsdp_min)
   del params
 
   checkpointer = ckpt_lib.Checkpointer(

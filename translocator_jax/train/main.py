@@ -17,6 +17,12 @@ calibration and --summary-json; rerunning the same command resumes from step N a
 would. A second signal while that checkpoint is written is ignored (SIGKILL still stops it; an unfinished save is
 never used). On several hosts all of them stop at the same step (train/preemption.py).
 
+Compile for a Cloud TPU pod from any machine (libtpu, the `tpu` extra; no TPU, no data read, nothing written):
+  translocator-train --config configs/translocator_b16_mp16.py --compile-only --topology v5e:16x16 \
+      [--slices 2] [--set model.dtype=bfloat16] [--json out.json] [--max-batch]
+prints per-chip memory against the HBM, compile time, collectives, FLOPs and a roofline step-time estimate; a
+step that does not fit exits 2 with one line saying what would help (train/aot.py, runtime/tpu.py).
+
 Workdir: config.json, checkpoints/<step>/{state,data,config}, metrics.jsonl, tensorboard/ (gs:// works for
 checkpoints and metrics through etils.epath), and calibration.json: the confidence radii fitted on the validation
 split at the end (eval/calibration.py), when the run has one.
@@ -30,7 +36,8 @@ import sys
 from translocator_jax import models
 from translocator_jax.data import registry
 from translocator_jax.eval import calibration
-from translocator_jax.runtime import checkpoints, cli, config_io
+from translocator_jax.runtime import checkpoints, cli, config_io, tpu
+from translocator_jax.train import aot
 from translocator_jax.train import loop
 from translocator_jax.train import preemption
 
@@ -41,12 +48,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   p = argparse.ArgumentParser(prog=PROG, description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--config", required=True, help="configs/X.py or configs/X.py:arg")
-  p.add_argument("--workdir", required=True, help="checkpoints, metrics and config.json go here")
+  p.add_argument("--workdir", help="checkpoints, metrics and config.json go here (not with --compile-only)")
   p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                  help="override a config field, e.g. --set train.total_steps=100 (repeatable)")
   p.add_argument("--summary-json", default=None, help="also write the run summary (losses, fingerprint) here")
+  tpu.add_compile_args(p)
   cli.add_verbose_arg(p)
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  tpu.check_compile_args(args, p)
+  if not args.compile_only and not args.workdir:
+    p.error("the following arguments are required: --workdir")
+  return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +69,9 @@ def _main(argv: list[str]) -> int:
   args = parse_args(argv)
   config = config_io.apply_overrides(config_io.load_config(args.config), args.overrides)
   models.model_kwargs(config.model)  # a bad model setting is refused before any dataset is built
+  if args.compile_only:
+    return tpu.run_compile_only(args, config, lambda c: aot.compile_train_step(c, args.topology, args.slices),
+                                "train step")
   try:
     summary = loop.train(config, args.workdir)
   except preemption.TrainingPreempted as e:

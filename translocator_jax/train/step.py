@@ -33,7 +33,7 @@ def dummy_inputs(model_config: ml_collections.ConfigDict, batch_size: int = 1) -
 
 
 def init_params(model: nn.Module, model_config: ml_collections.ConfigDict, rng: jax.Array, mesh: Mesh,
-                fsdp: bool, fsdp_min_size: int = 2 ** 14) -> Any:
+                fsdp_min_size: int = 2 ** 14) -> Any:
   """Model parameters, initialised directly into their shardings."""
   image, seg = dummy_inputs(model_config)
 
@@ -41,19 +41,18 @@ def init_params(model: nn.Module, model_config: ml_collections.ConfigDict, rng: 
     return model.init({"params": key, "dropout": key}, image, seg, train=False)["params"]
 
   abstract = jax.eval_shape(init_fn, rng)
-  shardings = sharding_lib.state_shardings(abstract, mesh, fsdp, fsdp_min_size)
+  shardings = sharding_lib.state_shardings(abstract, mesh, fsdp_min_size)
   return jax.jit(init_fn, out_shardings=shardings)(rng)
 
 
-def create_state(params: Any, tx: optax.GradientTransformation, mesh: Mesh, fsdp: bool,
-                 fsdp_min_size: int = 2 ** 14) -> tuple[TrainState, Any]:
+def create_state(params: Any, tx: optax.GradientTransformation, mesh: Mesh, fsdp_min_size: int = 2 ** 14) -> tuple[TrainState, Any]:
   """(state, state shardings) from parameters: step 0 and a fresh optimizer state."""
 
   def make(p):
     return {"step": jnp.zeros((), jnp.int32), "params": p, "opt_state": tx.init(p)}
 
   abstract = jax.eval_shape(make, params)
-  shardings = sharding_lib.state_shardings(abstract, mesh, fsdp, fsdp_min_size)
+  shardings = sharding_lib.state_shardings(abstract, mesh, fsdp_min_size)
   shardings["step"] = sharding_lib.replicated(mesh)
   state = jax.jit(make, out_shardings=shardings)(params)
   return state, shardings
@@ -95,6 +94,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, config: 
   finish = device_finish.DeviceFinish(config.model.get("seg_input", "palette"), palette, sharding_lib.platform(mesh))
 
   def loss_fn(params, micro, n_valid, rng):
+    params = sharding_lib.gather_for_compute(params, mesh)
     image, seg = finish(micro["image"], micro["seg"])
     apply = lambda i, s: model.apply({"params": params}, i, s, train=True, rngs={"dropout": rng})
     logits = crop_mean_logits(apply, image, seg)

@@ -9,10 +9,11 @@ from typing import Any, Iterator
 
 import jax
 import ml_collections
+import numpy as np
 
 from translocator_jax.data import registry
 from translocator_jax.data.pipeline import loaders, synthetic
-from translocator_jax.data.records import sources
+from translocator_jax.data.records import schema, sources
 
 
 def train_iterator(config: ml_collections.ConfigDict, info: registry.DatasetInfo,
@@ -29,6 +30,20 @@ def train_iterator(config: ml_collections.ConfigDict, info: registry.DatasetInfo
       shard_count=jax.process_count(), worker_count=int(config.data.get("worker_count", 0)),
       finish="device", augmentation=str(config.data.get("augmentation", "crop")))
   return iter(loader)
+
+
+def train_batch_spec(config: ml_collections.ConfigDict, global_batch: int) -> dict[str, jax.ShapeDtypeStruct]:
+  """The global batch train_iterator's loader yields (finish='device'), as shapes and dtypes, for the keys the
+  train step reads: uint8 photo [B, S, S, 3] and class map [B, S, S] (a crop axis of 10 after the size with
+  augmentation='authors_ten_crop'), cells int32 [B, 3], scene int32 [B], latlon float32 [B, 2], mask bool [B].
+  What an ahead-of-time compile lowers the step with."""
+  s = int(config.model.image_size)
+  crops = (10,) if str(config.data.get("augmentation", "crop")) == "authors_ten_crop" else ()
+  b = (int(global_batch),)
+  spec = {"image": (b + crops + (s, s, 3), np.uint8), "seg": (b + crops + (s, s), np.uint8),
+          "cells": (b + (len(schema.PARTITION_NAMES),), np.int32), "scene": (b, np.int32),
+          "latlon": (b + (2,), np.float32), "mask": (b, np.bool_)}
+  return {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in spec.items()}
 
 
 def eval_batches(config: ml_collections.ConfigDict, info: registry.DatasetInfo, split: str, batch_size: int,
