@@ -12,6 +12,9 @@ Sources (nothing is downloaded; `path` is local):
 Both streams (rgb, seg) get the same encoder weights. The position embedding is resampled (bilinear, as
 big_vision) when the patch grid differs. Heads, fusion and the class-embedding table stay as initialised.
 Everything is reported: loaded, resampled, left (ours, not loaded) and unused (checkpoint keys not used).
+`params` may be in either layout (models/layout.py): scanned params are unscanned, filled and scanned again, so
+the report names per-layer paths in both cases. A .npz saved from a scanned ViT (Transformer/encoderblock stacked,
+as big_vision writes with scan=True) is read too.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from typing import Any, Mapping
 import numpy as np
 from flax import traverse_util
 
+from translocator_jax.models import layout
 from translocator_jax.models.translocator import config_get
 
 STREAMS = ("rgb", "seg")
@@ -64,6 +68,9 @@ def load_pretrained(params: Mapping[str, Any], path: str | pathlib.Path,
   Raises CheckpointError for a file that is not a ViT checkpoint, a missing key or a shape mismatch.
   """
   path = pathlib.Path(path)
+  scanned = layout.is_scanned(params)
+  if scanned:
+    params = layout.unscan_params(params)
   flat = traverse_util.flatten_dict(dict(params), sep="/")
   streams = [s for s in STREAMS if any(k.startswith(s + "/") for k in flat)]
   if not streams:
@@ -105,7 +112,8 @@ def load_pretrained(params: Mapping[str, Any], path: str | pathlib.Path,
                             f"(our {key!r}); check config.model.variant / width / patch size")
     used.add(rest)
   report.unused = sorted(k for k in source if k not in used)
-  return traverse_util.unflatten_dict(out, sep="/"), report
+  loaded = traverse_util.unflatten_dict(out, sep="/")
+  return (layout.scan_params(loaded) if scanned else loaded), report
 
 
 def read_checkpoint(path: str | pathlib.Path, num_heads: int | None = None
@@ -179,7 +187,10 @@ def _read_npz(path: pathlib.Path) -> dict[str, np.ndarray]:
   if prefix is None or prefix + "cls" not in data:
     raise CheckpointError(f"{path}: not a ViT checkpoint (no 'embedding/kernel' and 'cls' arrays among "
                           f"{len(data)} keys, e.g. {sorted(data)[:5]})")
-  return {k[len(prefix):]: v for k, v in data.items() if k.startswith(prefix)}
+  data = {k[len(prefix):]: v for k, v in data.items() if k.startswith(prefix)}
+  if layout.is_scanned(traverse_util.unflatten_dict(data, sep="/")):
+    data = traverse_util.flatten_dict(layout.unscan_params(traverse_util.unflatten_dict(data, sep="/")), sep="/")
+  return data
 
 
 def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:

@@ -7,6 +7,9 @@ Layout of one encoder's params (so ViT-B_16.npz and the augreg files load by nam
   Transformer/encoderblock_{i}/LayerNorm_0, MultiHeadDotProductAttention_1/{query,key,value,out},
     LayerNorm_2, MlpBlock_3/{Dense_0,Dense_1}
   Transformer/encoder_norm
+With scan_layers=True the blocks are one scope, Transformer/encoderblock/..., every leaf stacked on a leading
+[depth] axis and run by one nn.scan (models/layout.py converts between the two layouts): the program holds one
+layer instead of `depth`, so its size and compile time do not grow with depth.
 
 Speed notes (CPU): the patch embedding is a reshape + one matmul (same maths as the stride-p conv), and q/k/v
 are fused into one matmul at apply time from the three checkpoint kernels, with the 1/sqrt(d) scale folded into
@@ -260,6 +263,44 @@ class Encoder1DBlock(nn.Module):
     return x + y.astype(jnp.float32)
 
 
+# jax.checkpoint_policies that take no arguments and suit a transformer layer: save nothing (recompute the whole
+# layer in the backward pass), every matmul output, only the matmuls without batch dimensions (the weight
+# matmuls, not attention's), or everything (remat without recomputation, for comparisons).
+REMAT_POLICIES = ("nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable", "everything_saveable")
+
+
+def checkpoint_policy(name: str) -> Any:
+  """The jax.checkpoint policy for config.model.remat_policy."""
+  if name not in REMAT_POLICIES:
+    raise ValueError(f"config.model.remat_policy={name!r}; expected one of {REMAT_POLICIES} "
+                     "(names of jax.checkpoint_policies)")
+  return getattr(jax.checkpoint_policies, name)
+
+
+def scan_over_depth(step: type[nn.Module], depth: int, remat: bool, policy: str) -> type[nn.Module]:
+  """`step` run `depth` times by one nn.scan, its params (and sown intermediates) stacked on a leading axis.
+
+  `step.__call__(carry, shared, train)` -> (carry, per-layer output): `shared` (arrays every layer reads, or None)
+  and the Python bool `train` are broadcast; the per-layer outputs come back stacked. Each layer draws its own
+  'params' and 'dropout' keys. Bound modules passed to `step` as attributes are lifted too, so their params are
+  the stacked ones, under their own scopes. With remat the step is recomputed in the backward pass under
+  `policy`; CSE prevention is off, since inside a scan XLA cannot merge the recomputation into the forward.
+  """
+  if remat:
+    step = nn.remat(step, static_argnums=(3,), prevent_cse=False, policy=checkpoint_policy(policy))  # self counts
+  return nn.scan(step, variable_axes={"params": 0, "intermediates": 0},
+                 split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast, nn.broadcast), length=depth)
+
+
+class _StreamStep(nn.Module):
+  """One layer of a single stream, for scan_over_depth."""
+  block: nn.Module
+
+  def __call__(self, x: jax.Array, shared: None, train: bool) -> tuple[jax.Array, None]:
+    del shared
+    return self.block(x, train), None
+
+
 class AddPositionEmbs(nn.Module):
   """Learned position embedding, named posembed_input/pos_embedding as in the checkpoints."""
 
@@ -270,7 +311,11 @@ class AddPositionEmbs(nn.Module):
 
 
 class Transformer(nn.Module):
-  """The `Transformer` scope: position embedding, the blocks and the final norm, callable piece by piece."""
+  """The `Transformer` scope: position embedding, the blocks and the final norm, callable piece by piece.
+
+  scan_layers: the blocks are one stacked `encoderblock` scope run by `blocks` under nn.scan (see the module
+  docstring); `block(i, ...)` is then refused, and a model that interleaves streams scans `encoderblock` itself.
+  """
   depth: int
   mlp_dim: int
   num_heads: int
@@ -279,18 +324,26 @@ class Transformer(nn.Module):
   ln_epsilon: float = 1e-6
   gelu_approximate: bool = True
   remat: bool = False
+  remat_policy: str = "nothing_saveable"
+  scan_layers: bool = False
   attention: str = "auto"
   platform: str = "cpu"
 
   def setup(self):
     self.posembed_input = AddPositionEmbs()
-    # static_argnums counts self: (x=1, train=2).
-    block_cls = nn.remat(Encoder1DBlock, static_argnums=(2,)) if self.remat else Encoder1DBlock
-    for i in range(self.depth):
-      setattr(self, f"encoderblock_{i}", block_cls(
-          mlp_dim=self.mlp_dim, num_heads=self.num_heads, dtype=self.dtype, dropout=self.dropout,
-          ln_epsilon=self.ln_epsilon, gelu_approximate=self.gelu_approximate, attention=self.attention,
-          platform=self.platform))
+    block = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads, dtype=self.dtype, dropout=self.dropout,
+                 ln_epsilon=self.ln_epsilon, gelu_approximate=self.gelu_approximate, attention=self.attention,
+                 platform=self.platform)
+    if self.scan_layers:
+      # Plain here: the scan (and its remat) wraps the whole step, in `layers` or in the caller's own step.
+      self.encoderblock = Encoder1DBlock(**block)
+      self.layers = scan_over_depth(_StreamStep, self.depth, self.remat, self.remat_policy)(self.encoderblock)
+    else:
+      # static_argnums counts self: (x=1, train=2).
+      block_cls = (nn.remat(Encoder1DBlock, static_argnums=(2,), policy=checkpoint_policy(self.remat_policy))
+                   if self.remat else Encoder1DBlock)
+      for i in range(self.depth):
+        setattr(self, f"encoderblock_{i}", block_cls(**block))
     self.encoder_norm = nn.LayerNorm(epsilon=self.ln_epsilon, dtype=jnp.float32, param_dtype=jnp.float32)
     self.dropout_layer = nn.Dropout(self.dropout)
 
@@ -298,22 +351,31 @@ class Transformer(nn.Module):
     return self.dropout_layer(self.posembed_input(x), deterministic=not train)
 
   def block(self, i: int, x: jax.Array, train: bool) -> jax.Array:
+    if self.scan_layers:
+      raise ValueError("block(i): the layers are scanned (scan_layers=True) and run together by blocks(); "
+                       "scan Transformer.encoderblock to interleave them with other work")
     return getattr(self, f"encoderblock_{i}")(x, train)
+
+  def blocks(self, x: jax.Array, train: bool) -> jax.Array:
+    """All `depth` blocks in turn."""
+    if self.scan_layers:
+      return self.layers(x, None, train)[0]
+    for i in range(self.depth):
+      x = self.block(i, x, train)
+    return x
 
   def norm(self, x: jax.Array) -> jax.Array:
     return self.encoder_norm(x)
 
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    x = self.add_posemb(x, train)
-    for i in range(self.depth):
-      x = self.block(i, x, train)
-    return self.norm(x)
+    return self.norm(self.blocks(self.add_posemb(x, train), train))
 
 
 class ViTEncoder(nn.Module):
   """One ViT stream without a head: image [B,S,S,C] -> tokens [B,1+N,D] (CLS first), after encoder_norm.
 
-  Use `embed`, `block(i, ...)` and `norm` to run it layer by layer (TransLocator does, to fuse CLS tokens).
+  Use `embed`, `block(i, ...)` and `norm` to run it layer by layer (TransLocator does, to fuse CLS tokens); with
+  scan_layers=True the layers are scanned (`blocks` runs them; TransLocator scans Transformer.encoderblock).
   """
   width: int
   depth: int
@@ -325,6 +387,8 @@ class ViTEncoder(nn.Module):
   ln_epsilon: float = 1e-6
   gelu_approximate: bool = True
   remat: bool = False
+  remat_policy: str = "nothing_saveable"
+  scan_layers: bool = False
   attention: str = "auto"
   platform: str = "cpu"
 
@@ -334,7 +398,8 @@ class ViTEncoder(nn.Module):
     self.Transformer = Transformer(  # pylint: disable=invalid-name  (checkpoint scope name)
         depth=self.depth, mlp_dim=self.mlp_dim, num_heads=self.num_heads, dtype=self.dtype,
         dropout=self.dropout, ln_epsilon=self.ln_epsilon, gelu_approximate=self.gelu_approximate,
-        remat=self.remat, attention=self.attention, platform=self.platform)
+        remat=self.remat, remat_policy=self.remat_policy, scan_layers=self.scan_layers, attention=self.attention,
+        platform=self.platform)
 
   def embed(self, image: jax.Array, train: bool = False) -> jax.Array:
     """Patch tokens with CLS prepended and position embedding added: [B, 1+N, D] float32."""
@@ -345,14 +410,14 @@ class ViTEncoder(nn.Module):
   def block(self, i: int, x: jax.Array, train: bool = False) -> jax.Array:
     return self.Transformer.block(i, x, train)
 
+  def blocks(self, x: jax.Array, train: bool = False) -> jax.Array:
+    return self.Transformer.blocks(x, train)
+
   def norm(self, x: jax.Array) -> jax.Array:
     return self.Transformer.norm(x)
 
   def __call__(self, image: jax.Array, train: bool = False) -> jax.Array:
-    x = self.embed(image, train)
-    for i in range(self.depth):
-      x = self.block(i, x, train)
-    return self.norm(x)
+    return self.norm(self.blocks(self.embed(image, train), train))
 
 
 class _PatchEmbed(nn.Module):

@@ -31,6 +31,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
+from translocator_jax.models import layout
 from translocator_jax.runtime import cli
 from translocator_jax.runtime import metrics_writer
 
@@ -214,6 +215,13 @@ class Checkpointer:
             for k, v in jax.tree_util.tree_flatten_with_path(abstract_state["params"])[0]}
     missing, extra = sorted(set(want) - set(saved)), sorted(set(saved) - set(want))
     if missing or extra:
+      layouts = layout.layout_of_paths(saved), layout.layout_of_paths(want)
+      if None not in layouts and layouts[0] != layouts[1]:
+        # Saved with the other config.model.scan_layers: the optimizer state is stacked (or not) like the params,
+        # so resuming with the checkpoint's setting is the one way that needs no conversion of the train state.
+        return (f"its layers are in the {layouts[0]} layout, the config's in the {layouts[1]} one: resume with "
+                f"--set model.scan_layers={layouts[0] == 'scanned'}; for parameters alone, "
+                "translocator_jax.models.scan_params / unscan_params convert between the layouts")
       return f"keys only in the config: {missing[:3]}, only in the checkpoint: {extra[:3]}"
     shapes = [f"{k}: checkpoint {saved[k]} vs config {want[k]}" for k in sorted(want) if saved[k] != want[k]]
     return "; ".join(shapes[:3]) or None

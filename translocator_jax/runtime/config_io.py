@@ -48,7 +48,7 @@ def parse_value(text: str):
 OPTIONAL_KEYS = {
     "model": {"attention", "depth", "dropout", "dtype", "fusion", "fusion_per_layer", "gelu_approximate",
               "head_zeroinit", "ln_epsilon", "mlp_dim", "num_heads", "num_seg_classes", "patch_size", "remat",
-              "seg_embed_dim", "seg_input", "width"},
+              "remat_policy", "scan_layers", "seg_embed_dim", "seg_input", "width"},
     "data": {"augmentation", "data_dir", "partition_files", "partitions_dir", "shuffle_seed", "train_split", "val", "val_split",
              "worker_count"},
     "train": {"async_checkpoints", "best_metric", "best_mode", "ckpt_every", "eval_every", "fsdp", "fsdp_min_size",
