@@ -158,3 +158,20 @@ def test_the_train_command_refuses_in_one_line(args, message):
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("translocator-train: error: "), proc.stderr[-3000:]
   assert re.search(message, lines[0]), lines[0]
+
+
+def test_the_eval_command_compiles_the_forward_and_the_gallery_search(tmp_path):
+  out = tmp_path / "eval.json"
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
+  proc = subprocess.run(
+      [sys.executable, "-m", "translocator_jax.eval.main", "--config", SYNTHETIC, "--compile-only", "--topology",
+       "v5e:2x2", "--gallery-rows", "100000", "--batch-size", "16", "--json", str(out)],
+      env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = json.loads(out.read_text())
+  search = report["gallery_search"]
+  assert report["fits"] and report["global_batch"] == 16 and report["gallery_rows"] == 100_000
+  # The gallery (100k rows of 32 float32, padded to whole chunks) is split over the 4 chips.
+  assert 100_000 * 32 * 4 / 4 <= search["per_chip_gib"]["arguments"] * 2 ** 30 < 1.2 * 100_000 * 32 * 4 / 4 + 2 ** 20
+  assert search["collectives"].get("all-gather", 0) >= 1  # each chip's top-k, merged
+  assert report["together_gib"] >= report["per_chip_gib"]["arguments"] + search["per_chip_gib"]["arguments"]

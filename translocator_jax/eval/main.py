@@ -9,6 +9,10 @@ thumbnails of the training patches ('knn'). Per-image predictions go to DIR/pred
 
 `predictions FILE.csv [--json] [--skip-bad]` prints the table of a per-image predictions file (this project's
 layout or GeoEstimation's).
+
+`--config configs/X.py | --workdir DIR --compile-only --topology v5e:4x4 [--gallery-rows N] [--json out.json]`
+compiles the evaluation forward and the gallery search for a TPU topology from any machine (eval/aot.py) and
+prints what a chip needs of them, alone and together; exit 2 with one line when they do not fit.
 """
 from __future__ import annotations
 
@@ -27,12 +31,13 @@ from translocator_jax import models
 from translocator_jax.data import registry
 from translocator_jax.data.pipeline import augment, inputs
 from translocator_jax.data.records import schema, sources
+from translocator_jax.eval import aot as eval_aot
 from translocator_jax.eval import baselines, calibration, inference, leakage, maps, refine
 from translocator_jax.eval.leakage import DUP_SIM, UNSEEN_KM
 from translocator_jax.geo import confidence, metrics, nearest, predictions as predictions_lib
 from translocator_jax.geo.distance import haversine_km_numpy
 from translocator_jax.geo.predictions import Predictions
-from translocator_jax.runtime import checkpoints, cli, sharding as sharding_lib
+from translocator_jax.runtime import checkpoints, cli, config_io, sharding as sharding_lib, tpu
 
 PROG = "translocator-eval"
 
@@ -340,10 +345,56 @@ def predictions_main(argv: Sequence[str]) -> int:
   return 0
 
 
+def parse_compile_args(argv: Sequence[str]) -> argparse.Namespace:
+  p = argparse.ArgumentParser(
+      prog=f"{PROG} --compile-only", description="Compile the evaluation forward and the gallery search for a TPU "
+      "topology from any machine (libtpu; no TPU, no data, nothing written) and print what a chip needs.")
+  src = p.add_mutually_exclusive_group(required=True)
+  src.add_argument("--config", help="configs/X.py[:arg], the model to evaluate")
+  src.add_argument("--workdir", help="a training workdir: its config.json")
+  p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                 help="override a config field (repeatable)")
+  p.add_argument("--tta", default=None, choices=augment.TTA_MODES, help="default: config.eval.tta")
+  p.add_argument("--batch-size", type=int, default=None, help="global eval batch (default: config.eval.batch_size)")
+  p.add_argument("--gallery-rows", type=int, default=eval_aot.MP16_ROWS,
+                 help=f"rows of the refinement gallery (default {eval_aot.MP16_ROWS}: all of MP-16)")
+  tpu.add_compile_args(p)
+  cli.add_verbose_arg(p)
+  args = p.parse_args(argv)
+  tpu.check_compile_args(args, p)
+  return args
+
+
+def _compile_main(argv: Sequence[str]) -> int:
+  args = parse_compile_args(argv)
+  if args.workdir:
+    path = checkpoints.as_path(args.workdir) / checkpoints.CONFIG_FILE
+    if not path.exists():
+      raise FileNotFoundError(f"{path}: no such file (a training workdir holds the run's config.json)")
+    config = checkpoints.config_from_json(path.read_text())
+  else:
+    config = config_io.load_config(args.config)
+  config = config_io.apply_overrides(config, args.overrides)
+  models.model_kwargs(config.model)
+  if args.batch_size:
+    config.eval.batch_size = int(args.batch_size)
+  tta = args.tta or config.eval.get("tta", "center")
+
+  def compile_at(trial):
+    trial.eval.batch_size = int(trial.data.batch_size) if args.max_batch else int(trial.eval.batch_size)
+    return eval_aot.compile_eval(trial, args.topology, args.slices, tta=tta, gallery_rows=args.gallery_rows)
+
+  if args.max_batch:  # tpu.max_batch varies data.batch_size: the eval batch here
+    config.data.batch_size = int(config.eval.batch_size)
+  return tpu.run_compile_only(args, config, compile_at, "evaluation forward + gallery search")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   if argv and argv[0] == "predictions":
     return predictions_main(argv[1:])
+  if "--compile-only" in argv:
+    return cli.run(_compile_main, argv, prog=PROG)
   return cli.run(_evaluate_main, argv, prog=PROG)
 
 

@@ -37,6 +37,12 @@ class DeviceGallery:
   mesh: jax.sharding.Mesh
 
 
+def gallery_layout(rows: int, devices: int, chunk: int = CHUNK) -> tuple[int, int]:
+  """(chunk, padded rows) of a gallery of `rows` split over `devices`: each device's share whole chunks."""
+  chunk = int(max(1, min(chunk, -(-rows // devices))))
+  return chunk, -(-rows // (devices * chunk)) * devices * chunk
+
+
 def put_gallery(embeddings: np.ndarray, cells: np.ndarray | None = None, *, mesh=None, chunk: int = CHUNK,
                 dtype=jnp.float32) -> DeviceGallery:
   """Places host rows (every process passes the whole gallery) on the mesh, padded to whole chunks per device."""
@@ -46,9 +52,7 @@ def put_gallery(embeddings: np.ndarray, cells: np.ndarray | None = None, *, mesh
   cells = np.zeros(n, np.int32) if cells is None else np.asarray(cells, np.int32)
   if cells.shape != (n,):
     raise ValueError(f"gallery cells have shape {cells.shape}, embeddings {embeddings.shape}")
-  devices = mesh.shape[AXIS]
-  chunk = int(max(1, min(chunk, -(-n // devices))))
-  n_pad = -(-n // (devices * chunk)) * devices * chunk
+  chunk, n_pad = gallery_layout(n, mesh.shape[AXIS], chunk)
   emb = np.zeros((n_pad, dim), jnp.dtype(dtype))
   emb[:n] = embeddings
   cell_rows = np.full(n_pad, PADDING, np.int32)

@@ -158,14 +158,17 @@ class CompileOOM(RuntimeError):
 
 
 def compile_for_topology(lower: Callable[[list[Any]], tuple[Any, Any]], config, topology: str, slices: int = 1,
-                         what: str = "train step") -> dict[str, Any]:
+                         what: str = "train step", global_batch: int | None = None,
+                         batch_setting: str = "data.batch_size") -> dict[str, Any]:
   """lower(devices) -> (lowered, mesh), compiled for the topology; the report of runtime.tpu plus the layout.
-  Raises DoesNotFitError when the compiled program exceeds a device's HBM (or the compiler refuses it)."""
+  Raises DoesNotFitError when the compiled program exceeds a device's HBM (or the compiler refuses it).
+  global_batch: the program's batch (default config.data.batch_size), set by `batch_setting`."""
   chip, devices = compile_only_devices(topology, slices)
   lowered, mesh = lower(devices)
   head = {"topology": topology, "slices": int(slices), "devices": len(devices), "chips": len(devices) //
           chip.devices_per_chip, "mesh": {k: int(v) for k, v in mesh.shape.items()},
-          "global_batch": int(config.data.batch_size)}
+          "global_batch": int(config.data.batch_size if global_batch is None else global_batch),
+          "batch_setting": batch_setting}
   try:
     report = {**head, **compile_report(lowered, chip, len(devices))}
   except CompileOOM as e:
@@ -184,8 +187,8 @@ def _does_not_fit_line(config, head: dict[str, Any], chip: Chip, needed_gib: flo
     hints.append("--set model.dtype=bfloat16")
   per_device = head["global_batch"] // head["devices"]
   if per_device > 1:
-    hints.append(f"a smaller per-chip batch (data.batch_size={head['global_batch']} is {per_device} a chip; "
-                 f"--max-batch finds the largest that fits)")
+    hints.append(f"a smaller per-chip batch ({head['batch_setting']}={head['global_batch']} is {per_device} a "
+                 "chip; --max-batch finds the largest that fits)")
   if head["mesh"].get("fsdp", 1) == 1:
     hints.append("--set train.fsdp=True")
   if not bool(config.model.get("remat", False)):
