@@ -1,4 +1,6 @@
 """Loss (ignored labels, smoothing, haversine smoothing), optimizer (decay mask, schedule), grad accumulation."""
+import re
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -188,3 +190,25 @@ def test_two_groups_update_with_their_own_rates_and_decay():
   # Step 0 after no warm-up: the base rate 0.1; torch SGD: -lr * (grad + wd * param), momentum buffer = that.
   np.testing.assert_allclose(updates["dense"]["kernel"], -0.02 * (1.0 + 1e-4 * 2.0), rtol=1e-6)
   np.testing.assert_allclose(updates["dense"]["bias"], -0.00048 * (1.0 + 1e-4 * 4.0), rtol=1e-6)
+
+
+def test_parameter_groups_are_the_same_in_the_scanned_layout():
+  config = config_io.load_config(SYNTHETIC)
+  config.model.depth = 3
+  config.model.fusion_per_layer = True
+  image, seg = step_lib.dummy_inputs(config.model)
+
+  def labels(scan):
+    config.model.scan_layers = scan
+    model = models.build_model(config.model)
+    shapes = jax.eval_shape(lambda k: model.init(k, image, seg)["params"], jax.random.key(0))
+    groups = optim_lib.param_groups(shapes)
+    flat = jax.tree_util.tree_flatten_with_path(groups)[0]
+    # One layer's name for both layouts: encoderblock_1 / fusion_2 -> encoderblock / fusion_layers.
+    name = lambda p: re.sub(r"encoderblock_\d+", "encoderblock", re.sub(r"fusion_\d+", "fusion_layers", p))
+    return {(name(optim_lib.param_path_str(path)), g) for path, g in flat}
+
+  per_layer, scanned = labels(False), labels(True)
+  assert per_layer == scanned
+  assert ("rgb/Transformer/encoderblock/MlpBlock_3/Dense_0/bias", "biases") in scanned
+  assert ("rgb/Transformer/encoderblock/MlpBlock_3/Dense_0/kernel", "weights") in scanned

@@ -58,6 +58,11 @@ def unscan_params(params: Mapping[str, Any]) -> dict[str, Any]:
   return out
 
 
+def stacked_axes(path: str) -> int:
+  """1 for a leaf under a stacked scope (its leading axis is the layers), else 0: '.../encoderblock/...'."""
+  return int(any(part in _UNSTACKED for part in path.split("/")))
+
+
 def is_scanned(params: Mapping[str, Any]) -> bool:
   """Whether `params` holds a scope of the scanned layout (anywhere in the tree)."""
   return layout_of_paths(_paths(params)) == "scanned"

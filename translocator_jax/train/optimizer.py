@@ -8,6 +8,8 @@ import jax
 import ml_collections
 import optax
 
+from translocator_jax.models import layout
+
 DEFAULT_DECAY_REGEX = r"(^|/)kernel$"
 
 
@@ -48,8 +50,11 @@ GROUPS = ("weights", "biases")  # parameters with two or more axes, and 1-D ones
 
 
 def param_groups(params: Any) -> Any:
-  """Pytree of 'weights' / 'biases' labels like `params` (the authors' two torch parameter groups)."""
-  return jax.tree.map(lambda p: "biases" if jax.numpy.ndim(p) == 1 else "weights", params)
+  """Pytree of 'weights' / 'biases' labels like `params` (the authors' two torch parameter groups): by the axes
+  of one layer's array, so a scanned layer's stacked biases [depth, D] are biases too."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, p: "biases" if jax.numpy.ndim(p) - layout.stacked_axes(param_path_str(path)) == 1
+      else "weights", params)
 
 
 def group_schedules(optim: ml_collections.ConfigDict, total_steps: int) -> dict[str, optax.Schedule]:
