@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import difflib
 import importlib.util
+import math
 import pathlib
 
 import ml_collections
@@ -126,6 +128,70 @@ def _checked(key: str, old, new):
     raise ValueError(f"--set {key}={new!r}: expected {type(old).__name__} (the config has {old!r}), "
                      f"got {type(new).__name__}")
   return new
+
+
+@dataclasses.dataclass(frozen=True)
+class Allowed:
+  """The values a numeric setting may take: above `low` (`low_open`: strictly), below `high` (strictly), a whole
+  number when `whole`; None only when `none_ok` (its reader treats None as its default)."""
+  low: float | None = None
+  low_open: bool = False
+  high: float | None = None
+  whole: bool = False
+  none_ok: bool = False
+
+  def describe(self) -> str:
+    if self.low is not None and self.high is not None:
+      bound = f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g})"
+    elif self.low is not None:
+      bound = f"{'>' if self.low_open else '>='} {self.low:g}"
+    else:
+      bound = f"< {self.high:g}"
+    return f"a whole number {bound}" if self.whole else bound
+
+  def allows(self, value) -> bool:
+    if value is None:
+      return self.none_ok
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+      return False
+    if self.whole and value != int(value):
+      return False
+    if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+      return False
+    return self.high is None or value < self.high
+
+
+# The training values a run would otherwise take without a word (a negative learning rate trains; a smoothing of 1
+# or a dropout of 1 learns nothing; a batch of 0 fails deep in the pipeline): checked once, when the trainer has
+# loaded its config and applied the overrides, before any dataset is built. A key the config leaves out keeps its
+# reader's default and is not checked. The warm-up may exceed the run: the schedule clamps it.
+TRAINING_VALUES = {
+    "optim.learning_rate": Allowed(low=0, low_open=True),
+    "optim.warmup_steps": Allowed(low=0, whole=True),
+    "optim.weight_decay": Allowed(low=0),
+    "optim.grad_accum_steps": Allowed(low=1, whole=True, none_ok=True),
+    "loss.label_smoothing": Allowed(low=0, high=1, none_ok=True),
+    "model.dropout": Allowed(low=0, high=1),
+    "data.batch_size": Allowed(low=0, low_open=True, whole=True),
+    "train.total_steps": Allowed(low=0, low_open=True, whole=True),
+    "train.log_every": Allowed(low=0, whole=True),
+    "train.ckpt_every": Allowed(low=0, whole=True, none_ok=True),
+    "train.eval_every": Allowed(low=0, whole=True, none_ok=True),
+}
+
+
+def check_training_values(config) -> None:
+  """ValueError naming the first of TRAINING_VALUES outside its range: `config KEY=VALUE: must be RANGE`."""
+  for key, allowed in TRAINING_VALUES.items():
+    section, _, leaf = key.partition(".")
+    node = config.get(section) if hasattr(config, "get") else None
+    if not hasattr(node, "get") or leaf not in node:
+      continue
+    value = node[leaf]
+    if not allowed.allows(value):
+      finite = isinstance(value, float) and not math.isfinite(value)
+      must = f"a finite number {allowed.describe()}" if finite else allowed.describe()
+      raise ValueError(f"config {key}={value!r}: must be {must}")
 
 
 class _null:
