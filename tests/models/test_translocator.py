@@ -268,3 +268,24 @@ def test_matmul_flop_count_matches_xla_cost_analysis(fusion, train):
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   counted = 2 * flops.matmul_flops(models.model_kwargs(cfg), 224, train=train)
   assert counted == pytest.approx(float(cost["flops"]), rel=0.015)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_the_tpu_choices_compute_the_same_logits_and_gradients(tiny, scan):
+  # Built for a TPU (float32 weight gradients, GELU recomputed in the backward pass) and run here on the CPU.
+  cfg = tiny().model
+  cfg.scan_layers = scan
+  cfg.head_zeroinit = False  # so every layer gets a gradient
+  image, seg = _batch(cfg)
+  cpu, tpu = models.build_model(cfg, platform="cpu"), models.build_model(cfg, platform="tpu")
+  params = cpu.init(jax.random.key(0), image, seg)["params"]
+  assert jax.tree.structure(params) == jax.tree.structure(tpu.init(jax.random.key(0), image, seg)["params"])
+
+  def loss(p, model):
+    return sum(jnp.sum(jnp.sin(l)) for l in model.apply({"params": p}, image, seg, train=True).values())
+
+  want, got = jax.value_and_grad(loss)(params, cpu), jax.value_and_grad(loss)(params, tpu)
+  mlp_grads = [g for path, g in jax.tree_util.tree_flatten_with_path(want[1])[0] if "MlpBlock" in str(path)]
+  assert mlp_grads and all(float(jnp.abs(g).max()) > 0 for g in mlp_grads)
+  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
