@@ -1,6 +1,7 @@
 """Predictor and translocator-predict on a tiny Earth-demo model trained in the session."""
 import csv
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -109,12 +110,14 @@ def test_cli_reports_bad_files_and_goes_on(earth_tiny_run, test_records, tmp_pat
   rc = predict.main(["--checkpoint", str(workdir), "--data-dir", str(data_dir), "--json", "--top-k", "3",
                      "--map", str(tmp_path / "map.png"), str(good), str(bad), "--seg", str(good_seg), str(good_seg)])
   out = capsys.readouterr()
-  assert rc == 0
+  assert rc == 1  # some failed, the rest written
   lines = [json.loads(line) for line in out.out.splitlines()]
   assert [l["source"] for l in lines] == [str(good), str(bad)]
   assert len(lines[0]["candidates"]) == 3 and lines[0]["error"] is None
   assert "not a readable image" in lines[1]["error"] and not lines[1]["candidates"]
-  assert "1 predicted, 1 failed" in out.err
+  err = out.err.splitlines()
+  assert [l for l in err if ": error: " in l] == [f"{bad}: error: {lines[1]['error'][len(str(bad)) + 2:]}"]
+  assert err[-1] == "placed 1 of 2 photos (1 failed)"
   maps_written = sorted(p.name for p in tmp_path.glob("map-*.png"))
   assert maps_written == ["map-0-patch.png"]  # none for the bad file
   assert Image.open(tmp_path / "map-0-patch.png").size == (1300, 600)  # the photo beside the zoomed map
@@ -200,8 +203,8 @@ def test_folders_are_walked_into_one_csv_row_per_photo(earth_tiny_run, test_reco
   out = tmp_path / "rows.csv"
   rc = predict.main(["--checkpoint", str(workdir), "--data-dir", str(data_dir), "--top-k", "2", "--batch-size", "2",
                      "--seg-dir", str(maps_dir), "--csv", str(out), str(photos)])
-  assert rc == 0
-  assert "3 predicted, 1 failed" in capsys.readouterr().err
+  assert rc == 1
+  assert capsys.readouterr().err.splitlines()[-1] == "placed 3 of 4 photos (1 failed)"
   with open(out, newline="") as f:
     rows = list(csv.DictReader(f))
   assert [r["path"] for r in rows] == [str(photos / n) for n in ("a.png", "sub/b.png", "sub/broken.jpg",
@@ -224,3 +227,139 @@ def test_seg_maps_must_match_photos_one_to_one(earth_tiny_run, tmp_path, capsys)
                      "--seg", str(tmp_path / "m.png")])
   err = capsys.readouterr().err
   assert rc == 2 and "for folders use --seg-dir" in err and "Traceback" not in err
+
+
+def _photos_with_maps(records, folder, maps_dir, names):
+  for name, r in zip(names, records):
+    (folder / name).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(r[schema.IMAGE]).save(folder / name, format="PNG")
+    (maps_dir / name).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(r[schema.SEGMENTATION][..., 0]).save((maps_dir / name).with_suffix(".png"))
+  return [folder / n for n in names]
+
+
+def _run_csv(workdir, data_dir, maps_dir, out, inputs):
+  return predict.main(["--checkpoint", str(workdir), "--data-dir", str(data_dir), "--top-k", "2", "--batch-size", "2",
+                       "--seg-dir", str(maps_dir), "--csv", str(out), *map(str, inputs)])
+
+
+def _rows(out):
+  with open(out, newline="") as f:
+    header, *rows = list(csv.reader(f))
+  return header, [dict(zip(header, r)) for r in rows]
+
+
+def test_every_input_is_placed_or_named_in_stderr_and_the_csv(earth_tiny_run, test_records, tmp_path, capsys,
+                                                              monkeypatch):
+  workdir, data_dir = earth_tiny_run
+  _, records = test_records
+  maps_dir = tmp_path / "maps"
+  folder_photos = _photos_with_maps(records, tmp_path / "photos", maps_dir, ["a.png", "b.png"])
+  (direct,) = _photos_with_maps(records[2:], tmp_path, maps_dir, ["direct.png"])
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  like_photo = tmp_path / "x.jpg"
+  like_photo.mkdir()
+  text = tmp_path / "y.jpg"
+  text.write_text("a text file named like a photo")
+  missing = tmp_path / "gone.png"
+  (unreadable,) = _photos_with_maps(records[3:], tmp_path, maps_dir, ["locked.png"])
+  read_bytes = pathlib.Path.read_bytes
+
+  def refuse_one(path):  # the tests run as root, where a chmod does not stop a read
+    if path == unreadable:
+      raise PermissionError(13, "Permission denied", str(path))
+    return read_bytes(path)
+  monkeypatch.setattr(pathlib.Path, "read_bytes", refuse_one)
+
+  out = tmp_path / "rows.csv"
+  inputs = [tmp_path / "photos", empty, like_photo, text, direct, missing, unreadable]
+  rc = _run_csv(workdir, data_dir, maps_dir, out, inputs)
+  err = capsys.readouterr().err.splitlines()
+  assert rc == 1  # some failed, the others were written
+  header, rows = _rows(out)
+  assert header[0] == "path" and header[-1] == "error" and header == predict.csv_header(2, False)
+  placed = [str(p) for p in folder_photos] + [str(direct)]
+  bad = [str(empty), str(like_photo), str(text), str(missing), str(unreadable)]
+  assert [r["path"] for r in rows] == placed[:2] + bad[:3] + [placed[2]] + bad[3:]  # in the order named
+  by_path = {r["path"]: r for r in rows}
+  for path in placed:
+    assert by_path[path]["error"] == "" and by_path[path]["lat_1"] and by_path[path]["radius90_km"]
+  reasons = {
+      str(empty): "no photo in this folder (nothing in it)",
+      str(like_photo): "a folder named like a photo, with no photo in it (nothing in it)",
+      str(text): "not a readable image",
+      str(missing): "image file not found",
+      str(unreadable): "cannot read the image file (Permission denied)",
+  }
+  failures = [l for l in err if ": error: " in l]
+  assert len(failures) == len(bad)  # one line each
+  for path, reason in reasons.items():
+    assert reason in by_path[path]["error"] and by_path[path]["lat_1"] == "" and by_path[path]["place"] == ""
+    (line,) = [l for l in failures if l.startswith(f"{path}: error: ")]
+    assert reason in line
+  assert err[-1] == "placed 3 of 8 photos (5 failed)"
+
+
+def test_nothing_placed_is_exit_status_2_with_every_input_named(earth_tiny_run, tmp_path, capsys):
+  workdir, data_dir = earth_tiny_run
+  (tmp_path / "maps").mkdir()
+  empty, like_photo, text = tmp_path / "empty", tmp_path / "x.jpg", tmp_path / "y.jpg"
+  empty.mkdir()
+  like_photo.mkdir()
+  text.write_text("not a photo")
+  notes = tmp_path / "notes"
+  (notes / "deeper").mkdir(parents=True)
+  (notes / "readme.txt").write_text("a folder of no photos")
+  out = tmp_path / "rows.csv"
+  rc = _run_csv(workdir, data_dir, tmp_path / "maps", out, [empty, like_photo, text, notes])
+  err = capsys.readouterr().err.splitlines()
+  assert rc == 2
+  assert [r["path"] for r in _rows(out)[1]] == [str(empty), str(like_photo), str(text), str(notes)]
+  assert f"{notes}: error: no photo in this folder (1 file, none of them .jpg, .jpeg, .png)" in err
+  assert sum(": error: " in l for l in err) == 4 and "Traceback" not in "\n".join(err)
+  assert err[-1] == "placed 0 of 4 photos (4 failed)"
+
+
+def test_all_placed_is_exit_status_0(earth_tiny_run, test_records, tmp_path, capsys):
+  workdir, data_dir = earth_tiny_run
+  _, records = test_records
+  maps_dir = tmp_path / "maps"
+  photos = _photos_with_maps(records, tmp_path / "photos", maps_dir, ["a.png", "sub/b.png"])
+  rc = predict.main(["--checkpoint", str(workdir), "--data-dir", str(data_dir), "--top-k", "2",
+                     "--seg-dir", str(maps_dir), str(tmp_path / "photos")])
+  out = capsys.readouterr()
+  assert rc == 0
+  assert [l.split(": within")[0] for l in out.out.splitlines() if ": within" in l] == [str(p) for p in photos]
+  assert ": error: " not in out.err and out.err.splitlines()[-1] == "placed 2 of 2 photos (0 failed)"
+
+
+def test_a_walk_names_folders_named_like_photos_that_hold_none(tmp_path):
+  (tmp_path / "trip" / "day1").mkdir(parents=True)
+  (tmp_path / "trip" / "day1" / "a.jpg").write_bytes(b"x")
+  (tmp_path / "trip" / "b.JPG").write_bytes(b"x")
+  (tmp_path / "trip" / "c.png" / "d.png").mkdir(parents=True)  # nested folders named like photos, none inside
+  (tmp_path / "trip" / "e.jpeg").mkdir()
+  (tmp_path / "trip" / "e.jpeg" / "f.jpg").write_bytes(b"x")  # named like a photo, holds one: walked
+  (tmp_path / "trip" / "notes.txt").write_text("not walked")
+  got = list(predict.iter_inputs([str(tmp_path / "trip")]))
+  show = [g if isinstance(g, str) else f"REPORT {g.error}" for g in got]
+  trip = tmp_path / "trip"
+  assert show == [
+      str(trip / "b.JPG"),
+      f"REPORT {trip / 'c.png'}: a folder named like a photo, with no photo in it (no file, only 1 folder)",
+      f"REPORT {trip / 'c.png' / 'd.png'}: a folder named like a photo, with no photo in it (nothing in it)",
+      str(trip / "day1" / "a.jpg"),
+      str(trip / "e.jpeg" / "f.jpg"),
+  ]
+  assert all(g.error and not g.candidates for g in got if not isinstance(g, str))
+
+
+def test_help_documents_the_exit_statuses(capsys):
+  with pytest.raises(SystemExit) as e:
+    predict.parse_args(["--help"])
+  assert e.value.code == 0
+  text = capsys.readouterr().out
+  assert "placed N of M photos (K failed)" in text
+  for status in ("0  every photo was placed", "1  some failed", "2  none could be placed, or the arguments are wrong"):
+    assert status in text

@@ -4,6 +4,16 @@ Folders are walked (JPEG and PNG files, sorted); `--csv OUT.csv` writes one row 
 probabilities, the radii, place and country, the EXIF truth and error when known, the refined answer, the error
 message of a photo that failed), a batch at a time, so memory stays bounded on 100k photos.
 
+Every input is accounted for: each photo is placed or reported. A file that cannot be read or is not an image, a
+folder that holds no photo, a folder named like a photo (`x.jpg/`) with none in it: one line each on stderr
+(`PATH: error: WHY`), and a row with its `error` column filled in the CSV (with --json: its object's "error"). The
+last line says `placed N of M photos (K failed)`.
+
+Exit status:
+  0  every photo was placed
+  1  some failed (each named on stderr); the others were written
+  2  none could be placed, or the arguments are wrong (one line `translocator-predict: error: ...`)
+
 Python:
   predictor = Predictor.from_checkpoint("runs/earth_demo")
   for p in predictor.predict(["photo.jpg"], segs=["photo_seg.png"]):
@@ -18,8 +28,8 @@ with each cell's spatial spread (geo/confidence.py), with temperatures fitted on
 
 The segmentation stream needs a map for each photo: a map file (`--seg`, a colourised ADE20K PNG or a PNG of
 class indices), else the output of a transformers ADE20K segmenter (`--segmenter DIR`), else, for a model trained
-without the segmentation stream (fusion='none'), nothing. A photo that cannot be read gets an error line; the
-others go on.
+without the segmentation stream (fusion='none'), nothing. A photo without a map is reported like any other
+failure; the others go on.
 """
 from __future__ import annotations
 
@@ -102,9 +112,16 @@ class PredictError(ValueError):
 
 def _read_bytes(item, what: str) -> tuple[str, bytes]:
   path = pathlib.Path(item)
-  if not path.is_file():
+  if path.is_dir():
+    raise PredictError(f"{path}: a folder, not a file")
+  if not path.exists():
     raise PredictError(f"{path}: {what} file not found")
-  data = path.read_bytes()
+  if not path.is_file():  # a pipe or a device: reading it could wait forever
+    raise PredictError(f"{path}: not a regular file")
+  try:
+    data = path.read_bytes()
+  except OSError as e:
+    raise PredictError(f"{path}: cannot read the {what} file ({e.strerror or e})") from None
   if not data:
     raise PredictError(f"{path}: {what} file is empty")
   return str(path), data
@@ -387,7 +404,7 @@ def inference_assets(config) -> tuple[list[Any], np.ndarray | None]:
 
 def format_prediction(p: Prediction) -> str:
   if p.error:
-    return f"{p.source}: error: {p.error}"
+    return failure_line(p)
   how = "" if p.calibrated else " (not calibrated)"
   lines = [f"{p.source}: within {p.radius50_km:,.0f} km of guess 1 for half of such photos, within "
            f"{p.radius90_km:,.0f} km for 9 in 10{how}"
@@ -403,18 +420,51 @@ def format_prediction(p: Prediction) -> str:
   return "\n".join(lines)
 
 
+def failure_line(p: Prediction) -> str:
+  """`SOURCE: error: WHY` on one line (the reason without a repeat of the source it already names)."""
+  reason = p.error or ""
+  if reason.startswith(f"{p.source}: "):
+    reason = reason[len(p.source) + 2:]
+  return f"{p.source}: error: {' '.join(reason.split())}"
+
+
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
+_SUFFIX_LIST = ", ".join(PHOTO_SUFFIXES)
 
 
-def iter_photos(items: Sequence[str]) -> Iterator[str]:
-  """The photos named: files as given (a missing one becomes that photo's error), folders walked recursively for
-  JPEG and PNG files in sorted order."""
+def _no_photo(folder: pathlib.Path, entries: Sequence[pathlib.Path]) -> Prediction:
+  """The report of a folder that holds no photo, saying what it does hold."""
+  files = sum(f.is_file() for f in entries)
+  held = (f"{files} file{'s' * (files != 1)}, none of them {_SUFFIX_LIST}" if files
+          else "nothing in it" if not entries else f"no file, only {len(entries)} folder{'s' * (len(entries) != 1)}")
+  what = "a folder named like a photo, with no photo in it" if folder.suffix.lower() in PHOTO_SUFFIXES else (
+      "no photo in this folder")
+  return Prediction(str(folder), error=f"{folder}: {what} ({held})")
+
+
+def iter_inputs(items: Sequence[str]) -> Iterator[str | Prediction]:
+  """Every input named, in order: a photo's path (a file as given, or one found walking a folder, recursively, for
+  JPEG and PNG files in sorted order; a missing or unreadable one becomes that photo's error when predicted), or a
+  failed Prediction reporting a folder with no photo in it, or a folder met in a walk that is named like a photo
+  and holds none. Nothing named is skipped without a word."""
   for item in items:
     path = pathlib.Path(item)
-    if path.is_dir():
-      yield from (str(f) for f in sorted(path.rglob("*")) if f.is_file() and f.suffix.lower() in PHOTO_SUFFIXES)
-    else:
+    if not path.is_dir():
       yield str(item)
+      continue
+    entries = sorted(path.rglob("*"))
+    photos = [f for f in entries if f.suffix.lower() in PHOTO_SUFFIXES and not f.is_dir()]
+    if not photos:
+      yield _no_photo(path, entries)
+      continue
+    with_photos = {parent for f in photos for parent in f.parents}
+    for f in entries:
+      if f.suffix.lower() not in PHOTO_SUFFIXES:
+        continue
+      if not f.is_dir():
+        yield str(f)  # a file, or a broken link or a pipe: predicted, or named with what is wrong
+      elif f not in with_photos:  # a folder named like a photo, holding none: a person would miss it
+        yield _no_photo(f, [e for e in entries if e.is_relative_to(f) and e != f])
 
 
 def seg_map_for(photo: str, roots: Sequence[str], seg_dir: str) -> str:
@@ -502,7 +552,7 @@ def _main(argv: Sequence[str]) -> int:
     raise cli.UserError(f"--seg-dir {args.seg_dir}: no such folder")
   predictor = Predictor.from_checkpoint(args.checkpoint, which=args.which, segmenter_dir=args.segmenter,
                                         data_dir=args.data_dir, refine=args.refine, gallery_dir=args.gallery)
-  photos = iter_photos(args.photos)
+  inputs = iter_inputs(args.photos)
   segs = iter(args.seg) if args.seg is not None else None
   refine = predictor.refiner is not None
   chunk = max(1, args.batch_size) * 16  # photos held at once (bounded memory on any number of photos)
@@ -514,18 +564,24 @@ def _main(argv: Sequence[str]) -> int:
   try:
     with tqdm.tqdm(desc="predict", unit="photo", disable=not (args.csv or folders)) as bar:
       while True:
-        batch = list(itertools.islice(photos, chunk))
+        batch = list(itertools.islice(inputs, chunk))
         if not batch:
           break
-        maps_of = ([next(segs) for _ in batch] if segs is not None
-                   else [seg_map_for(b, folders, args.seg_dir) for b in batch] if args.seg_dir else None)
-        predictions = predictor.predict(batch, maps_of, top_k=args.top_k, batch_size=args.batch_size,
-                                        keep_inputs=bool(args.map))
+        paths = [b for b in batch if isinstance(b, str)]  # the others are reports already
+        maps_of = ([next(segs) for _ in paths] if segs is not None
+                   else [seg_map_for(b, folders, args.seg_dir) for b in paths] if args.seg_dir else None)
+        predicted = iter(predictor.predict(paths, maps_of, top_k=args.top_k, batch_size=args.batch_size,
+                                           keep_inputs=bool(args.map)) if paths else [])
+        predictions = [next(predicted) if isinstance(b, str) else b for b in batch]
         for i, p in enumerate(predictions):
           if writer:
             writer.writerow(csv_row(p, args.top_k, refine))
-          else:
-            print(json.dumps(p.to_json()) if args.json else format_prediction(p), flush=True)
+          elif args.json:
+            print(json.dumps(p.to_json()), flush=True)
+          elif not p.error:
+            print(format_prediction(p), flush=True)
+          if p.error:
+            bar.write(failure_line(p), file=sys.stderr)
           if args.map and not p.error:
             out = pathlib.Path(args.map)
             out = out if not folders and len(args.photos) == 1 else out.with_name(
@@ -540,8 +596,9 @@ def _main(argv: Sequence[str]) -> int:
       out_csv.close()
   if args.csv:
     print(f"rows: {args.csv}", file=sys.stderr)
-  print(f"{done - failed} predicted, {failed} failed", file=sys.stderr)
-  return 0 if done and failed < done else 1
+  placed = done - failed
+  print(f"placed {placed} of {done} photos ({failed} failed)", file=sys.stderr)
+  return 2 if not placed else 1 if failed else 0
 
 
 if __name__ == "__main__":
