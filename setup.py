@@ -15,6 +15,7 @@ INSTALL_REQUIRES = [
     "s2sphere>=0.2.5,<0.3",
     "ml-collections>=1.1,<2",
     "tqdm>=4.66,<5",
+    "xxhash>=3.4,<5",  # shard checksums in the dataset manifests (xxh3_64: ~20 GB/s, verify stays disk-bound)
     "etils[epath]>=1.7,<2",  # local and gs:// paths (checkpoints, predictions)
     # orbax logs through humanize; 4.17 imports inside naturalsize(), and while another thread is inside an etils
     # lazy-import block that import returns a LazyModule: restores failed at random ("not callable").

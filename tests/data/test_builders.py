@@ -4,6 +4,7 @@ import io
 import json
 import os
 import pathlib
+import shlex
 import signal
 import subprocess
 import sys
@@ -18,7 +19,9 @@ import dataset_fixtures as fx
 from translocator_jax.data.build import builders
 from translocator_jax.data.build import cli
 from translocator_jax.data.build import images
+from translocator_jax.data.build import verify
 from translocator_jax.data.build import writer
+from translocator_jax.data.records import manifest
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -232,6 +235,35 @@ def test_the_same_inputs_give_byte_identical_shards_in_another_process(mp16_inpu
   assert shards and shards == sorted(p.name for p in out.glob("mp16-train.array_record-*"))
   for name in shards:
     assert (folder_out / name).read_bytes() == (out / name).read_bytes(), name
+
+
+def test_a_build_writes_its_manifest_and_the_command_in_it_rewrites_a_damaged_shard(mp16_inputs, tmp_path):
+  root, _, _ = mp16_inputs
+  out = tmp_path / "built"
+  args = [str(a) for a in ("--csv", root / "mp16_places365.csv", "--images", root / "rgb", "--segmentations",
+                           root / "seg", "--output", out, "--piece-size", "4", "--no-progress")]
+  assert cli.mp16_main(args) == 0
+  m = json.loads((out / manifest.MANIFEST).read_text())
+  assert m["rebuild"] == {"command": f"python -m data_prep.build_mp16 {shlex.join(args)}", "cwd": os.getcwd(),
+                          "scope": "shard"}
+  shards = manifest.split_shards(out)["train"]
+  assert len(shards) > 2
+  assert m["splits"]["train"] == [{"file": p.name, "bytes": p.stat().st_size, "records": n,
+                                   "xxh3_64": manifest.checksum(p)} for p, n in shards]
+  victim = shards[1][0]
+  original = victim.read_bytes()
+  os.truncate(victim, len(original) - 7)
+  report = verify.verify(out, progress=False, workers=1)
+  assert [r["file"] for r in report["bad"]] == [str(victim)]
+  hint = report["bad"][0]["rebuild"]
+  assert hint == (f"rebuild it: remove {victim} and rerun {m['rebuild']['command']} (from {os.getcwd()}) "
+                  "(rewrites the missing shards only)")
+  # Doing what it says gives back the very shard the build wrote.
+  victim.unlink()
+  assert cli.mp16_main(shlex.split(m["rebuild"]["command"])[3:]) == 0
+  assert victim.read_bytes() == original
+  assert not verify.verify(out, progress=False, workers=1)["bad"]
+  assert json.loads((out / manifest.MANIFEST).read_text()) == m
 
 
 def _benchmark_inputs(root, shared_data, n=4):

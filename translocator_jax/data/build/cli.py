@@ -9,6 +9,8 @@ the data_prep scripts run it under runtime.cli.run, the set-up of every command,
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 from typing import Callable, Sequence
 
 from translocator_jax.data.build import builders
@@ -62,11 +64,13 @@ def _common(p: argparse.ArgumentParser) -> None:
   p.add_argument("--no-progress", action="store_true")
 
 
-def _kwargs(a) -> dict:
+def _kwargs(a, prog: str, argv: Sequence[str] | None) -> dict:
+  # The command line goes into the shard manifest: rerunning it rewrites a shard that verify found damaged.
+  command = " ".join([prog, shlex.join(sys.argv[1:] if argv is None else list(argv))])
   return dict(output_dir=a.output, workers=a.workers, piece_size=a.piece_size,
               partition_paths=[] if a.no_cells else a.partitions, segmenter_dir=a.segmenter,
               seg_name=a.seg_name, max_pixels=a.max_pixels, jpeg_quality=a.jpeg_quality, keep_spool=a.keep_spool,
-              progress=not a.no_progress)
+              progress=not a.no_progress, command=command)
 
 
 def _run(fn: Callable[[], dict]) -> int:
@@ -83,7 +87,7 @@ def mp16_main(argv: Sequence[str] | None = None) -> int:
   _common(p)
   a = p.parse_args(argv)
   return _run(lambda: builders.build_mp16(csv_path=a.csv, images=a.images, segmentations=a.segmentations,
-                                          **_kwargs(a)))
+                                          **_kwargs(a, MP16_PROG, argv)))
 
 
 def benchmark_main(argv: Sequence[str] | None = None) -> int:
@@ -99,7 +103,8 @@ def benchmark_main(argv: Sequence[str] | None = None) -> int:
   a = p.parse_args(argv)
   columns = dict(id=a.id_column, lat=a.lat_column, lon=a.lon_column)
   return _run(lambda: builders.build_benchmark(name=a.name, csv_path=a.csv, images=a.images,
-                                               segmentations=a.segmentations, columns=columns, **_kwargs(a)))
+                                               segmentations=a.segmentations, columns=columns,
+                                               **_kwargs(a, BENCHMARK_PROG, argv)))
 
 
 def photos_main(argv: Sequence[str] | None = None) -> int:
@@ -118,7 +123,7 @@ def photos_main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--split", default="test")
   _common(p)
   a = p.parse_args(argv)
-  kw = _kwargs(a)
+  kw = _kwargs(a, PHOTOS_PROG, argv)
   return _run(lambda: builders.build_photos(input_dir=a.input, csv_path=a.csv, segmentations=a.seg,
                                             maps_oriented=not a.seg_on_stored_pixels, name=a.name,
                                             split=a.split, segmentation_maps=not a.no_seg, **kw))

@@ -8,8 +8,10 @@ planning; `write_dataset` then
   * writes each piece under a temporary name in `_staging/` and renames it into place when complete, with its
     piece report (`_staging/pieces/{i:05d}.json`) renamed first: a rerun after a crash skips complete pieces and
     gives the same records as an uninterrupted build (items and their order depend only on the inputs);
-  * writes dataset_info.json / features.json (tfds.folder_dataset.write_metadata) and report.json:
-    {"written": N, "skipped": [{"source": ..., "reason": ...}, ...], ...}.
+  * writes dataset_info.json / features.json (tfds.folder_dataset.write_metadata), the shard manifest
+    shards.json (records/manifest.py: each shard's size, record count and xxh3_64 checksum, taken as the piece
+    is written, and the command that rebuilds a shard: this one, which rewrites the shards that are missing) and
+    report.json: {"written": N, "skipped": [{"source": ..., "reason": ...}, ...], ...}.
 
 Images are encoded here with Pillow and handed to TFDS as bytes, so the writer itself needs no TensorFlow ops;
 `tfds.features` does need TensorFlow installed (the `data` extra). Reading the result does not.
@@ -32,6 +34,7 @@ from tqdm import tqdm
 
 from translocator_jax.data.build import images as images_lib
 from translocator_jax.data.build import segmenter
+from translocator_jax.data.records import manifest
 from translocator_jax.data.records import schema
 from translocator_jax.geo import cells
 
@@ -74,6 +77,7 @@ class BuildOptions:
   description: str = ""
   keep_spool: bool = False
   progress: bool = True
+  command: str = ""  # the command line that runs this build, for the manifest's rebuild hint (not fingerprinted)
 
   def fingerprint_fields(self) -> dict:
     return {"name": self.name, "split": self.split, "piece_size": self.piece_size,
@@ -227,8 +231,9 @@ def _write_piece(args) -> dict:
   for ex in examples:
     writer.write(serialize(ex))
   writer.close()
+  # Hashed here, while the piece is in the page cache: the manifest then needs no second read of the set.
   report = {"index": index, "written": len(examples), "skipped": skipped,
-            "num_bytes": tmp.stat().st_size}
+            "num_bytes": tmp.stat().st_size, manifest.CHECKSUM: manifest.checksum(tmp)}
   piece_json = staging / "pieces" / f"{index:05d}.json"
   piece_tmp = piece_json.with_name(piece_json.name + f".tmp{os.getpid()}")
   piece_tmp.write_text(json.dumps(report))
@@ -311,6 +316,10 @@ def write_dataset(items: Sequence[Item], rgb_store, seg_store, plan_skipped: Seq
       data_dir=out_dir, features=schema.features(), split_infos=[split_info], check_data=False,
       description=options.description or f"{options.name} in the TransLocator-JAX schema",
       metadata=metadata)
+  # Pieces written before manifests existed have no checksum in their report: those shards are read once here.
+  manifest.write(out_dir, {options.split: [
+      manifest.shard_entry(out_dir / shard_name(options.name, options.split, p["index"], count), p["written"],
+                           p.get(manifest.CHECKSUM)) for p in pieces]}, command=options.command, scope="shard")
   skipped = list(plan_skipped) + [s for p in pieces for s in p["skipped"]]
   report = {"dataset": options.name, "split": options.split, "written": sum(shard_lengths),
             "skipped": skipped, "pieces": count, "resumed_pieces": done_before}

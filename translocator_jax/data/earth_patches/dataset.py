@@ -31,6 +31,7 @@ import numpy as np
 from translocator_jax import paths
 from translocator_jax.data.earth_patches import rasters
 from translocator_jax.data.earth_patches import render as earth_render
+from translocator_jax.data.records import manifest
 from translocator_jax.data.records import schema
 from translocator_jax.geo import cells as cells_lib
 
@@ -255,6 +256,13 @@ def _builder_module():
     def _generate_examples(self, plan, split):
       yield from render_split(plan, split, self.builder_config.options)
 
+    def _download_and_prepare(self, dl_manager, download_config=None):
+      super()._download_and_prepare(dl_manager, download_config)
+      # Still in TFDS's incomplete folder: the set is renamed into place with its manifest, never without.
+      shards = {name: list(zip(info.filepaths, info.shard_lengths)) for name, info in self.info.splits.items()}
+      manifest.write_for(self.data_dir, shards, scope="dataset", command=rebuild_command(
+          pathlib.Path(self.data_dir).parents[2], self.builder_config.name, self.builder_config.options))
+
   EarthPatches.EarthPatchesConfig = EarthPatchesConfig
   _BUILDER = EarthPatches
   return _BUILDER
@@ -291,6 +299,24 @@ def resolve_options(config: str = "default", **overrides) -> tuple[str, Options]
     return config, options
   digest = hashlib.sha1(json.dumps(options.to_json(), sort_keys=True).encode()).hexdigest()[:10]
   return f"{config}_{digest}", options
+
+
+_CLI_OPTIONS = ("num_train", "num_validation", "num_test", "patch_px", "patch_km", "seed", "taus")
+
+
+def rebuild_command(root: str | os.PathLike, name: str, options: Options) -> str:
+  """The data_prep command that builds config `name` with `options` under the TFDS data dir `root`."""
+  preset = name if name in PRESETS else name.rsplit("_", 1)[0]
+  base = PRESETS.get(preset, PRESETS["default"])
+  changed = {f.name for f in dataclasses.fields(Options) if getattr(options, f.name) != getattr(base, f.name)}
+  if changed - set(_CLI_OPTIONS):  # options the command line cannot set: the Python call that builds it
+    kw = ", ".join(f"{k}={getattr(options, k)!r}" for k in sorted(changed))
+    return (f"python -c \"from translocator_jax.data.earth_patches import dataset; "
+            f"dataset.ensure_built({os.fspath(root)!r}, {preset!r}, {kw})\"")
+  flags = "".join(f" --{k.replace('_', '-')} " + (json.dumps([list(t) for t in options.taus]).replace(" ", "")
+                                                 if k == "taus" else str(getattr(options, k)))
+                  for k in _CLI_OPTIONS if k in changed)
+  return f"python -m data_prep.build_earth_patches --output {os.fspath(root)} --config {preset}{flags}"
 
 
 def dataset_dir(data_dir: str | os.PathLike | None = None, config: str = "default", **overrides) -> pathlib.Path:

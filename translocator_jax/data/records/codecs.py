@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import struct
+import zlib
 
 import numpy as np
 from PIL import Image
@@ -19,6 +20,11 @@ try:  # pylint: disable=g-import-not-at-top
   cv2.setNumThreads(1)  # one example per call on small images: threads only add contention to the workers
 except ImportError:  # pragma: no cover - opencv-python-headless is a dependency; Pillow still works without it
   cv2 = None
+
+# What decoding damaged bytes raises (Pillow: OSError / UnidentifiedImageError, ValueError "not enough image data",
+# SyntaxError for a broken PNG header; OpenCV's own error type): one bad record, not a bug.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error, Image.DecompressionBombError,
+                 *((cv2.error,) if cv2 is not None else ()))
 
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame (not DHT / JPG / DAC)
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -10,19 +10,45 @@ For datasets in the project schema stored as ArrayRecord (all of ours) it reads 
 each tf.train.Example with protobuf (about 8 us a record here, against about 100 us for TFDS's generic numpy
 deserialiser), then decodes the JPEG / PNG with Pillow; any other TFDS dataset goes through TFDS's own data source.
 Sources open lazily in each process, so they pickle as a few strings (grain worker processes get a copy).
+
+open_source first checks the split's shards against the dataset's manifest (manifest.py: sizes and counts, no
+reading), so every reader (training, evaluation, galleries) refuses a cut-short shard before it starts. A record
+that cannot be read, parsed or decoded raises BadRecordError naming its shard file and its position there.
 """
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import pathlib
 from typing import Any
 
+from google.protobuf import message as protobuf_message
 import numpy as np
 
-from translocator_jax.data.records import codecs, schema
+from translocator_jax.data.records import codecs, manifest, schema
 
 INDEX = "index"
+# What reading one damaged record raises: riegeli's corruption errors (RuntimeError), I/O errors, a tf.Example
+# that does not parse; decoding adds codecs.DECODE_ERRORS.
+READ_ERRORS = (RuntimeError, OSError, ValueError, protobuf_message.DecodeError)
+
+
+class BadRecordError(ValueError):
+  """One record cannot be read or decoded; `file` and `record` say where (the shard, the position in it)."""
+
+  def __init__(self, text: str, *, file: str | None = None, record: int | None = None, index: int | None = None,
+               what: str = "cannot be read", reason: str = ""):
+    super().__init__(text)
+    self.file, self.record, self.index, self.what, self.reason = file, record, index, what, reason
+
+
+def error_text(e: BaseException) -> str:
+  """One line for a record's error: its type and message (Pillow's 'cannot identify' without the object repr)."""
+  if type(e).__name__ == "UnidentifiedImageError":
+    return "UnidentifiedImageError: not an image Pillow can identify"
+  text = " ".join(str(e).split())
+  return f"{type(e).__name__}: {text[:300]}"
 
 
 class TfdsSource:
@@ -81,17 +107,13 @@ class ArrayRecordSource:
     splits = {s["name"]: s for s in info.get("splits", [])}
     if split not in splits:
       raise KeyError(f"{self.dataset_dir} has no split {split!r}; it has {sorted(splits)}")
-    lengths = [int(n) for n in splits[split]["shardLengths"]]
-    template = splits[split].get("filepathTemplate") or _DEFAULT_TEMPLATE
-    self.files = [
-        os.path.join(self.dataset_dir, template.format(
-            DATASET=info["name"], SPLIT=split, FILEFORMAT="array_record",
-            SHARD_X_OF_Y=f"{i:05d}-of-{len(lengths):05d}", SHARD_INDEX=i, NUM_SHARDS=len(lengths)))
-        for i in range(len(lengths))]
+    shards = manifest.split_shards(self.dataset_dir)[split]
+    self.files = [os.fspath(p) for p, _ in shards]
     missing = [f for f in self.files if not os.path.exists(f)]
     if missing:
       raise FileNotFoundError(f"{self.dataset_dir} split {split!r}: shard files missing: {missing[:3]}")
-    self._len = sum(lengths)
+    self._starts = np.cumsum([0] + [n for _, n in shards]).tolist()  # each shard's first index
+    self._len = self._starts[-1]
     self._source = None
 
   def _open(self):
@@ -103,12 +125,45 @@ class ArrayRecordSource:
   def __len__(self) -> int:
     return self._len
 
-  def __getitem__(self, i: int) -> dict[str, Any]:
-    from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=g-import-not-at-top
+  def locate(self, i: int) -> tuple[str, int]:
+    """(shard file, position in it) of record i."""
+    shard = bisect.bisect_right(self._starts, int(i)) - 1
+    return self.files[shard], int(i) - self._starts[shard]
 
+  def bad_record(self, i: int, e: BaseException, what: str = "cannot be read") -> BadRecordError:
+    """BadRecordError naming record i's shard and position, for the error `e` it raised."""
+    file, record = self.locate(i)
+    reason = error_text(e)
+    try:
+      hint = manifest.rebuild_hint(manifest.read(self.dataset_dir), self.dataset_dir, file)
+    except manifest.DamagedShardError:
+      hint = manifest.rebuild_hint(None, self.dataset_dir, file)
+    return BadRecordError(f"{file} record {record} (index {i} of split {self.split!r}) {what}: {reason}; {hint}",
+                          file=file, record=record, index=int(i), what=what, reason=reason)
+
+  def __getitem__(self, i: int) -> dict[str, Any]:
     i = int(i)
     if not 0 <= i < self._len:
       raise IndexError(f"index {i} out of range for {self.dataset_dir} split {self.split!r} ({self._len} records)")
+    try:
+      ex = self._read(i)
+    except READ_ERRORS as e:
+      raise self.bad_record(i, e) from e
+    if self.decode:
+      try:
+        ex[schema.IMAGE] = codecs.pil_decode(ex[schema.IMAGE], "RGB")
+        seg = ex[schema.SEGMENTATION]
+        ex[schema.SEGMENTATION] = (codecs.pil_decode(seg, "L")[..., None] if seg != schema.NO_MAP
+                                   else np.zeros(ex[schema.IMAGE].shape[:2] + (1,), np.uint8))
+      except codecs.DECODE_ERRORS as e:
+        raise self.bad_record(i, e, "cannot be decoded") from e
+    ex[INDEX] = np.int64(i)
+    return ex
+
+  def _read(self, i: int) -> dict[str, Any]:
+    """Record i with image and segmentation as their JPEG / PNG bytes."""
+    from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=g-import-not-at-top
+
     feats = tf_example_pb2.Example.FromString(self._open()[i]).features.feature
     try:
       image = feats[schema.IMAGE].bytes_list.value[0]
@@ -121,15 +176,8 @@ class ArrayRecordSource:
       for key in (schema.SCENE_S3, schema.SCENE_S16, schema.SCENE_S365):
         ex[key] = np.int32(feats[key].int64_list.value[0])
     except (IndexError, KeyError) as e:
-      raise ValueError(f"{self.dataset_dir} split {self.split!r} record {i}: not in the project schema "
-                       f"(missing or empty {e})") from e
-    if self.decode:
-      ex[schema.IMAGE] = codecs.pil_decode(image, "RGB")
-      ex[schema.SEGMENTATION] = (codecs.pil_decode(seg, "L")[..., None] if seg != schema.NO_MAP
-                                 else np.zeros(ex[schema.IMAGE].shape[:2] + (1,), np.uint8))
-    else:
-      ex[schema.IMAGE], ex[schema.SEGMENTATION] = image, seg
-    ex[INDEX] = np.int64(i)
+      raise ValueError(f"not in the project schema (missing or empty {e})") from e
+    ex[schema.IMAGE], ex[schema.SEGMENTATION] = image, seg
     return ex
 
   def undecoded(self) -> "ArrayRecordSource":
@@ -146,9 +194,6 @@ class ArrayRecordSource:
 
   def __repr__(self) -> str:
     return f"ArrayRecordSource({self.dataset_dir!r}, split={self.split!r}, n={self._len})"
-
-
-_DEFAULT_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 
 
 def _is_schema_array_record(dataset_dir: str | os.PathLike) -> bool:
@@ -183,6 +228,7 @@ def open_source(dataset_dir: str | os.PathLike, split: str, *, decode: bool = Tr
     return CachedSource(open_source(dataset_dir, split, decode=decode))
   if not (pathlib.Path(dataset_dir) / "dataset_info.json").exists():
     raise FileNotFoundError(f"{dataset_dir} is not a built TFDS dataset (no dataset_info.json)")
+  manifest.check_split(dataset_dir, split)  # before anything reads a record: a damaged shard named in one line
   if _is_schema_array_record(dataset_dir):
     return ArrayRecordSource(dataset_dir, split, decode=decode)
   return TfdsSource(dataset_dir, split, decode=decode)
