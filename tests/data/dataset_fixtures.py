@@ -165,3 +165,38 @@ def write_tar(path: pathlib.Path, files: dict, top: str = "", extra: dict | None
       info.size = len(data)
       tar.addfile(info, io.BytesIO(data))
   return path
+
+
+UNDECODABLE = b"\xff\xd8\xff\xe0 this record's photo is not a JPEG"
+
+
+def write_undecodable_records(dataset_dir: pathlib.Path, split: str, indices) -> list[tuple[str, int]]:
+  """Rewrites the shards of `split` with the builder's writer (writer.serialize, the ArrayRecord options of every
+  build), the records at `indices` holding UNDECODABLE as their photo; updates the manifest as a build would.
+  Returns the (shard file, position in it) of each of them."""
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+  from translocator_jax.data.build import writer  # pylint: disable=g-import-not-at-top
+  from translocator_jax.data.records import manifest, schema, sources  # pylint: disable=g-import-not-at-top
+
+  src = sources.open_source(dataset_dir, split, decode=False)
+  bad, start, entries = set(int(i) for i in indices), 0, []
+  located = [src.locate(i) for i in sorted(bad)]
+  for path, n in manifest.split_shards(dataset_dir)[split]:
+    records = []
+    for i in range(start, start + n):
+      ex = src[i]
+      records.append(writer.serialize({
+          schema.IMAGE: UNDECODABLE if i in bad else ex[schema.IMAGE], schema.SEGMENTATION: ex[schema.SEGMENTATION],
+          schema.LATLON: ex[schema.LATLON], schema.CELLS: ex[schema.CELLS], schema.IMAGE_ID: ex[schema.IMAGE_ID].decode(),
+          **{k: int(ex[k]) for k in (schema.SCENE_S3, schema.SCENE_S16, schema.SCENE_S365)}}))
+    out = array_record_module.ArrayRecordWriter(str(path) + ".new", "group_size:1")
+    for r in records:
+      out.write(r)
+    out.close()
+    pathlib.Path(str(path) + ".new").replace(path)
+    entries.append(manifest.shard_entry(path, n))
+    start += n
+  old = manifest.read(dataset_dir)
+  manifest.write(dataset_dir, {**old["splits"], split: entries}, command=old["rebuild"]["command"],
+                 scope=old["rebuild"]["scope"])
+  return located

@@ -1,5 +1,6 @@
 """grain pipelines: aligned augmentation, exact iterator state, sharding, padded evaluation; fast paths."""
 import io
+import re
 
 import numpy as np
 import pytest
@@ -453,11 +454,34 @@ def test_batched_crop_boxes_have_the_distribution_of_single_ones(hw):
   assert _ks(a["area"], stats(narrow)["area"]) > 0.1
 
 
-def test_record_whose_map_size_differs_is_named():
+def test_record_whose_map_size_differs_is_named_and_skipped():
   records = _encode(blocky_records(4, height=16, width=16, block=4))
   bad = _encode(blocky_records(1, height=16, width=24, block=4, seed=3))[0]
   records[2] = dict(records[2], **{schema.SEGMENTATION: bad[schema.SEGMENTATION]})
   loader = pipeline.train_loader(UndecodedSource(records), batch_size=4, image_size=8, seg_input="classes",
                                  shard_index=0, shard_count=1, num_epochs=1)
-  with pytest.raises(Exception, match=r"img2.*differ in size"):
-    next(iter(loader))
+  batch = next(iter(loader))  # the other records train; the trainer names this one (train/bad_records.py)
+  row = batch["index"].tolist().index(2)
+  assert batch["mask"].tolist() == [n != row for n in range(4)]
+  assert re.search(r"img2.*differ in size", batch["error"][row])
+  assert [e for n, e in enumerate(batch["error"]) if n != row] == [""] * 3
+
+
+@pytest.mark.parametrize("worker_count", [0, 1])
+def test_undecodable_records_are_masked_and_their_reasons_reach_the_main_process(worker_count):
+  records = _encode(blocky_records(8, height=16, width=16, block=4))
+  records[3] = dict(records[3], **{schema.IMAGE: b"not a photo"})
+  records[6] = dict(records[6], **{schema.SEGMENTATION: records[6][schema.SEGMENTATION][:40]})  # a map cut short
+  loader = pipeline.train_loader(UndecodedSource(records), batch_size=4, image_size=8, seg_input="classes",
+                                 shard_index=0, shard_count=1, num_epochs=1, worker_count=worker_count,
+                                 finish="device")
+  batches = list(iter(loader))
+  index = np.concatenate([b["index"] for b in batches])
+  mask = np.concatenate([b["mask"] for b in batches])
+  errors = np.concatenate([b["error"] for b in batches])
+  assert sorted(index.tolist()) == list(range(8)) and sorted(index[~mask].tolist()) == [3, 6]
+  reasons = dict(zip(index[~mask].tolist(), errors[~mask]))
+  assert reasons[3] == "cannot be decoded: UnidentifiedImageError: not an image Pillow can identify"
+  assert reasons[6].startswith("cannot be decoded: ")
+  assert (errors[mask] == "").all()
+  assert not np.concatenate([b["image"] for b in batches])[~mask].any()  # uint8 rows left blank

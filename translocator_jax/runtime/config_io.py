@@ -51,7 +51,7 @@ OPTIONAL_KEYS = {
     "model": {"attention", "depth", "dropout", "dtype", "fusion", "fusion_per_layer", "gelu_approximate",
               "head_zeroinit", "ln_epsilon", "mlp_dim", "num_heads", "num_seg_classes", "patch_size", "remat",
               "remat_policy", "scan_layers", "seg_embed_dim", "seg_input", "width"},
-    "data": {"augmentation", "data_dir", "partition_files", "partitions_dir", "shuffle_seed", "train_split", "val", "val_split",
+    "data": {"augmentation", "data_dir", "max_bad_records", "partition_files", "partitions_dir", "shuffle_seed", "train_split", "val", "val_split",
              "worker_count"},
     "train": {"async_checkpoints", "best_metric", "best_mode", "ckpt_every", "eval_every", "fsdp", "fsdp_min_size",
               "keep_checkpoints", "log_every", "progress_bar", "tensorboard"},

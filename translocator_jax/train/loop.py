@@ -23,6 +23,7 @@ from translocator_jax.runtime import checkpoints as ckpt_lib
 from translocator_jax.runtime import metrics_writer
 from translocator_jax.runtime import sharding as sharding_lib
 from translocator_jax.runtime import workdir_lock
+from translocator_jax.train import bad_records as bad_records_lib
 from translocator_jax.train import optimizer as optim_lib
 from translocator_jax.train import preemption
 from translocator_jax.train import step as step_lib
@@ -48,6 +49,7 @@ def build_validation(config: ml_collections.ConfigDict, info: registry.DatasetIn
   if found is None:
     return None
   info, split = found
+  inputs.check_records(info, split)  # a damaged shard refused now, not at the first validation
   if jax.process_index() == 0:
     print(f"validation: {info.name}/{split} every {int(config.train.eval_every)} steps", flush=True)
   forward = inference.make_forward(model, info.palette)  # compiled once, reused at every validation
@@ -100,6 +102,7 @@ def _train(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
   is_main = jax.process_index() == 0
 
   info = registry.dataset_info(config, config.data.train)
+  inputs.check_records(info, config.data.get("train_split", "train"))  # before the model is built
   if info.num_seg_classes and config.model.get("seg_input") == "classes":
     if int(config.model.num_seg_classes) < info.num_seg_classes:
       raise ValueError(f"config.model.num_seg_classes={config.model.num_seg_classes} < the dataset's "
@@ -133,6 +136,9 @@ def _train(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
       best_metric=config.train.get("best_metric", None), best_mode=config.train.get("best_mode", "max"),
       async_save=bool(config.train.get("async_checkpoints", True)))
   iterator = inputs.train_iterator(config, info, global_batch)
+  bad_records = bad_records_lib.BadRecords(
+      workdir, int(config.data.get("max_bad_records", bad_records_lib.DEFAULT_MAX)),
+      inputs.record_locator(config, info))
   start, restored = checkpointer.restore_latest(step_lib.abstract_state(state_shardings, state), iterator)
   if restored is not None:
     state = restored
@@ -168,13 +174,14 @@ def _train(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
   t_mark, step_mark = time.time(), start
   pending = None  # (step, device metrics) of the previous step: read one step late to keep the device busy
   last_metrics = {}
-  preempted_at = None
+  preempted_at = bad_stop_at = None
   # Signals are caught from here (before it there is nothing to lose) until the last save is written.
   stop = preemption.StopSignals()
   with stop:
     try:
       for step in range(start + 1, total + 1):
         local = next(iterator)
+        bad_records.note(step, local)  # rows it could not read or decode are masked: named here, trained past
         batch = sharding_lib.put_batch({k: local[k] for k in step_lib.STEP_KEYS if k in local}, mesh)
         state, metrics = train_step(state, batch)
         if pending is not None:
@@ -184,7 +191,8 @@ def _train(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
         pending = (step, metrics)
         bar.update(1)
         stop_now = stop.agreed(step)  # asked on every host at every step: all of them stop at the same one
-        save_now = stop_now or ckpt_every and step % ckpt_every == 0 or step == total
+        too_many_bad = bad_records.agreed(step)
+        save_now = stop_now or too_many_bad or ckpt_every and step % ckpt_every == 0 or step == total
         log_now = step % log_every == 0 or step == total
         if save_now or log_now:
           last_metrics = host_metrics(step, metrics)
@@ -201,7 +209,7 @@ def _train(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
             print(_log_line(step, total, last_metrics, ips, eta), flush=True)
         val = None
         # Not when stopping: a validation pass can outlast a preemption notice's grace period.
-        if validate is not None and not stop_now and (step % eval_every == 0 or step == total):
+        if validate is not None and not stop_now and not too_many_bad and (step % eval_every == 0 or step == total):
           val = validate(state["params"])
           writer.write(step, val, prefix="val/")
           if is_main:
@@ -214,6 +222,9 @@ def _train(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
           writer.flush()
         if stop_now:
           preempted_at = step
+          break
+        if too_many_bad:
+          bad_stop_at = step
           break
       if pending is not None:
         last_metrics = host_metrics(*pending)
@@ -232,6 +243,8 @@ def _train(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
       if is_main:
         print(f"preempted at step {preempted_at}: checkpoint saved", file=sys.stderr, flush=True)
       raise preemption.TrainingPreempted(preempted_at, stop.signum, checkpointer.step_dir(preempted_at))
+    if bad_stop_at is not None:  # saved like a preemption's step; the error is the run's one line
+      raise bad_records.too_many(bad_stop_at, checkpointer.step_dir(bad_stop_at))
   saved_steps = checkpointer.all_steps()
 
   fingerprint = ckpt_lib.params_fingerprint(state["params"])

@@ -5,7 +5,7 @@ the device (device_finish.py). Synthetic data (tests) comes already finished.
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import ml_collections
@@ -13,7 +13,14 @@ import numpy as np
 
 from translocator_jax.data import registry
 from translocator_jax.data.pipeline import loaders, synthetic
-from translocator_jax.data.records import schema, sources
+from translocator_jax.data.records import manifest, schema, sources
+
+
+def check_records(info: registry.DatasetInfo, split: str) -> None:
+  """Refuses (manifest.DamagedShardError, one line) a split whose shards differ from the build's manifest: what
+  open_source does, for a run to call before it builds its model (training, its validation split)."""
+  if info.tfds_dir is not None:
+    manifest.check_split(info.tfds_dir, split)
 
 
 def train_iterator(config: ml_collections.ConfigDict, info: registry.DatasetInfo,
@@ -30,6 +37,22 @@ def train_iterator(config: ml_collections.ConfigDict, info: registry.DatasetInfo
       shard_count=jax.process_count(), worker_count=int(config.data.get("worker_count", 0)),
       finish="device", augmentation=str(config.data.get("augmentation", "crop")))
   return iter(loader)
+
+
+def record_locator(config: ml_collections.ConfigDict, info: registry.DatasetInfo
+                   ) -> Callable[[int], tuple[str | None, int | None]]:
+  """index -> (shard file, position in it) of a training record, for naming the ones that could not be read (the
+  split's shard list is read on first use: a run without a bad record never needs it)."""
+  opened = []
+
+  def locate(index: int) -> tuple[str | None, int | None]:
+    if info.tfds_dir is None:
+      return None, None
+    if not opened:
+      opened.append(sources.open_source(info.tfds_dir, config.data.get("train_split", "train"), decode=False))
+    return opened[0].locate(index) if hasattr(opened[0], "locate") else (None, None)
+
+  return locate
 
 
 def train_batch_spec(config: ml_collections.ConfigDict, global_batch: int) -> dict[str, jax.ShapeDtypeStruct]:

@@ -6,6 +6,8 @@ Batches are dicts of numpy arrays (the shared batch contract):
           or int32 [B, S, S] class indices (seg_input='classes')
   latlon  float32 [B, 2];  cells int32 [B, 3];  scene int32 [B] (-1 unknown)
   mask    bool [B] (False on padding);  index int64 [B] (position in the source, -1 on padding)
+  error   str [B], training batches only: '' for a good record; for a record that could not be read or decoded,
+          why (its row is zeros with mask False, so the step skips it; the trainer names it, train/bad_records.py)
 train_loader(finish='device'), what the trainer uses, leaves image uint8 [B, S, S, 3] and seg uint8 [B, S, S] class
 indices, which data.device_finish.DeviceFinish turns into the above inside the jitted step.
 With tta='five_crop' image and seg get a crop axis after the batch axis: [B, 5, S, S, ...].
@@ -37,6 +39,8 @@ from translocator_jax.data.records import schema
 from translocator_jax.data.records import sources
 
 BATCH_KEYS = ("image", "seg", "latlon", "cells", "scene", "mask", "index")
+# What one damaged record raises while it is read or decoded: it is skipped in training, never in evaluation.
+RECORD_ERRORS = (sources.BadRecordError, *sources.READ_ERRORS, *codecs.DECODE_ERRORS)
 FINISH_PLACES = ("auto", "main", "workers", "device")
 EVAL_CROP_FRACTION = 0.875  # the usual resize-to-S/0.875-then-crop-S of ImageNet evaluation
 
@@ -127,6 +131,21 @@ def _split(ex: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
 
 
 _EPOCHS_FOREVER = 1 << 24  # num_epochs=None: batch positions wrap after this many epochs
+_EMPTY_PREPARED = (np.zeros((1, 1, 3), np.uint8), np.zeros((1, 1), np.uint8), (1, 1))
+
+
+def _unreadable(index: int) -> dict[str, Any]:
+  """A record that could not be read: a 1-pixel blank with no labels, in its row (masked out)."""
+  return {schema.IMAGE: _EMPTY_PREPARED[0], schema.SEGMENTATION: _EMPTY_PREPARED[1][..., None],
+          schema.LATLON: np.zeros(2, np.float32), schema.CELLS: np.full(schema.NUM_PARTITIONS, schema.UNKNOWN),
+          sources.INDEX: np.int64(index)}
+
+
+def _reason(e: BaseException) -> str:
+  """One line: why a record was skipped (where it is, the trainer says: it has the source's shard list)."""
+  if isinstance(e, sources.BadRecordError):
+    return f"{e.what}: {e.reason}"
+  return f"cannot be decoded: {sources.error_text(e)}"
 
 
 class TrainAugment:
@@ -177,13 +196,27 @@ class TrainAugment:
                         out=(image_out, seg_out))
 
   def __call__(self, records: list[dict[str, Any]], rng: np.random.Generator, images_out: np.ndarray,
-               segs_out: np.ndarray) -> None:
-    prepared = [self.prepare(ex) for ex in records]
+               segs_out: np.ndarray) -> dict[int, BaseException]:
+    """Writes the crops; returns {row: error} of the records that could not be decoded (their rows zeros)."""
+    failed, prepared = {}, []
+    for n, ex in enumerate(records):
+      try:
+        prepared.append(self.prepare(ex))
+      except RECORD_ERRORS as e:
+        failed[n] = e
+        prepared.append(_EMPTY_PREPARED)  # still drawn a box: the other rows' draws stay as in a clean batch
     hws = np.array([p[2] for p in prepared], np.float64).reshape(-1, 2)
     boxes = augment.random_resized_crop_boxes(rng, hws[:, 0], hws[:, 1], scale=self.scale)
     flips = rng.random(len(records)) < 0.5 if self.flip else np.zeros(len(records), bool)
     for n, (image, seg, _) in enumerate(prepared):
-      self.apply(image, seg, tuple(boxes[n].tolist()), bool(flips[n]), images_out[n], segs_out[n])
+      if n not in failed:
+        try:
+          self.apply(image, seg, tuple(boxes[n].tolist()), bool(flips[n]), images_out[n], segs_out[n])
+          continue
+        except RECORD_ERRORS as e:
+          failed[n] = e
+      images_out[n], segs_out[n] = 0, 0
+    return failed
 
 
 class AuthorsTenCrop:
@@ -194,14 +227,21 @@ class AuthorsTenCrop:
     self.image_size = int(image_size)
 
   def __call__(self, records: list[dict[str, Any]], rng: np.random.Generator, images_out: np.ndarray,
-               segs_out: np.ndarray) -> None:
+               segs_out: np.ndarray) -> dict[int, BaseException]:
+    """Writes the crops; returns {row: error} of the records that could not be decoded (their rows zeros)."""
+    failed = {}
     for n, ex in enumerate(records):
-      image, seg = ex[schema.IMAGE], ex[schema.SEGMENTATION]
-      image = codecs.decode_rgb(image) if isinstance(image, bytes) else np.asarray(image)
-      seg = _zeros_if_no_map(seg, image.shape[:2])
-      seg = np.asarray(codecs.decode_gray(seg)) if isinstance(seg, bytes) else np.asarray(seg)
-      seg = seg[..., 0] if seg.ndim == 3 else seg
-      images_out[n], segs_out[n] = augment.authors_ten_crops(image, seg, self.image_size, rng)
+      try:
+        image, seg = ex[schema.IMAGE], ex[schema.SEGMENTATION]
+        image = codecs.decode_rgb(image) if isinstance(image, bytes) else np.asarray(image)
+        seg = _zeros_if_no_map(seg, image.shape[:2])
+        seg = np.asarray(codecs.decode_gray(seg)) if isinstance(seg, bytes) else np.asarray(seg)
+        seg = seg[..., 0] if seg.ndim == 3 else seg
+        images_out[n], segs_out[n] = augment.authors_ten_crops(image, seg, self.image_size, rng)
+      except RECORD_ERRORS as e:
+        failed[n] = e
+        images_out[n], segs_out[n] = 0, 0
+    return failed
 
 
 class TrainBatches:
@@ -213,6 +253,9 @@ class TrainBatches:
   (sampler, state, stats: ~0.2 ms here) off every image and lets the batch be written in place; grain's DataLoader
   still checkpoints the position exactly, for any worker count. The work runs in grain's reader threads when
   there are any (decoders and resizers release the GIL).
+
+  A record that cannot be read or decoded (RECORD_ERRORS) does not stop the batch: its row is zeros, its mask
+  False (the loss leaves it out), and batch['error'] says why; the others are trained on as usual.
   """
 
   def __init__(self, source: Any, positions: np.ndarray, batch_size: int, seed: int, shard_index: int,
@@ -247,12 +290,23 @@ class TrainBatches:
     rng = np.random.default_rng((self.seed, self.shard_index, k))
     size = self.augment_fn.image_size
     crops = (getattr(self.augment_fn, "crops", 1),) if getattr(self.augment_fn, "crops", 1) > 1 else ()
-    records = [self.source[int(key)] for key in keys]
+    records, failed = [], {}
+    for n, key in enumerate(keys):
+      try:
+        records.append(self.source[int(key)])
+      except RECORD_ERRORS as e:
+        failed[n] = e
+        records.append(_unreadable(int(key)))
     out = {"image": np.empty((len(keys), *crops, size, size, 3), np.uint8),
            "seg": np.empty((len(keys), *crops, size, size), np.uint8)}
-    self.augment_fn(records, rng, out["image"], out["seg"])
+    failed.update(self.augment_fn(records, rng, out["image"], out["seg"]))
     self.fields.check_classes(out["seg"], records)
     out.update(self.fields.batch_labels(records))
+    errors = [""] * len(keys)
+    for n, e in failed.items():
+      out["mask"][n] = False
+      errors[n] = _reason(e)
+    out["error"] = np.array(errors, np.str_)
     return out
 
   def __getstate__(self):
