@@ -25,7 +25,7 @@ SEGMENT_PROG = "python -m data_prep.segment"
 PARTITIONS_PROG = "python -m data_prep.build_partitions"
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
   """A whole number > 0 (argparse type): a bad count is a one-line usage error, not a failure mid-build."""
   try:
     value = int(text)
@@ -37,7 +37,7 @@ def _positive(text: str) -> int:
 
 
 def _quality(text: str) -> int:
-  value = _positive(text)
+  value = positive_int(text)
   if value > 100:
     raise argparse.ArgumentTypeError(f"JPEG quality goes from 1 to 100, got {text!r}")
   return value
@@ -45,9 +45,9 @@ def _quality(text: str) -> int:
 
 def _common(p: argparse.ArgumentParser) -> None:
   p.add_argument("--output", required=True, help="output folder (the TFDS data dir; created)")
-  p.add_argument("--workers", type=_positive, default=1,
+  p.add_argument("--workers", type=positive_int, default=1,
                  help="parallel worker processes (one piece each at a time)")
-  p.add_argument("--piece-size", type=_positive, default=2000,
+  p.add_argument("--piece-size", type=positive_int, default=2000,
                  help="images per ArrayRecord shard (the resume unit)")
   p.add_argument("--partitions", nargs=3, metavar=("COARSE", "MIDDLE", "FINE"), default=None,
                  help="partition CSVs for the `cells` field (default: the MP-16 cells_50_* in the shared data)")
@@ -57,7 +57,7 @@ def _common(p: argparse.ArgumentParser) -> None:
   p.add_argument("--seg-name", default=builders.DEFAULT_SEG_NAME,
                  help="map file name of an image id, a format over {id} {stem} {ext} (default: %(default)s, the "
                       "published layout: a/b.jpg -> a/b.png)")
-  p.add_argument("--max-pixels", type=_positive, default=build.images_lib.DEFAULT_MAX_PIXELS,
+  p.add_argument("--max-pixels", type=positive_int, default=build.images_lib.DEFAULT_MAX_PIXELS,
                  help="images with more pixels are skipped (decompression bombs)")
   p.add_argument("--jpeg-quality", type=_quality, default=build.images_lib.DEFAULT_JPEG_QUALITY)
   p.add_argument("--keep-spool", action="store_true", help="keep the tarball spools in _staging/ after the build")

@@ -33,6 +33,7 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
+from translocator_jax.data.build import cli as build_cli
 from translocator_jax.data.records import manifest
 
 PROG = "python -m data_prep.verify"
@@ -280,16 +281,6 @@ def summary(report: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def _positive(text: str) -> int:
-  try:
-    value = int(text)
-  except ValueError:
-    value = 0
-  if value <= 0:
-    raise argparse.ArgumentTypeError(f"expected a whole number > 0, got {text!r}")
-  return value
-
-
 def main(argv: Sequence[str] | None = None) -> int:
   p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--data_dir", "--data-dir", dest="data_dir", required=True,
@@ -298,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--full", action="store_true",
                  help="read every record of every shard (default: of the shards whose checksum differs, and of sets "
                       "without a manifest)")
-  p.add_argument("--workers", type=_positive, default=None, help="worker processes (default: one per core)")
+  p.add_argument("--workers", type=build_cli.positive_int, default=None, help="worker processes (default: one per core)")
   p.add_argument("--write-manifest", action="store_true",
                  help=f"add {manifest.MANIFEST} to sets built before manifests, once all their records read back")
   p.add_argument("--json", default=None, metavar="FILE", help="also write the report (every shard) here")
