@@ -52,7 +52,8 @@ def make_forward(model, palette: np.ndarray | None = None, embed: bool = False) 
   seg_input='palette'); float32 ones pass through. embed=True also returns the gallery embedding: the model's
   pre-logits (the final fused CLS), averaged over crops and L2-normalised, float32 [B, D].
   """
-  finish = device_finish.DeviceFinish(getattr(model, "seg_input", "palette"), palette, model.platform)
+  finish = device_finish.DeviceFinish(getattr(model, "seg_input", "palette"), palette,
+                                      getattr(model, "platform", "cpu"))
 
   def forward(params, image, seg):
     image, seg = finish(image, seg)
