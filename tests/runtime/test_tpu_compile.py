@@ -48,6 +48,14 @@ def test_tiny_step_fits_a_v5e_chip_and_all_reduces_its_gradients(replicated_step
   assert report["collectives"].get("all-reduce", 0) >= 1  # the gradients, summed over 'data'
   assert "all-gather" not in report["collectives"]  # parameters replicated: nothing to gather
   assert report["flops_per_chip"] > 0 and report["bytes_per_chip"] > 0 and report["roofline_step_s_estimate"] > 0
+  assert not report["cost_counts_loops_once"]
+
+
+def test_a_scanned_step_fits_and_says_its_cost_counts_one_layer():
+  config = tiny(model__dtype="bfloat16", model__scan_layers=True, model__depth=3)
+  report = aot.compile_train_step(config, "v5e:2x2")
+  assert report["fits"] and report["cost_counts_loops_once"]
+  assert "counts a loop's body once" in tpu.format_report(report, "train step")
 
 
 def test_tpu_choices_are_taken_when_compiling_for_a_tpu_from_a_cpu_host(replicated_step):

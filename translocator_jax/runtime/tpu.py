@@ -131,14 +131,17 @@ def compile_report(lowered, chip: Chip, devices: int) -> dict[str, Any]:
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops, bytes_accessed = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
+  hlo = compiled.as_text()
   per_device_tflops = chip.bf16_tflops / chip.devices_per_chip
   per_device_gbps = chip.hbm_gbps / chip.devices_per_chip
   hbm = chip.hbm_gib_per_device
   return {
       "chip": chip.name, "devices": devices, "hbm_gib": hbm, "per_chip_gib": memory,
       "fits": memory["total"] <= hbm, "headroom_gib": hbm - memory["total"], "compile_s": seconds,
-      "collectives": collective_counts(compiled.as_text()),
+      "collectives": collective_counts(hlo),
       "flops_per_chip": flops, "bytes_per_chip": bytes_accessed,
+      # XLA's cost analysis counts a while loop's body once (a scanned model's layers: one layer's FLOPs).
+      "cost_counts_loops_once": bool(re.search(r" while\(", hlo)),
       # A lower bound from the chip's peaks, not a measurement: the compiler's own estimate is unusable.
       "roofline_step_s_estimate": max(flops / (per_device_tflops * 1e12), bytes_accessed / (per_device_gbps * 1e9)),
   }
@@ -272,6 +275,9 @@ def format_report(report: dict[str, Any], what: str) -> str:
       f"  step time    >= {report['roofline_step_s_estimate'] * 1e3:.1f} ms (an estimate from the chip's peak "
       "FLOP/s and HBM bandwidth, not a measurement)",
   ]
+  if report.get("cost_counts_loops_once"):
+    lines.append("  note         the program loops (scanned layers): the compiler counts a loop's body once, so "
+                 "work and step time above are too low")
   if "max_global_batch" in report:
     lines.append(f"  max batch    {report['max_global_batch']} global (the largest that fits)")
   return "\n".join(lines)
