@@ -45,7 +45,12 @@ def get_config(arg: str | None = None):
   c.model.num_seg_classes = 150       # ADE20K-150
   c.model.heads = ml_collections.ConfigDict({"coarse": 3298, "middle": 7202, "fine": 12893, "scene": 3})
   c.model.dtype = "float32"           # matmul dtype; params and LayerNorm stay float32
-  c.model.remat = False
+  # Selective rematerialisation: the backward pass keeps the matmuls' outputs and recomputes the attention
+  # softmax, LayerNorms and GELU (a few % more FLOPs): the B/16 bfloat16 step at 64 images a v5e chip needs
+  # 7.8 GiB instead of 11.3 (benchmarks/tpu_compile.py). Off in runlocal (CPU memory is not the limit).
+  c.model.remat = not runlocal
+  c.model.remat_policy = "dots_with_no_batch_dims_saveable"
+  c.model.scan_layers = False         # True: one nn.scan over the layers of both streams (compiles once)
   c.model.attention = "auto"          # "auto": cuDNN fused attention on a GPU in 16-bit, else "xla"
   c.model.dropout = 0.0
   c.model.seg_embed_dim = 16          # seg_input='classes': channels of the learned class-embedding table
