@@ -41,13 +41,16 @@ CASES = {  # the paper config rematerialises selectively (model.remat_policy) un
     "l16_bf16_scan": BF16 + L16 + SCAN,
     "l16_bf16_fsdp": BF16 + L16 + FSDP,
     "l16_bf16_fsdp_scan": BF16 + L16 + FSDP + SCAN,
+    "l16_bf16_fsdp_fullremat": BF16 + L16 + FSDP + ("model.remat_policy=nothing_saveable",),
+    "l16_bf16_fullremat": BF16 + L16 + ("model.remat_policy=nothing_saveable",),
 }
 # The README's table: the paper's B/16 on the pods people rent, at its batch (1024) and the largest that fits,
 # L/16 with and without FSDP, and compile time unscanned against scanned.
 README_CASES = (
     "b16_bf16_noremat@v5e:4x4", "b16_bf16@v5e:4x4", "b16_bf16_scan@v5e:4x4", "b16_bf16_fsdp@v5e:4x4",
     "b16_bf16_noremat_fsdp@v5e:4x4", "b16_f32@v5e:4x4", "l16_bf16_noremat@v5e:4x4", "l16_bf16_fsdp@v5e:4x4",
-    "l16_bf16_fsdp_scan@v5e:4x4", "b16_bf16@v4:2x2x4", "b16_bf16@v5e:8x8", "b16_bf16@v5e:16x16",
+    "l16_bf16_fsdp_scan@v5e:4x4", "l16_bf16_fullremat@v5e:4x4", "l16_bf16_fsdp_fullremat@v5e:4x4",
+    "b16_bf16@v4:2x2x4", "b16_bf16@v5e:8x8", "b16_bf16@v5e:16x16",
     "b16_bf16@v5:4x4x4", "b16_bf16@v6e:8x8", "b16_bf16@v5e:16x16/2",
     "b16_bf16+max@v5e:4x4",
 )

@@ -196,6 +196,8 @@ def _does_not_fit_line(config, head: dict[str, Any], chip: Chip, needed_gib: flo
     hints.append("--set train.fsdp=True")
   if not bool(config.model.get("remat", False)):
     hints.append("--set model.remat=True")
+  elif config.model.get("remat_policy", "nothing_saveable") != "nothing_saveable":
+    hints.append("--set model.remat_policy=nothing_saveable (recompute all but the layer inputs)")
   return (f"{head['topology']} x{head['slices']} ({chip.name}, {chip.hbm_gib_per_device:g} GiB HBM a chip): the "
           f"{what} at global batch {head['global_batch']} {need}; try {', '.join(hints) or 'more chips'}")
 
