@@ -137,7 +137,7 @@ def state_shardings(abstract_state: Any, mesh: Mesh, fsdp_min_size: int = 2 ** 1
 
 
 def gather_for_compute(params: Any, mesh: Mesh) -> Any:
-  """Parameters split over 'fsdp', gathered whole where the step uses them (inside jit; a no-op without 'fsdp').
+  """Parameters split over 'fsdp', gathered whole for the step (inside jit; a no-op without 'fsdp').
 
   Said explicitly, XLA all-gathers each weight (and reduce-scatters its gradient back) while the activations
   stay split by batch; left to propagation it split activations like the weights and shuffled them between
