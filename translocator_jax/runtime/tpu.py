@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib.util
+import json
 import re
 import time
 from typing import Any, Callable
@@ -287,7 +288,6 @@ def format_report(report: dict[str, Any], what: str) -> str:
 
 def run_compile_only(args, config, compile_at: Callable[[Any], dict[str, Any]], what: str) -> int:
   """The --compile-only command: compile (or search --max-batch), print the table, write --json; exit 0."""
-  import json  # pylint: disable=g-import-not-at-top
   if args.max_batch:
     _, devices = compile_only_devices(args.topology, args.slices)
     best, report = max_batch(config, compile_at, len(devices))
