@@ -11,9 +11,12 @@ import re
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import pytest
 
+from translocator_jax import models
 from translocator_jax.runtime import config_io, tpu
 from translocator_jax.train import aot
 
@@ -68,12 +71,27 @@ def test_tpu_choices_are_taken_when_compiling_for_a_tpu_from_a_cpu_host(replicat
   assert reduces and not [r for r in reduces if "bf16[" in r.split("all-reduce")[0]], reduces
 
 
-def test_fsdp_gathers_weights_and_moves_no_activations():
-  config = tiny(train__fsdp=True, train__fsdp_min_size=0)
-  report = aot.compile_train_step(config, "v5e:2x2")
-  assert report["mesh"] == {"data": 1, "fsdp": 4}
-  assert report["collectives"].get("all-gather", 0) >= 1
-  assert "collective-permute" not in report["collectives"], report["collectives"]
+def test_fsdp_under_remat_gathers_each_weight_where_used_and_moves_no_activations():
+  """Weights large enough to matter (2 x 4 layers of width 512, 25M parameters) against a small batch, rematted."""
+  def config_of(fsdp):
+    config = tiny(train__fsdp=fsdp, model__dtype="bfloat16", model__remat=True, model__width=512,
+                  model__mlp_dim=2048, model__num_heads=4, model__depth=4)
+    config.data.batch_size = 8
+    return config
+
+  sharded, replicated = (aot.compile_train_step(config_of(fsdp), "v5e:2x2") for fsdp in (True, False))
+  assert sharded["mesh"] == {"data": 1, "fsdp": 4} and replicated["mesh"] == {"data": 4, "fsdp": 1}
+  assert sharded["collectives"].get("all-gather", 0) >= 1
+  assert "collective-permute" not in sharded["collectives"], sharded["collectives"]
+  assert sharded["per_chip_gib"]["total"] < 0.6 * replicated["per_chip_gib"]["total"]
+  # Gathered one layer at a time (and again for the backward pass), so far fewer than all the gathered weights
+  # are live at once: gathering every weight at the top of the step kept them all (0.038 GiB more here).
+  model, s = models.build_model(config_of(True).model, "tpu"), 16
+  example = jnp.zeros((1, s, s, 3), jnp.float32)
+  params = jax.eval_shape(lambda k: model.init({"params": k}, example, example)["params"], jax.random.key(0))
+  gathered_bf16_gib = 2 * sum(leaf.size for leaf in jax.tree.leaves(params)) / 2 ** 30
+  extra = sharded["per_chip_gib"]["temporaries"] - replicated["per_chip_gib"]["temporaries"]
+  assert extra < 0.5 * gathered_bf16_gib, (extra, gathered_bf16_gib)
 
 
 def test_two_slices_put_data_parallelism_over_dcn():

@@ -174,7 +174,7 @@ class TransLocator(nn.Module):
       return seg.astype(jnp.float32)
     if seg.ndim != 3 or not jnp.issubdtype(seg.dtype, jnp.integer):
       raise ValueError(f"seg_input='classes' expects seg int32 [B,S,S] class indices; got {seg.dtype} {seg.shape}")
-    return self.seg_classes(seg)
+    return jnp.take(vit.used_whole(self.seg_classes.embedding), seg, axis=0)
 
   def _layers_scanned(self, x: jax.Array, y: jax.Array | None, train: bool) -> tuple[jax.Array, jax.Array | None]:
     shared = None

@@ -78,9 +78,25 @@ def check_platform(platform: str) -> str:
   return platform
 
 
+def used_whole(w: jax.Array) -> jax.Array:
+  """`w` gathered whole where it is used, when the model is traced under a mesh of several devices (the train step
+  enters its mesh when parameters are split over 'fsdp': runtime.sharding.weights_gathered_where_used); a no-op
+  otherwise.
+
+  Weights split over 'fsdp' are all-gathered here, one at a time, and their gradients reduce-scattered back, while
+  activations stay split by batch (left to propagation XLA split activations like the weights and moved them
+  between chips around every matmul). Inside a remat'd block the gather is redone in the backward pass, so no
+  whole weight stays live from the forward one: gathering every weight once at the top of the step kept them all.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1:
+    return w
+  return jax.lax.with_sharding_constraint(w, jax.sharding.PartitionSpec())
+
+
 def _dot(x: jax.Array, w: jax.Array, b: jax.Array, dtype: Dtype, platform: str) -> jax.Array:
   """x @ w + b over the last axis of x in `dtype`; w and b stay float32 in storage and get float32 gradients."""
-  return _matmul(x.astype(dtype), w, b, jnp.dtype(dtype), platform)
+  return _matmul(x.astype(dtype), used_whole(w), used_whole(b), jnp.dtype(dtype), platform)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -307,7 +323,7 @@ class AddPositionEmbs(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     pe = self.param("pos_embedding", nn.initializers.normal(stddev=0.02), (1,) + x.shape[1:], jnp.float32)
-    return x + pe
+    return x + used_whole(pe)
 
 
 class Transformer(nn.Module):

@@ -11,6 +11,7 @@ and (compile-only devices) a TPU topology compiled for from a CPU host.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from typing import Any, Mapping
@@ -136,17 +137,13 @@ def state_shardings(abstract_state: Any, mesh: Mesh, fsdp_min_size: int = 2 ** 1
                                                                  fsdp_min_size)), abstract_state)
 
 
-def gather_for_compute(params: Any, mesh: Mesh) -> Any:
-  """Parameters split over 'fsdp', gathered whole for the step (inside jit; a no-op without 'fsdp').
-
-  Said explicitly, XLA all-gathers each weight (and reduce-scatters its gradient back) while the activations
-  stay split by batch; left to propagation it split activations like the weights and shuffled them between
-  chips (collective-permutes, all-to-alls) around every matmul.
-  """
+def weights_gathered_where_used(mesh: Mesh) -> contextlib.AbstractContextManager:
+  """The context to trace the model in: with parameters split over 'fsdp', the mesh, so that the model gathers
+  each weight whole where it is used (models.vit.used_whole) and, under remat, again in the backward pass rather
+  than keeping every gathered weight live; nothing without 'fsdp', leaving a data-parallel program unchanged."""
   if mesh.shape[FSDP_AXIS] == 1:
-    return params
-  whole = replicated(mesh)
-  return jax.tree.map(lambda p: jax.lax.with_sharding_constraint(p, whole), params)
+    return contextlib.nullcontext()
+  return jax.sharding.use_abstract_mesh(mesh.abstract_mesh)
 
 
 def local_batch_size(global_batch_size: int) -> int:

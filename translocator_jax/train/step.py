@@ -94,10 +94,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, config: 
   finish = device_finish.DeviceFinish(config.model.get("seg_input", "palette"), palette, sharding_lib.platform(mesh))
 
   def loss_fn(params, micro, n_valid, rng):
-    params = sharding_lib.gather_for_compute(params, mesh)
     image, seg = finish(micro["image"], micro["seg"])
     apply = lambda i, s: model.apply({"params": params}, i, s, train=True, rngs={"dropout": rng})
-    logits = crop_mean_logits(apply, image, seg)
+    with sharding_lib.weights_gathered_where_used(mesh):
+      logits = crop_mean_logits(apply, image, seg)
     return loss_lib.multitask_loss(logits, micro, config.loss, cell_latlon=cells, n_valid=n_valid)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
