@@ -12,6 +12,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "translocator_jax"
 # Bottom to top. A module belongs to the room of its longest listed prefix; rooms on one line are side by side
 # (neither may import the other).
 LAYERS = (
+    ("translocator_jax.errors",),
     ("translocator_jax.paths",),
     ("translocator_jax.geo",),
     ("translocator_jax.models",),

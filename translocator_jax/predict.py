@@ -47,7 +47,7 @@ import numpy as np
 from PIL import Image, ImageOps
 import tqdm
 
-from translocator_jax import models
+from translocator_jax import errors, models
 from translocator_jax.data import registry
 from translocator_jax.data.build import images as images_lib
 from translocator_jax.data.build import segmenter as segmenter_lib
@@ -106,24 +106,20 @@ class Prediction:
             if f.name not in ("cell_probabilities", "photo")}
 
 
-class PredictError(ValueError):
-  """One input could not be turned into model inputs (the message names it)."""
-
-
 def _read_bytes(item, what: str) -> tuple[str, bytes]:
   path = pathlib.Path(item)
   if path.is_dir():
-    raise PredictError(f"{path}: a folder, not a file")
+    raise errors.InputError(f"{path}: a folder, not a file")
   if not path.exists():
-    raise PredictError(f"{path}: {what} file not found")
+    raise errors.InputError(f"{path}: {what} file not found")
   if not path.is_file():  # a pipe or a device: reading it could wait forever
-    raise PredictError(f"{path}: not a regular file")
+    raise errors.InputError(f"{path}: not a regular file")
   try:
     data = path.read_bytes()
   except OSError as e:
-    raise PredictError(f"{path}: cannot read the {what} file ({e.strerror or e})") from None
+    raise errors.InputError(f"{path}: cannot read the {what} file ({e.strerror or e})") from None
   if not data:
-    raise PredictError(f"{path}: {what} file is empty")
+    raise errors.InputError(f"{path}: {what} file is empty")
   return str(path), data
 
 
@@ -131,13 +127,13 @@ def _load_photo(item) -> tuple[str, np.ndarray, Any]:
   """(source name, uint8 RGB [H, W, 3] not yet oriented, DecodedImage or None) of a path, bytes or array."""
   if isinstance(item, np.ndarray):
     if item.ndim != 3 or item.shape[-1] != 3 or item.dtype != np.uint8:
-      raise PredictError(f"image array must be uint8 [H, W, 3], got {item.dtype} {item.shape}")
+      raise errors.InputError(f"image array must be uint8 [H, W, 3], got {item.dtype} {item.shape}")
     return "<array>", item, None
   name, data = ("<bytes>", bytes(item)) if isinstance(item, (bytes, bytearray)) else _read_bytes(item, "image")
   try:
     decoded = images_lib.decode_image(data)
   except images_lib.BadInput as e:
-    raise PredictError(f"{name}: {e}") from None
+    raise errors.InputError(f"{name}: {e}") from None
   return name, decoded, decoded
 
 
@@ -146,13 +142,13 @@ def _load_seg(item) -> np.ndarray:
     if item.ndim == 3 and item.shape[-1] == 1:
       item = item[..., 0]
     if item.ndim != 2:
-      raise PredictError(f"segmentation array must be class indices [H, W], got shape {item.shape}")
+      raise errors.InputError(f"segmentation array must be class indices [H, W], got shape {item.shape}")
     return item.astype(np.uint8)
   name, data = _read_bytes(item, "segmentation map")
   try:
     return images_lib.decode_segmentation(data)
   except images_lib.BadInput as e:
-    raise PredictError(f"{name}: {e}") from None
+    raise errors.InputError(f"{name}: {e}") from None
 
 
 class Predictor:
@@ -211,18 +207,19 @@ class Predictor:
 
   def preprocess(self, image, seg=None) -> tuple[str, np.ndarray, np.ndarray, tuple[float, float] | None]:
     """(source, uint8 crop [S, S, 3], uint8 class map [S, S], EXIF latlon or None) of one photo, cropped as
-    evaluation crops (augment.eval_crops) and finished on the device by the same forward; PredictError if unusable."""
+    evaluation crops (augment.eval_crops) and finished on the device by the same forward; errors.InputError if
+    unusable."""
     return self._prepare(image, seg)[:4]
 
   def _prepare(self, image, seg):
     """preprocess's tuple and the whole oriented photo, uint8 [H, W, 3]."""
     try:
       return self._preprocess(image, seg)
-    except PredictError:
+    except errors.InputError:
       raise
     except (images_lib.BadInput, OSError, ValueError, RuntimeError) as e:  # a map of another photo, a segmenter failure
-      raise PredictError(f"{_source_name(image, 0) if not isinstance(image, np.ndarray) else '<array>'}: "
-                         f"{e}") from e
+      raise errors.InputError(f"{_source_name(image, 0) if not isinstance(image, np.ndarray) else '<array>'}: "
+                              f"{e}") from e
 
   def _preprocess(self, image, seg):
     name, pixels, decoded = _load_photo(image)
@@ -243,14 +240,14 @@ class Predictor:
       if self.segmenter is not None:
         classes = self.segmenter(pixels)
       elif self.needs_seg:
-        raise PredictError(NO_SEG_MESSAGE.format(source=name))
+        raise errors.InputError(NO_SEG_MESSAGE.format(source=name))
       else:
         classes = np.zeros(pixels.shape[:2], np.uint8)  # unused by an RGB-only model
     if classes.shape != pixels.shape[:2]:
       classes = np.asarray(Image.fromarray(classes).resize(pixels.shape[1::-1], Image.Resampling.NEAREST))
     num_seg = int(self.config.model.get("num_seg_classes", 150))
     if classes.max(initial=0) >= num_seg:
-      raise PredictError(f"{name}: segmentation class {int(classes.max())} >= the model's {num_seg} classes")
+      raise errors.InputError(f"{name}: segmentation class {int(classes.max())} >= the model's {num_seg} classes")
     img, sg = augment.eval_crops(np.ascontiguousarray(pixels), classes, self.image_size, "center",
                                  self.crop_fraction)
     return name, img, sg, true_latlon, pixels
@@ -343,7 +340,7 @@ class Predictor:
         source, image, seg, true_latlon, photo = self._prepare(images[pos], None if segs is None else segs[pos])
         ready.append((pos, _source_name(source, pos), image, seg, true_latlon,
                       display_copy(photo) if keep_inputs else None))
-      except PredictError as e:
+      except errors.InputError as e:
         results[pos] = Prediction(_source_name(images[pos], pos), error=str(e))
       if len(ready) == batch_size:
         flush()
@@ -395,7 +392,7 @@ def inference_assets(config) -> tuple[list[Any], np.ndarray | None]:
   info = registry.dataset_info(config, config.data.train, need_records=False)
   partitions = registry.load_partitions(info)
   if partitions is None:
-    raise ValueError(f"the training set {config.data.train!r} has no partitions to predict with")
+    raise errors.UserError(f"the training set {config.data.train!r} has no partitions to predict with")
   return partitions, info.palette
 
 
@@ -544,12 +541,13 @@ def _main(argv: Sequence[str]) -> int:
   args = parse_args(argv)
   folders = [f for f in args.photos if pathlib.Path(f).is_dir()]
   if args.seg is not None and (folders or len(args.seg) != len(args.photos)):
-    raise cli.UserError(f"--seg takes one map per photo ({len(args.photos)} photos{', folders among them' * bool(folders)}"
-                        f", {len(args.seg)} maps); for folders use --seg-dir MAPS")
+    among = ", folders among them" * bool(folders)
+    raise errors.UserError(f"--seg takes one map per photo ({len(args.photos)} photos{among}, {len(args.seg)} maps); "
+                           "for folders use --seg-dir MAPS")
   if args.seg is not None and args.seg_dir:
-    raise cli.UserError("give --seg or --seg-dir, not both")
+    raise errors.UserError("give --seg or --seg-dir, not both")
   if args.seg_dir and not pathlib.Path(args.seg_dir).is_dir():
-    raise cli.UserError(f"--seg-dir {args.seg_dir}: no such folder")
+    raise errors.UserError(f"--seg-dir {args.seg_dir}: no such folder")
   predictor = Predictor.from_checkpoint(args.checkpoint, which=args.which, segmenter_dir=args.segmenter,
                                         data_dir=args.data_dir, refine=args.refine, gallery_dir=args.gallery)
   inputs = iter_inputs(args.photos)

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 import dataset_fixtures as fx
+from translocator_jax import errors
 from translocator_jax.data.build import builders
 from translocator_jax.data.build import cli
 from translocator_jax.data.build import images
@@ -293,7 +294,7 @@ def test_benchmark_missing_map_stops_unless_a_segmenter_is_given(tmp_path, share
   args = ["--name", "im2gps", "--csv", str(tmp_path / "im2gps.csv"),
           "--images", str(tmp_path / "im2gps_rgb_images.tar.gz"),
           "--segmentations", str(tmp_path / "im2gps_seg_images_PNG.tar.gz"), "--no-progress", "--no-cells"]
-  with pytest.raises(writer.BuildError, match="1 of 4 images have no segmentation map") as stopped:
+  with pytest.raises(errors.BuildError, match="1 of 4 images have no segmentation map") as stopped:
     cli.benchmark_main(args + ["--output", str(tmp_path / "stopped")])  # one line, exit 2 under runtime.cli.run
   assert ids[-1] in str(stopped.value)
   assert not list((tmp_path / "stopped").glob("*.array_record-*"))
@@ -358,7 +359,7 @@ def test_photos_from_exif_gps_or_csv_with_segmenter(tmp_path, tiny_segmenter):
 
 def test_photos_without_maps_or_segmenter_stop_with_a_clear_message(tmp_path):
   fx.write_folder(tmp_path / "p", {"a.jpg": fx.exif_gps(fx.photo(8, 8, 1), 1.0, 2.0)})
-  with pytest.raises(writer.BuildError, match="1 photos have no segmentation map.*--segmenter MODEL_DIR"):
+  with pytest.raises(errors.BuildError, match="1 photos have no segmentation map.*--segmenter MODEL_DIR"):
     cli.photos_main(["--input", str(tmp_path / "p"), "--output", str(tmp_path / "o"), "--no-cells", "--no-progress"])
   assert not list((tmp_path / "o").glob("*.array_record-*"))
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import dataset_fixtures as fx
-from translocator_jax import paths, predict
+from translocator_jax import errors, paths, predict
 from translocator_jax.data import registry
-from translocator_jax.data.build import cli, writer
+from translocator_jax.data.build import cli
 from translocator_jax.data.pipeline import inputs
 from translocator_jax.data.records import schema, sources
 from translocator_jax.eval import main as evaluation
@@ -82,7 +82,7 @@ def test_the_set_is_written_without_maps_and_marked_so(no_seg_sets):
 
 def test_no_seg_refuses_maps_given_with_it(tmp_path):
   fx.write_folder(tmp_path / "p", {"a.jpg": fx.exif_gps(fx.photo(8, 8, 1), 1.0, 2.0)})
-  with pytest.raises(writer.BuildError, match="--no-seg builds a set without maps"):
+  with pytest.raises(errors.BuildError, match="--no-seg builds a set without maps"):
     cli.photos_main(["--input", str(tmp_path / "p"), "--seg", str(tmp_path / "p"), "--no-seg",
                      "--output", str(tmp_path / "o"), "--no-cells", "--no-progress"])
 

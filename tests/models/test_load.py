@@ -7,7 +7,7 @@ import pytest
 import torch
 import transformers
 
-from translocator_jax import models
+from translocator_jax import errors, models
 from translocator_jax.models import load
 
 
@@ -143,7 +143,7 @@ def test_resample_posemb():
   # Bilinear zoom of a linear ramp: corners kept, rows and columns increasing.
   assert big[0, 0] == pytest.approx(0.0, abs=1e-5) and big[-1, -1] == pytest.approx(33.0, abs=1e-5)
   assert (np.diff(big, axis=0) > 0).all() and (np.diff(big, axis=1) > 0).all()
-  with pytest.raises(load.CheckpointError, match="square grid"):
+  with pytest.raises(errors.CheckpointError, match="square grid"):
     load.resample_posemb(posemb, 20)
 
 
@@ -155,25 +155,25 @@ def test_bad_checkpoints(tiny, tmp_path):
   cfg = tiny().model
   params = _init(cfg)
   (tmp_path / "text.npz").write_text("hello, not a checkpoint")
-  with pytest.raises(load.CheckpointError, match=r"text\.npz: not a readable \.npz"):
+  with pytest.raises(errors.CheckpointError, match=r"text\.npz: not a readable \.npz"):
     load.load_pretrained(params, tmp_path / "text.npz", cfg)
   np.savez(tmp_path / "other.npz", weights=np.zeros(3))
-  with pytest.raises(load.CheckpointError, match="not a ViT checkpoint"):
+  with pytest.raises(errors.CheckpointError, match="not a ViT checkpoint"):
     load.load_pretrained(params, tmp_path / "other.npz", cfg)
   (tmp_path / "noise.bin").write_bytes(np.random.default_rng(0).bytes(256))
-  with pytest.raises(load.CheckpointError, match="noise.bin: not a loadable pytorch state dict"):
+  with pytest.raises(errors.CheckpointError, match="noise.bin: not a loadable pytorch state dict"):
     load.load_pretrained(params, tmp_path / "noise.bin", cfg)
   torch.save({"evil": _NotAWeight()}, tmp_path / "pickled.bin")   # arbitrary objects are refused, not run
-  with pytest.raises(load.CheckpointError, match="weights_only=True"):
+  with pytest.raises(errors.CheckpointError, match="weights_only=True"):
     load.load_pretrained(params, tmp_path / "pickled.bin", cfg)
   (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
-  with pytest.raises(load.CheckpointError, match="not a readable safetensors"):
+  with pytest.raises(errors.CheckpointError, match="not a readable safetensors"):
     load.load_pretrained(params, tmp_path / "bad.safetensors", cfg)
   (tmp_path / "weights.txt").write_text("x")
-  with pytest.raises(load.CheckpointError, match="unknown checkpoint type"):
+  with pytest.raises(errors.CheckpointError, match="unknown checkpoint type"):
     load.load_pretrained(params, tmp_path / "weights.txt", cfg)
   (tmp_path / "empty_dir").mkdir()
-  with pytest.raises(load.CheckpointError, match="model.safetensors"):
+  with pytest.raises(errors.CheckpointError, match="model.safetensors"):
     load.load_pretrained(params, tmp_path / "empty_dir", cfg)
   with pytest.raises(FileNotFoundError):
     load.load_pretrained(params, tmp_path / "missing.npz", cfg)
@@ -183,16 +183,16 @@ def test_shape_mismatch_and_missing_key(tiny, tmp_path):
   cfg = tiny().model
   params = _init(cfg)
   _npz_from_encoder(tiny("width=48,num_heads=2").model, tmp_path / "wide.npz")
-  with pytest.raises(load.CheckpointError,
+  with pytest.raises(errors.CheckpointError,
                      match=r"shape mismatch for '[^']+': checkpoint \([0-9, ]+\), model \([0-9, ]+\)"):
     load.load_pretrained(params, tmp_path / "wide.npz", cfg)
   missing = "Transformer/encoderblock_1/LayerNorm_2/scale"
   _npz_from_encoder(cfg, tmp_path / "holey.npz", drop=(missing,))
-  with pytest.raises(load.CheckpointError, match=f"no key '{missing}'"):
+  with pytest.raises(errors.CheckpointError, match=f"no key '{missing}'"):
     load.load_pretrained(params, tmp_path / "holey.npz", cfg)
   # HF: the config.json head count must agree with the model.
   hf = _hf_vit()
   hf.config.num_attention_heads = 4
   hf.save_pretrained(tmp_path / "hf")
-  with pytest.raises(load.CheckpointError, match="num_attention_heads=4"):
+  with pytest.raises(errors.CheckpointError, match="num_attention_heads=4"):
     load.load_pretrained(params, tmp_path / "hf", cfg)

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import ml_collections
 import pytest
 
-from translocator_jax.runtime import checkpoints, cli
+from translocator_jax import errors
+from translocator_jax.runtime import checkpoints
 
 CONFIG = ml_collections.ConfigDict({"model": {"width": 4}})
 
@@ -45,7 +46,7 @@ def test_a_failed_async_save_is_reported_under_its_own_step(tmp_path, disk_full_
   with pytest.raises(checkpoints.CheckpointWriteError) as e:
     ckpt.save(3, _state(3), None, CONFIG)
   message = str(e.value)
-  assert isinstance(e.value, cli.Fault) and "\n" not in message
+  assert isinstance(e.value, errors.Fault) and "\n" not in message
   assert message.startswith(f"could not write checkpoint step 2 to {ckpt.step_dir(2)}: No space left on device")
   assert f"the previous checkpoint, step 1 ({ckpt.step_dir(1)}), is intact" in message, message
   assert "rerunning the same command resumes from it" in message

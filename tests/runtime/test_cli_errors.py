@@ -1,5 +1,6 @@
 """Every command, run as a new user would (a subprocess), says a mistake in one line `PROG: error: ...` naming it
 and exits 2, with no traceback; no dataset is built and nothing trained before the refusal."""
+import json
 import os
 import pathlib
 import subprocess
@@ -8,7 +9,9 @@ import sys
 import pytest
 from PIL import Image
 
-from translocator_jax import paths
+from translocator_jax import errors, models, paths
+from translocator_jax.runtime import cli
+from translocator_jax.train import main as train_main
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TINY = "configs/earth_demo.py:tiny"
@@ -30,6 +33,10 @@ CASES = {
                                "unknown ViT variant 'Q/99'", None),
     "train: unknown fusion": (TRAIN, ["--config", TINY, "--set", "model.fusion=bogus"],
                               "config.model.fusion='bogus'; expected one of ('cls_sum', 'late_concat', 'none')", None),
+    "train: unknown remat policy": (TRAIN, ["--config", TINY, "--set", "model.remat_policy='bogus'"],
+                                    "config.model.remat_policy='bogus'; expected one of", None),
+    "train: mesh axis of 0": (TRAIN, ["--config", TINY, "--set", "mesh.data=0"],
+                              "config.mesh={{'data': 0, 'fsdp': 1}}: each axis is a positive size", None),
     "train: negative learning rate": (TRAIN, ["--config", TINY, "--set", "optim.learning_rate=-0.1"],
                                       "config optim.learning_rate=-0.1: must be > 0", None),
     "train: label smoothing of 1": (TRAIN, ["--config", TINY, "--set", "loss.label_smoothing=1.0"],
@@ -127,3 +134,74 @@ def test_a_mistake_is_one_line_naming_it_and_exit_status_2(case, tmp_path):
   # Refused before any dataset was built or any training ran.
   assert not (tmp_path / "tfds").exists()
   assert not list(tmp_path.rglob("*.array_record-*")) and not list(tmp_path.rglob("checkpoints"))
+
+
+# A bug in our code is not the person's mistake: it reaches them with its traceback (exit status 1), never as a
+# one-line `PROG: error: ...` that would send them looking for a mistake they did not make.
+SYNTHETIC = "tests/train/synthetic_config.py"
+INJECT_BUG = ("import sys\n"
+              "from translocator_jax import models\n"
+              "from translocator_jax.train import main\n"
+              "def bug(*args, **kwargs):\n"
+              "  raise ValueError('injected bug')\n"
+              "models.model_kwargs = bug\n"
+              "sys.exit(main.main(sys.argv[1:]))\n")
+
+
+def _bug(*args, **kwargs):
+  raise ValueError("injected bug")
+
+
+def test_a_value_error_of_our_own_code_is_not_reported_as_a_user_error(tmp_path, monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # cli.run's CPU flags: undone after the test
+  monkeypatch.setattr(models, "model_kwargs", _bug)  # what translocator-train calls before any training
+  with pytest.raises(ValueError, match="injected bug"):
+    train_main.main(["--config", SYNTHETIC, "--workdir", str(tmp_path / "w")])
+
+
+def test_a_value_error_of_our_own_code_shows_its_traceback_and_exit_status_1(tmp_path):
+  env = dict(os.environ, TRANSLOCATOR_SHARED_DATA=str(paths.shared_data_dir()))
+  env.pop("TRANSLOCATOR_TRACEBACK", None)
+  out = subprocess.run([sys.executable, "-c", INJECT_BUG, "--config", SYNTHETIC, "--workdir", str(tmp_path / "w")],
+                       capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+  assert out.returncode == 1, (out.returncode, out.stderr[-3000:])
+  assert "Traceback" in out.stderr and out.stderr.rstrip().endswith("ValueError: injected bug"), out.stderr[-3000:]
+  assert f"{TRAIN}: error:" not in out.stderr, out.stderr[-3000:]
+
+
+@pytest.mark.parametrize("error,status", [
+    (errors.ConfigError("config.model.depth=0: must be > 0"), 2), (errors.DataError("shard damaged"), 2),
+    (errors.CheckpointError("not a ViT checkpoint"), 2), (errors.BuildError("input not found"), 2),
+    (errors.InputError("photo.jpg: not a JPEG"), 2), (errors.UserError("give --seg or --seg-dir"), 2),
+    (FileNotFoundError("no such file: x"), 2), (errors.Fault("disk full; checkpoint 4 is intact"), 1),
+    (json.JSONDecodeError("Expecting value", "{", 1), 2),  # a damaged JSON file on disk
+])
+def test_cli_run_reports_a_user_error_or_fault_in_one_line(error, status, capsys, monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
+  monkeypatch.delenv("TRANSLOCATOR_TRACEBACK", raising=False)
+
+  def main(argv):
+    raise error
+
+  assert cli.run(main, [], prog="prog", distributed=False) == status
+  assert capsys.readouterr().err == f"prog: error: {error}\n"
+
+
+@pytest.mark.parametrize("error", [ValueError("injected bug"), KeyError("injected bug"), TypeError("injected bug")])
+def test_cli_run_lets_any_other_error_through(error, monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
+
+  def main(argv):
+    raise error
+
+  with pytest.raises(type(error), match="injected bug"):
+    cli.run(main, [], prog="prog", distributed=False)
+
+
+def test_the_error_types_keep_their_builtin_bases():
+  # `except ValueError` handlers and pytest.raises(ValueError) tests written before errors.py still catch them.
+  for t in (errors.ConfigError, errors.DataError, errors.CheckpointError, errors.InputError):
+    assert issubclass(t, errors.UserError) and issubclass(t, ValueError)
+  assert issubclass(errors.BuildError, errors.UserError) and issubclass(errors.BuildError, RuntimeError)
+  assert not issubclass(errors.Fault, errors.UserError) and not issubclass(errors.UserError, ValueError)
+  assert ValueError not in cli.USER_ERRORS and KeyError not in cli.USER_ERRORS

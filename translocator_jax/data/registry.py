@@ -15,7 +15,7 @@ import pathlib
 import ml_collections
 import numpy as np
 
-from translocator_jax import paths
+from translocator_jax import errors, paths
 from translocator_jax.data.earth_patches import dataset as earth_patches
 from translocator_jax.data.records import palette as palette_lib
 from translocator_jax.data.records import sources
@@ -45,11 +45,11 @@ BUILD_COMMANDS = {
 }
 
 
-class DatasetMissingError(FileNotFoundError):
+class DatasetMissingError(errors.UserError, FileNotFoundError):
   """A dataset the config names is not on disk; the message says which command builds it."""
 
 
-class MapsMissingError(ValueError):
+class MapsMissingError(errors.DataError):
   """A two-stream model was asked to train or evaluate on a set built without segmentation maps."""
 
 
@@ -112,8 +112,11 @@ def dataset_info(config: ml_collections.ConfigDict, name: str, *, need_records: 
     if need_records:
       raise
     tfds_dir = None
-  parts = mp16_partition_paths(config.data.get("partitions_dir"),
-                               tuple(config.data.get("partition_files", MP16_PARTITION_FILES)))
+  files = tuple(config.data.get("partition_files", MP16_PARTITION_FILES))
+  if len(files) != len(MP16_PARTITION_FILES):
+    raise errors.ConfigError(f"config.data.partition_files={list(files)}: expected {len(MP16_PARTITION_FILES)} "
+                             "partition CSVs, [coarse, middle, fine]")
+  parts = mp16_partition_paths(config.data.get("partitions_dir"), files)
   has_maps = tfds_dir is None or sources.has_segmentation_maps(tfds_dir)
   info = DatasetInfo(name, tfds_dir, parts, palette_lib.palette(), palette_lib.NUM_CLASSES if has_maps else 0,
                      has_maps)

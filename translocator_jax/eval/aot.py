@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from translocator_jax import models
+from translocator_jax import errors, models
 from translocator_jax.data.pipeline import augment
 from translocator_jax.eval import inference, search
 from translocator_jax.runtime import sharding as sharding_lib
@@ -42,10 +42,10 @@ def lower_forward(config: ml_collections.ConfigDict, devices: list[Any], tta: st
   model = models.build_model(config.model, sharding_lib.platform(mesh))
   batch = int(config.eval.batch_size)
   if batch % len(devices):
-    raise ValueError(f"config.eval.batch_size={batch} must be a multiple of the {len(devices)} devices")
+    raise errors.ConfigError(f"config.eval.batch_size={batch} must be a multiple of the {len(devices)} devices")
   s = int(config.model.image_size)
   if tta not in augment.TTA_MODES:
-    raise ValueError(f"tta must be one of {augment.TTA_MODES}, got {tta!r}")
+    raise errors.ConfigError(f"config.eval.tta={tta!r}; expected one of {augment.TTA_MODES}")
   crops = {"center": (), "five_crop": (5,), "ten_crop": (10,)}[tta]
   rows = NamedSharding(mesh, P(sharding_lib.BATCH_AXES))
   image = jax.ShapeDtypeStruct((batch,) + crops + (s, s, 3), jnp.uint8, sharding=rows)

@@ -29,11 +29,11 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from translocator_jax import models
+from translocator_jax import errors, models
 from translocator_jax.data import registry
 from translocator_jax.data.pipeline import inputs
 from translocator_jax.eval import inference
-from translocator_jax.runtime import checkpoints, cli, sharding as sharding_lib
+from translocator_jax.runtime import checkpoints, sharding as sharding_lib
 
 GALLERY_DIRNAME = "gallery"
 META = "meta.json"
@@ -41,7 +41,7 @@ IDENTITY_KEYS = ("step", "params_fingerprint", "dataset", "split", "crop_fractio
 EMBEDDING = "pre_logits"
 
 
-class GalleryMismatchError(cli.UserError):
+class GalleryMismatchError(errors.UserError):
   """A gallery that belongs to another checkpoint (or dataset, split, crop)."""
 
 
@@ -197,7 +197,8 @@ def load(root, expect: Mapping[str, Any] | None = None) -> Gallery:
         cols[k].append(part[k])
   arrays = {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in cols.items()}
   if len(arrays["index"]) != meta["rows"]:
-    raise ValueError(f"{root}: {len(arrays['index'])} rows in the parts, {META} says {meta['rows']}")
+    raise errors.DataError(f"{root}: {len(arrays['index'])} rows in the parts, {META} says {meta['rows']}; rebuild "
+                           "the gallery (translocator-gallery --overwrite)")
   order = np.argsort(arrays["index"], kind="stable")
   return Gallery(arrays["embedding"][order], arrays["latlon"][order].astype(np.float32),
                  arrays["fine_cell"][order].astype(np.int32), arrays["index"][order].astype(np.int64),

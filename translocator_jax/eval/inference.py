@@ -14,6 +14,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 import tqdm
 
+from translocator_jax import errors
 from translocator_jax.data.pipeline import device_finish
 from translocator_jax.data.records import schema
 from translocator_jax.geo import hierarchy, metrics
@@ -25,11 +26,12 @@ def geo_heads(heads: Mapping[str, int], partitions: Sequence[Any]) -> list[str]:
   """The geo-cell heads of config.model.heads (coarse -> fine), each checked against its partition's size."""
   used = [h for h in schema.PARTITION_NAMES if h in heads]
   if not used:
-    raise ValueError(f"config.model.heads {list(heads)} has no geo-cell head ({schema.PARTITION_NAMES})")
+    raise errors.ConfigError(f"config.model.heads {list(heads)} has no geo-cell head ({schema.PARTITION_NAMES})")
   part_of = dict(zip(schema.PARTITION_NAMES, partitions))
   for h in used:
     if int(heads[h]) != part_of[h].num_classes:
-      raise ValueError(f"config.model.heads.{h}={heads[h]} but its partition has {part_of[h].num_classes} cells")
+      raise errors.ConfigError(f"config.model.heads.{h}={heads[h]} but its partition has {part_of[h].num_classes} "
+                               "cells")
   return used
 
 
@@ -136,7 +138,7 @@ def predict_dataset(model, params, batches: Iterable[Mapping[str, np.ndarray]], 
     for key in ("index", "latlon", "mask"):
       out[key].append(_gather(np.asarray(batch[key])))
   if not out["index"]:
-    raise ValueError(f"{desc}: no batches")
+    raise errors.DataError(f"{desc}: no batches (the split holds no records)")
   mask = np.concatenate(out["mask"]).astype(bool)
   index = np.concatenate(out["index"])[mask]
   order = np.argsort(index, kind="stable")

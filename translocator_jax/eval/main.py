@@ -27,7 +27,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from translocator_jax import models
+from translocator_jax import errors, models
 from translocator_jax.data import registry
 from translocator_jax.data.pipeline import augment, inputs
 from translocator_jax.data.records import schema, sources
@@ -242,7 +242,7 @@ def evaluate_checkpoint(path, *, which: str = "latest", datasets: Sequence[str] 
   train_info = registry.dataset_info(config, config.data.train, need_records=False)  # its partitions
   partitions = registry.load_partitions(train_info)
   if partitions is None:
-    raise cli.UserError(f"the training set {config.data.train!r} has no partitions to predict with")
+    raise errors.UserError(f"the training set {config.data.train!r} has no partitions to predict with")
   out_dir = (checkpoints.as_path(output_dir) if output_dir
              else checkpoints.workdir_of(path) / "predictions")  # local or gs://
   refiner = refine.load_refiner(path, ckpt, partitions, refine_mode=refine_mode, gallery_dir=gallery_dir,
@@ -328,7 +328,7 @@ def predictions_main(argv: Sequence[str]) -> int:
   args = parser.parse_args(argv)
   try:
     table, preds = evaluate_predictions_file(args.file, skip_bad=args.skip_bad)
-  except (ValueError, OSError) as e:  # a missing, empty or malformed file: the person's input, in the common form
+  except (errors.UserError, OSError) as e:  # a missing, empty or malformed file: the person's input, in the common form
     print(cli.error_line(f"{PROG} predictions", e), file=sys.stderr)
     return cli.USAGE_ERROR
   if preds.bad_rows:

@@ -18,6 +18,7 @@ import numpy as np
 import optax
 import tqdm
 
+from translocator_jax import errors
 from translocator_jax.geo import cells, distance
 
 POSITIVE_KM = 5.0
@@ -27,8 +28,9 @@ FILE = "projection.npz"
 STEPS = 3000
 
 
-class TooFewPairsError(ValueError):
-  """The gallery has no photos close enough to each other to learn from."""
+class TooFewPairsError(errors.DataError):
+  """The gallery has no photos close enough to each other to learn from (the gallery's dataset is too small or
+  too spread out: the person's data, not our bug)."""
 
 
 @dataclasses.dataclass

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import jax
 
-from translocator_jax import models
+from translocator_jax import errors, models
 from translocator_jax.data import registry
 from translocator_jax.data.pipeline import inputs
 from translocator_jax.eval import inference
-from translocator_jax.runtime import checkpoints, cli, sharding as sharding_lib
+from translocator_jax.runtime import checkpoints, sharding as sharding_lib
 
 
 def split_queries(path, split: str | None = None, *, which: str = "latest", data_dir: str | None = None,
@@ -26,7 +26,7 @@ def split_queries(path, split: str | None = None, *, which: str = "latest", data
   if split is None:
     found = registry.validation_set(config, train_info)
     if found is None:
-      raise cli.UserError(f"{path}: the run has no validation set (config.data.val or config.data.val_split), so "
+      raise errors.UserError(f"{path}: the run has no validation set (config.data.val or config.data.val_split), so "
                           "refinement cannot be tuned (translocator-gallery --no-tune skips tuning)")
     info, split = found
   mesh = sharding_lib.make_mesh(sharding_lib.inference_axes(config))

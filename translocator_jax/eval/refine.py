@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from translocator_jax import errors
 from translocator_jax.eval import gallery as gallery_lib, projection as projection_lib, search as search_lib
 from translocator_jax.eval.gallery import Gallery
 from translocator_jax.geo import distance, hierarchy as hierarchy_lib, metrics
@@ -52,11 +53,11 @@ class RefineSettings:
     values = dict(values or {})
     unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
-      raise ValueError(f"config.eval.gallery: unknown setting(s) {unknown}; known: "
-                       f"{[f.name for f in dataclasses.fields(cls)]}")
+      raise errors.ConfigError(f"config.eval.gallery: unknown setting(s) {unknown}; known: "
+                               f"{[f.name for f in dataclasses.fields(cls)]}")
     settings = cls(**{k: type(getattr(cls, k))(v) for k, v in values.items()})
     if settings.features not in FEATURES:
-      raise ValueError(f"config.eval.gallery.features={settings.features!r}; expected one of {FEATURES}")
+      raise errors.ConfigError(f"config.eval.gallery.features={settings.features!r}; expected one of {FEATURES}")
     return settings
 
 
@@ -105,7 +106,8 @@ class Refiner:
     self.enabled = refine  # False: only each query's highest similarity to the gallery
     self.projection = projection
     if self.settings.features == "projected" and projection is None:
-      raise ValueError("refinement settings use the projected features, but the gallery has no projection")
+      raise errors.ConfigError("config.eval.gallery.features='projected', but the gallery has no projection (built "
+                               "with --no-projection, or too few photos to train one)")
     self.hierarchy = hierarchy_lib.Hierarchy.from_partitions(list(partitions))
     cells = np.where(gallery.fine_cell >= 0, gallery.fine_cell, partitions[-1].assign(gallery.latlon))
     # Plain similarity is the cosine after removing the gallery's mean: raw pre-logits share a large common
@@ -215,7 +217,7 @@ def load_refiner(path, ckpt: checkpoints.InferenceCheckpoint, partitions, *, ref
   """The gallery of this checkpoint (refused if it belongs to another) as a refiner, with its tuned settings;
   None when neither refinement nor a gallery was asked for."""
   if refine_mode not in REFINE_MODES:
-    raise ValueError(f"refine={refine_mode!r}; expected one of {REFINE_MODES}")
+    raise errors.ConfigError(f"config.eval.refine={refine_mode!r}; expected one of {REFINE_MODES}")
   if refine_mode == "none" and not gallery_dir:
     return None
   root = gallery_lib.gallery_dir(path, gallery_dir)

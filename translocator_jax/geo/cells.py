@@ -21,6 +21,8 @@ import pathlib
 import numpy as np
 from s2sphere import sphere as _s2
 
+from translocator_jax import errors
+
 MAX_LEVEL = 30
 _POS_BITS = 2 * MAX_LEVEL + 1
 _LOOKUP_POS = np.asarray(_s2.LOOKUP_POS, np.uint64)
@@ -211,7 +213,7 @@ def load_partition_csv(path) -> Partition:
     if line.startswith("num_images:"):
       num_images = int(line.split(":", 1)[1])
   if header_at is None:
-    raise ValueError(f"{path}: header '{_HEADER}' not found in the first lines")
+    raise errors.DataError(f"{path}: header '{_HEADER}' not found in the first lines")
   with_spread = lines[header_at].strip() == f"{_HEADER},{_SPREAD_COLUMN}"
   hex_ids, counts, means, spreads = [], [], [], []
   for row_no, line in enumerate(lines[header_at + 1:], start=header_at + 2):
@@ -230,7 +232,7 @@ def load_partition_csv(path) -> Partition:
       counts.append(int(count))
       means.append((float(lat), float(lon)))
     except ValueError as e:
-      raise ValueError(f"{path}, line {row_no}: bad partition row {line!r}: {e}") from None
+      raise errors.DataError(f"{path}, line {row_no}: bad partition row {line!r}: {e}") from None
   return Partition(hex_ids, np.array(counts), np.array(means, np.float64).reshape(-1, 2), num_images,
                    spread_km=np.array(spreads) if with_spread else None)
 

@@ -15,6 +15,8 @@ from typing import Mapping, Sequence
 from etils import epath
 import numpy as np
 
+from translocator_jax import errors
+
 PROJECT_COLUMNS = ("img_id", "gt_lat", "gt_lon", "pred_lat", "pred_lon")
 _LAYOUTS = {
     "project": ("gt_lat", "gt_lon", "pred_lat", "pred_lon"),
@@ -75,20 +77,24 @@ def _check_value(name: str, text: str) -> float:
 
 
 def read_predictions_csv(path, skip_bad: bool = False) -> Predictions:
-  """Read either layout. Bad rows raise a ValueError naming each line, or with skip_bad are listed."""
+  """Read either layout. Bad rows raise an errors.DataError naming each line, or with skip_bad are listed."""
   path = epath.Path(path)
   # utf-8-sig: a byte-order mark (as spreadsheet programs save) is not part of the first column's name.
-  rows = list(csv.reader(io.StringIO(path.read_bytes().decode("utf-8-sig"), newline="")))
+  try:
+    text = path.read_bytes().decode("utf-8-sig")
+  except UnicodeDecodeError as e:
+    raise errors.DataError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
+  rows = list(csv.reader(io.StringIO(text, newline="")))
   if not rows:
-    raise ValueError(f"{path}: empty file")
+    raise errors.DataError(f"{path}: empty file")
   header = [h.strip() for h in rows[0]]
   for layout, cols in _LAYOUTS.items():
     if "img_id" in header and all(c in header for c in cols):
       idx = [header.index(c) for c in cols]
       break
   else:
-    raise ValueError(f"{path}: unknown header {header}; expected {list(PROJECT_COLUMNS)} or the "
-                     "GeoEstimation results header (img_id,gt_lat,predicted_lat,gt_long,predicted_long,...)")
+    raise errors.DataError(f"{path}: unknown header {header}; expected {list(PROJECT_COLUMNS)} or the "
+                           "GeoEstimation results header (img_id,gt_lat,predicted_lat,gt_long,predicted_long,...)")
   id_col = header.index("img_id")
   ids, latlon, bad = [], [], []
   def is_blank(row):
@@ -119,8 +125,8 @@ def read_predictions_csv(path, skip_bad: bool = False) -> Predictions:
   if bad and not skip_bad:
     listing = "\n".join(f"  line {n}: {why}" for n, why in bad[:20])
     more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
-    raise ValueError(f"{path}: {len(bad)} bad row(s):\n{listing}{more}")
+    raise errors.DataError(f"{path}: {len(bad)} bad row(s):\n{listing}{more}")
   if not latlon and not bad:
-    raise ValueError(f"{path}: no data rows after the header")
+    raise errors.DataError(f"{path}: no data rows after the header")
   a = np.asarray(latlon, np.float64).reshape(-1, 4)
   return Predictions(a[:, 0:2].astype(np.float32), a[:, 2:4].astype(np.float32), image_ids=ids, bad_rows=bad)

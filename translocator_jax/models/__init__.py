@@ -9,7 +9,6 @@
 from translocator_jax.models.layout import is_scanned
 from translocator_jax.models.layout import scan_params
 from translocator_jax.models.layout import unscan_params
-from translocator_jax.models.load import CheckpointError
 from translocator_jax.models.load import LoadReport
 from translocator_jax.models.load import load_pretrained
 from translocator_jax.models.translocator import TransLocator

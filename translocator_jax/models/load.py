@@ -27,16 +27,13 @@ from typing import Any, Mapping
 import numpy as np
 from flax import traverse_util
 
+from translocator_jax import errors
 from translocator_jax.models import layout
 from translocator_jax.models.translocator import config_get
 
 STREAMS = ("rgb", "seg")
 POSEMB = "Transformer/posembed_input/pos_embedding"
 HF_FILES = ("model.safetensors", "pytorch_model.bin")
-
-
-class CheckpointError(ValueError):
-  """The file is not a usable ViT checkpoint for this model (the message says which file and key)."""
 
 
 @dataclasses.dataclass
@@ -65,7 +62,7 @@ def load_pretrained(params: Mapping[str, Any], path: str | pathlib.Path,
   """Fills both encoder streams of `params` (a TransLocator params tree) from a ViT checkpoint at `path`.
 
   Returns new params (numpy float32 leaves where loaded; others unchanged) and a LoadReport.
-  Raises CheckpointError for a file that is not a ViT checkpoint, a missing key or a shape mismatch.
+  Raises errors.CheckpointError for a file that is not a ViT checkpoint, a missing key or a shape mismatch.
   """
   path = pathlib.Path(path)
   scanned = layout.is_scanned(params)
@@ -90,8 +87,8 @@ def load_pretrained(params: Mapping[str, Any], path: str | pathlib.Path,
       report.left.append(key)
       continue
     if rest not in source:
-      raise CheckpointError(f"{path}: checkpoint has no key {rest!r} (needed for our {key!r}, shape "
-                            f"{tuple(np.shape(value))}); is it a ViT of the same depth?")
+      raise errors.CheckpointError(f"{path}: checkpoint has no key {rest!r} (needed for our {key!r}, shape "
+                                   f"{tuple(np.shape(value))}); is it a ViT of the same depth?")
     src = source[rest]
     want = tuple(np.shape(value))
     if src.shape == want:
@@ -108,8 +105,8 @@ def load_pretrained(params: Mapping[str, Any], path: str | pathlib.Path,
                           f"checkpoint's kernel has {src.shape[2]}")
       continue
     else:
-      raise CheckpointError(f"{path}: shape mismatch for {rest!r}: checkpoint {src.shape}, model {want} "
-                            f"(our {key!r}); check config.model.variant / width / patch size")
+      raise errors.CheckpointError(f"{path}: shape mismatch for {rest!r}: checkpoint {src.shape}, model {want} "
+                                   f"(our {key!r}); check config.model.variant / width / patch size")
     used.add(rest)
   report.unused = sorted(k for k in source if k not in used)
   loaded = traverse_util.unflatten_dict(out, sep="/")
@@ -130,8 +127,8 @@ def read_checkpoint(path: str | pathlib.Path, num_heads: int | None = None
   if path.is_dir():
     found = [path / f for f in HF_FILES if (path / f).is_file()]
     if not found:
-      raise CheckpointError(f"{path}: a directory, but it has none of {HF_FILES} (sharded HF checkpoints "
-                            "are not supported; merge them into one model.safetensors)")
+      raise errors.CheckpointError(f"{path}: a directory, but it has none of {HF_FILES} (sharded HF checkpoints "
+                                   "are not supported; merge them into one model.safetensors)")
     if (path / "config.json").is_file():
       hf_cfg = _read_json(path / "config.json")
     path = found[0]
@@ -146,14 +143,14 @@ def read_checkpoint(path: str | pathlib.Path, num_heads: int | None = None
   elif suffix in (".bin", ".pt", ".pth"):
     raw, fmt = _read_torch(path), "hf-torch"
   else:
-    raise CheckpointError(f"{path}: unknown checkpoint type {suffix!r}; expected a ViT .npz, a .safetensors, "
-                          "a pytorch .bin/.pt, or a directory holding model.safetensors / pytorch_model.bin")
+    raise errors.CheckpointError(f"{path}: unknown checkpoint type {suffix!r}; expected a ViT .npz, a .safetensors, "
+                                 "a pytorch .bin/.pt, or a directory holding model.safetensors / pytorch_model.bin")
   cfg_heads = hf_cfg.get("num_attention_heads")
   if num_heads is None:
     num_heads = cfg_heads
   elif cfg_heads is not None and int(cfg_heads) != num_heads:
-    raise CheckpointError(f"{path}: config.json says num_attention_heads={cfg_heads}, the model has "
-                          f"{num_heads}; check config.model.variant")
+    raise errors.CheckpointError(f"{path}: config.json says num_attention_heads={cfg_heads}, the model has "
+                                 f"{num_heads}; check config.model.variant")
   if num_heads is None:
     raise ValueError(f"{path}: num_heads is needed to convert HF attention weights")
   return hf_to_vit(raw, int(num_heads), str(path)), fmt, hf_cfg
@@ -166,8 +163,8 @@ def resample_posemb(posemb: np.ndarray, num_tokens: int) -> np.ndarray:
   old, new = posemb.shape[1] - 1, num_tokens - 1
   gs_old, gs_new = int(round(np.sqrt(old))), int(round(np.sqrt(new)))
   if gs_old * gs_old != old or gs_new * gs_new != new:
-    raise CheckpointError(f"cannot resample position embedding {posemb.shape} to {num_tokens} tokens: "
-                          "expected one CLS token plus a square grid on both sides")
+    raise errors.CheckpointError(f"cannot resample position embedding {posemb.shape} to {num_tokens} tokens: "
+                                 "expected one CLS token plus a square grid on both sides")
   grid = posemb[0, 1:].reshape(gs_old, gs_old, -1)
   grid = scipy.ndimage.zoom(grid, (gs_new / gs_old, gs_new / gs_old, 1), order=1)
   return np.concatenate([posemb[:, :1], grid.reshape(1, new, -1)], axis=1).astype(np.float32)
@@ -180,16 +177,19 @@ def _read_npz(path: pathlib.Path) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as z:
       data = {k: np.asarray(z[k]) for k in z.files}
   except Exception as e:  # zipfile.BadZipFile, ValueError (pickled data), OSError, EOFError
-    raise CheckpointError(f"{path}: not a readable .npz checkpoint ({type(e).__name__}: {e})") from e
+    raise errors.CheckpointError(f"{path}: not a readable .npz checkpoint ({type(e).__name__}: {e})") from e
   # big_vision-style files may nest the encoder under a prefix (e.g. 'params/img/'): strip it.
   prefixes = [k[: -len("embedding/kernel")] for k in data if k.endswith("embedding/kernel")]
   prefix = min(prefixes, key=len) if prefixes else None
   if prefix is None or prefix + "cls" not in data:
-    raise CheckpointError(f"{path}: not a ViT checkpoint (no 'embedding/kernel' and 'cls' arrays among "
-                          f"{len(data)} keys, e.g. {sorted(data)[:5]})")
+    raise errors.CheckpointError(f"{path}: not a ViT checkpoint (no 'embedding/kernel' and 'cls' arrays among "
+                                 f"{len(data)} keys, e.g. {sorted(data)[:5]})")
   data = {k[len(prefix):]: v for k, v in data.items() if k.startswith(prefix)}
   if layout.is_scanned(traverse_util.unflatten_dict(data, sep="/")):
-    data = traverse_util.flatten_dict(layout.unscan_params(traverse_util.unflatten_dict(data, sep="/")), sep="/")
+    try:
+      data = traverse_util.flatten_dict(layout.unscan_params(traverse_util.unflatten_dict(data, sep="/")), sep="/")
+    except ValueError as e:  # the file's scanned layers disagree: the file, not our code
+      raise errors.CheckpointError(f"{path}: {e}") from None
   return data
 
 
@@ -205,7 +205,7 @@ def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
     if "bfloat16" in str(e).lower() or "bf16" in str(e).lower():
       from safetensors.torch import load_file as load_torch  # pylint: disable=g-import-not-at-top
       return {k: v.float().numpy() for k, v in load_torch(str(path)).items()}
-    raise CheckpointError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from e
+    raise errors.CheckpointError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from e
 
 
 def _read_torch(path: pathlib.Path) -> dict[str, np.ndarray]:
@@ -216,12 +216,12 @@ def _read_torch(path: pathlib.Path) -> dict[str, np.ndarray]:
   try:
     obj = torch.load(str(path), map_location="cpu", weights_only=True)
   except Exception as e:  # pickle.UnpicklingError (untrusted objects refused), RuntimeError (not a torch file)
-    raise CheckpointError(f"{path}: not a loadable pytorch state dict with weights_only=True "
-                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+    raise errors.CheckpointError(f"{path}: not a loadable pytorch state dict with weights_only=True "
+                                 f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
   if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
     obj = obj["state_dict"]
   if not isinstance(obj, Mapping) or not all(hasattr(v, "detach") for v in obj.values()):
-    raise CheckpointError(f"{path}: expected a state dict of tensors, got {type(obj).__name__}")
+    raise errors.CheckpointError(f"{path}: expected a state dict of tensors, got {type(obj).__name__}")
   return {k: v.detach().float().numpy() for k, v in obj.items()}
 
 
@@ -229,7 +229,7 @@ def _read_json(path: pathlib.Path) -> dict[str, Any]:
   try:
     return json.loads(path.read_text())
   except (OSError, ValueError) as e:
-    raise CheckpointError(f"{path}: unreadable config.json ({e})") from e
+    raise errors.CheckpointError(f"{path}: unreadable config.json ({e})") from e
 
 
 # ---------------------------------------------------------------------------------------------- HF conversion
@@ -284,8 +284,8 @@ def hf_to_vit(state: Mapping[str, np.ndarray], num_heads: int, source: str = "<s
     else:
       out["hf:" + name] = w  # pooler, classifier, mask token: reported as unused
   if "cls" not in out or "embedding/kernel" not in out:
-    raise CheckpointError(f"{source}: not a HF ViT checkpoint (no embeddings.cls_token / patch projection "
-                          f"among {len(state)} keys, e.g. {sorted(state)[:5]})")
+    raise errors.CheckpointError(f"{source}: not a HF ViT checkpoint (no embeddings.cls_token / patch projection "
+                                 f"among {len(state)} keys, e.g. {sorted(state)[:5]})")
   return out
 
 
@@ -297,7 +297,7 @@ def _convert_value(module: str, kind: str, w: np.ndarray, num_heads: int, source
   if module in ("attention.q_proj", "attention.k_proj", "attention.v_proj"):
     d = w.shape[-1]
     if d % num_heads:
-      raise CheckpointError(f"{source}: {name} has {d} features, not divisible by {num_heads} heads")
+      raise errors.CheckpointError(f"{source}: {name} has {d} features, not divisible by {num_heads} heads")
     return w.reshape(w.shape[:-1] + (num_heads, d // num_heads))  # kernel [D,H,Dh], bias [H,Dh]
   if module == "attention.o_proj":
     return w.reshape(num_heads, w.shape[0] // num_heads, w.shape[1])  # [H, Dh, D]

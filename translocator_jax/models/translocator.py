@@ -31,6 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from translocator_jax import errors
 from translocator_jax.models import vit
 
 FUSIONS = ("cls_sum", "late_concat", "none")
@@ -128,9 +129,9 @@ class TransLocator(nn.Module):
 
   def setup(self):
     if self.fusion not in FUSIONS:
-      raise ValueError(f"config.model.fusion={self.fusion!r}; expected one of {FUSIONS}")
+      raise errors.ConfigError(f"config.model.fusion={self.fusion!r}; expected one of {FUSIONS}")
     if self.seg_input not in SEG_INPUTS:
-      raise ValueError(f"config.model.seg_input={self.seg_input!r}; expected one of {SEG_INPUTS}")
+      raise errors.ConfigError(f"config.model.seg_input={self.seg_input!r}; expected one of {SEG_INPUTS}")
     enc = dict(width=self.width, depth=self.depth, mlp_dim=self.mlp_dim, num_heads=self.num_heads,
                patch_size=self.patch_size, dtype=self.dtype, dropout=self.dropout, ln_epsilon=self.ln_epsilon,
                gelu_approximate=self.gelu_approximate, remat=self.remat, remat_policy=self.remat_policy,
@@ -249,16 +250,16 @@ def model_kwargs(model_config: Mapping[str, Any], platform: str | None = None) -
   heads = model_config["heads"]
   heads = tuple((str(k), int(v)) for k, v in (heads.items() if hasattr(heads, "items") else heads))
   if not heads:
-    raise ValueError("config.model.heads is empty: give at least one head, e.g. {'fine': 12893}")
+    raise errors.ConfigError("config.model.heads is empty: give at least one head, e.g. {'fine': 12893}")
   dtype = config_get(model_config, "dtype", "float32")
   if str(dtype) not in ("float32", "bfloat16"):
-    raise ValueError(f"config.model.dtype={dtype!r}; expected 'float32' or 'bfloat16'")
+    raise errors.ConfigError(f"config.model.dtype={dtype!r}; expected 'float32' or 'bfloat16'")
   # Also checked in setup(); here a command refuses a bad value before it builds or compiles anything.
   fusion, seg_input = config_get(model_config, "fusion", "cls_sum"), config_get(model_config, "seg_input", "palette")
   if fusion not in FUSIONS:
-    raise ValueError(f"config.model.fusion={fusion!r}; expected one of {FUSIONS}")
+    raise errors.ConfigError(f"config.model.fusion={fusion!r}; expected one of {FUSIONS}")
   if seg_input not in SEG_INPUTS:
-    raise ValueError(f"config.model.seg_input={seg_input!r}; expected one of {SEG_INPUTS}")
+    raise errors.ConfigError(f"config.model.seg_input={seg_input!r}; expected one of {SEG_INPUTS}")
   policy = str(config_get(model_config, "remat_policy", "nothing_saveable"))
   vit.checkpoint_policy(policy)
   return dict(

@@ -31,6 +31,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
+from translocator_jax import errors
 from translocator_jax.models import layout
 from translocator_jax.runtime import cli
 from translocator_jax.runtime import metrics_writer
@@ -239,16 +240,16 @@ class Checkpointer:
     return target
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(errors.CheckpointError):
   """The workdir's checkpoints are of another model than the config (names or shapes differ)."""
 
 
-class CheckpointWriteError(cli.Fault):
+class CheckpointWriteError(errors.Fault):
   """A checkpoint could not be written (a full disk, a lost mount); the message names the step, the path, the
   cause and the checkpoint that is intact."""
 
 
-class NoReadableCheckpointError(cli.Fault, RuntimeError):
+class NoReadableCheckpointError(errors.Fault, RuntimeError):
   """Every checkpoint that could serve inference failed to load; the message names each and why."""
 
 

@@ -3,10 +3,11 @@
 `run(main, argv, prog=...)` applies the host performance settings before JAX starts its backend, joins a
 multi-process job when the environment describes one, sets up logging, and turns an error into one line on
 stderr instead of a traceback:
-  exit status 2  a user's mistake (a missing file, a bad value, an unknown key, a workdir another job uses):
-                 the command as given cannot run;
+  exit status 2  a user's mistake (errors.UserError: a missing file, a bad value, an unknown key, a workdir
+                 another job uses): the command as given cannot run;
   exit status 1  a Fault: the run stopped for a reason outside the command line (a full disk, a failed write);
                  the message says what is intact and whether rerunning the same command continues.
+Any other exception is a bug in our code: it propagates with its traceback (exit status 1).
 TRANSLOCATOR_TRACEBACK=1 lets the traceback through (for bug reports).
 
 Orbax and tensorstore report each failure they raise once more on their own (error logs with tracebacks from
@@ -18,13 +19,14 @@ never awaited"); we report the raised error itself, so these duplicates are drop
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 import warnings
 from typing import Callable, Sequence
 
-from translocator_jax.data.build import writer as build_writer
+from translocator_jax.errors import Fault, UserError
 from translocator_jax.runtime import perf, sharding
 
 USAGE_ERROR = 2
@@ -32,18 +34,11 @@ FAULT = 1
 VERBOSE_ENV = "TRANSLOCATOR_VERBOSE"
 
 
-class UserError(Exception):
-  """A mistake in what the user asked for; the message says what and where."""
-
-
-class Fault(Exception):
-  """The run could not go on for a reason outside the command line; the message says what failed, where, what
-  is intact and what to do next."""
-
-
-# What a person's own input raises: a missing file, a bad value, an unknown key, a dataset build that cannot run.
-USER_ERRORS = (UserError, FileNotFoundError, NotADirectoryError, PermissionError, ValueError, KeyError,
-               build_writer.BuildError)
+# What a person's own input raises: errors.UserError (a bad config value, an unknown key, a damaged dataset, a
+# build that cannot run, ...) and the OS's refusals of a path they gave. A ValueError or KeyError is not among
+# them: one that escapes a command is a bug in our code, and reaches the person with its traceback (exit 1).
+# json.JSONDecodeError: a JSON file on disk that is damaged (ours are written whole, then renamed).
+USER_ERRORS = (UserError, FileNotFoundError, NotADirectoryError, PermissionError, json.JSONDecodeError)
 
 _verbose = False
 _ABANDONED_COROUTINE = r"coroutine '.*' was never awaited"

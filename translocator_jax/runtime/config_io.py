@@ -10,6 +10,8 @@ import pathlib
 
 import ml_collections
 
+from translocator_jax import errors
+
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
   """'configs/earth_demo.py:tiny' -> get_config('tiny') of that file.
@@ -26,15 +28,15 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   try:
     module_spec.loader.exec_module(module)
   except SyntaxError as e:
-    raise ValueError(f"config file {file} is not valid Python: {e.msg} (line {e.lineno})") from None
+    raise errors.ConfigError(f"config file {file} is not valid Python: {e.msg} (line {e.lineno})") from None
   if not hasattr(module, "get_config"):
-    raise ValueError(f"config file {file} has no get_config(arg) function")
+    raise errors.ConfigError(f"config file {file} has no get_config(arg) function")
   known = getattr(module, "CONFIG_ARGS", None)
   if arg and known is not None and arg not in known:
     close = difflib.get_close_matches(arg, known, n=1)
     hint = f"did you mean {file}:{close[0]}? " if close else ""
-    raise ValueError(f"--config {spec!r}: {file} has no config {arg!r}; {hint}it has: "
-                     f"{', '.join([str(file)] + [f'{file}:{a}' for a in known])}")
+    raise errors.ConfigError(f"--config {spec!r}: {file} has no config {arg!r}; {hint}it has: "
+                             f"{', '.join([str(file)] + [f'{file}:{a}' for a in known])}")
   return module.get_config(arg or None)
 
 
@@ -70,13 +72,13 @@ def dotted_keys(config, prefix: str = "") -> list[str]:
   return out
 
 
-def _unknown_key(config, key: str, item: str) -> KeyError:
+def _unknown_key(config, key: str, item: str) -> errors.ConfigError:
   leaves = dotted_keys(config)
   known = sorted(set(leaves) | {k.rsplit(".", i)[0] for k in leaves for i in range(1, k.count(".") + 1)})
   close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
   hint = (f"; did you mean {close[0]}?" if close
           else f" (its sections: {', '.join(sorted(k for k in config.keys()))})")
-  return KeyError(f"--set {item!r}: the config has no key {key!r}{hint}")
+  return errors.ConfigError(f"--set {item!r}: the config has no key {key!r}{hint}")
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> ml_collections.ConfigDict:
@@ -89,7 +91,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
   for item in overrides or []:
     key, sep, value = item.partition("=")
     if not sep or not key:
-      raise ValueError(f"--set {item!r}: expected key=value, e.g. train.total_steps=100")
+      raise errors.ConfigError(f"--set {item!r}: expected key=value, e.g. train.total_steps=100")
     node = config
     parts = key.split(".")
     for depth, part in enumerate(parts[:-1]):
@@ -107,12 +109,12 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
       try:
         node[leaf] = new
       except TypeError as e:  # ConfigDict's own type check
-        raise ValueError(f"--set {item!r}: {e}") from None
+        raise errors.ConfigError(f"--set {item!r}: {e}") from None
   return config
 
 
 def _checked(key: str, old, new):
-  """`new` if it may replace `old`, else ValueError naming the key and the types."""
+  """`new` if it may replace `old`, else errors.ConfigError naming the key and the types."""
   if old is None or new is None or isinstance(old, (dict, ml_collections.ConfigDict)) and isinstance(new, dict):
     return new
   if isinstance(old, bool) or isinstance(new, bool):
@@ -125,8 +127,8 @@ def _checked(key: str, old, new):
   else:
     ok = isinstance(new, type(old))
   if not ok:
-    raise ValueError(f"--set {key}={new!r}: expected {type(old).__name__} (the config has {old!r}), "
-                     f"got {type(new).__name__}")
+    raise errors.ConfigError(f"--set {key}={new!r}: expected {type(old).__name__} (the config has {old!r}), "
+                             f"got {type(new).__name__}")
   return new
 
 
@@ -181,7 +183,7 @@ TRAINING_VALUES = {
 
 
 def check_training_values(config) -> None:
-  """ValueError naming the first of TRAINING_VALUES outside its range: `config KEY=VALUE: must be RANGE`."""
+  """errors.ConfigError naming the first of TRAINING_VALUES outside its range: `config KEY=VALUE: must be RANGE`."""
   for key, allowed in TRAINING_VALUES.items():
     section, _, leaf = key.partition(".")
     node = config.get(section) if hasattr(config, "get") else None
@@ -191,7 +193,7 @@ def check_training_values(config) -> None:
     if not allowed.allows(value):
       finite = isinstance(value, float) and not math.isfinite(value)
       must = f"a finite number {allowed.describe()}" if finite else allowed.describe()
-      raise ValueError(f"config {key}={value!r}: must be {must}")
+      raise errors.ConfigError(f"config {key}={value!r}: must be {must}")
 
 
 class _null:

@@ -21,6 +21,8 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from translocator_jax import errors
+
 DATA_AXIS = "data"
 FSDP_AXIS = "fsdp"
 MESH_AXES = (DATA_AXIS, FSDP_AXIS)
@@ -57,10 +59,10 @@ def mesh_axes(config) -> dict[str, int]:
   given = dict(config.get("mesh") or {})
   unknown = sorted(set(given) - set(MESH_AXES))
   if unknown:
-    raise ValueError(f"config.mesh: unknown axis {unknown}; the axes are {list(MESH_AXES)}")
+    raise errors.ConfigError(f"config.mesh: unknown axis {unknown}; the axes are {list(MESH_AXES)}")
   axes = {DATA_AXIS: -1, FSDP_AXIS: 1} | {k: int(v) for k, v in given.items()}
   if list(axes.values()).count(-1) > 1 or any(v == 0 or v < -1 for v in axes.values()):
-    raise ValueError(f"config.mesh={axes}: each axis is a positive size, or -1 (at most one) for the rest")
+    raise errors.ConfigError(f"config.mesh={axes}: each axis is a positive size, or -1 (at most one) for the rest")
   return axes
 
 
@@ -77,8 +79,8 @@ def resolve_axes(axes: Mapping[str, int], n_devices: int) -> dict[str, int]:
   fixed = math.prod(v for v in axes.values() if v != -1)
   sizes = {k: (n_devices // fixed if v == -1 else v) for k, v in axes.items()}
   if n_devices % fixed or math.prod(sizes.values()) != n_devices:
-    raise ValueError(f"config.mesh={dict(axes)} does not cover the {n_devices} devices "
-                     f"(the sizes must multiply to {n_devices})")
+    raise errors.ConfigError(f"config.mesh={dict(axes)} does not cover the {n_devices} devices "
+                             f"(the sizes must multiply to {n_devices})")
   return sizes
 
 
@@ -93,8 +95,8 @@ def make_mesh(axes: Mapping[str, int] | None = None, devices=None) -> Mesh:
   slices = len({getattr(d, "slice_index", 0) for d in devices})
   if slices > 1:
     if sizes[DATA_AXIS] % slices:
-      raise ValueError(f"config.mesh 'data' axis of {sizes[DATA_AXIS]} must be a multiple of the {slices} slices "
-                       f"(data parallelism spans slices over DCN)")
+      raise errors.ConfigError(f"config.mesh 'data' axis of {sizes[DATA_AXIS]} must be a multiple of the {slices} "
+                               f"slices (data parallelism spans slices over DCN)")
     ici = [sizes[DATA_AXIS] // slices, sizes[FSDP_AXIS]]
     grid = mesh_utils.create_hybrid_device_mesh(ici, [slices, 1], devices)
   elif devices[0].platform == "tpu":
@@ -150,7 +152,8 @@ def local_batch_size(global_batch_size: int) -> int:
   """This process's share of the global batch (checks it divides over processes and devices)."""
   n_proc, n_dev = jax.process_count(), jax.device_count()
   if global_batch_size % n_dev:
-    raise ValueError(f"config.data.batch_size={global_batch_size} must be a multiple of the device count {n_dev}")
+    raise errors.ConfigError(f"config.data.batch_size={global_batch_size} must be a multiple of the device count "
+                             f"{n_dev}")
   return global_batch_size // n_proc
 
 

@@ -16,6 +16,8 @@ from typing import Any, Callable
 
 import jax
 
+from translocator_jax import errors
+
 GIB = 2 ** 30
 
 
@@ -50,11 +52,11 @@ COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute
 _COLLECTIVE_OP = re.compile(rf"^\s*(?:ROOT )?%\S+ = .*? ({'|'.join(COLLECTIVES)})(?:-start)?\(")
 
 
-class DoesNotFitError(ValueError):
+class DoesNotFitError(errors.ConfigError):
   """A program needs more HBM than a chip has; the message says by how much and what would help."""
 
 
-class TopologyError(ValueError):
+class TopologyError(errors.ConfigError):
   """An unknown topology name, or libtpu missing; the message lists what works."""
 
 

@@ -24,14 +24,14 @@ from typing import Iterator
 import jax
 import numpy as np
 
-from translocator_jax.runtime import cli
+from translocator_jax import errors
 
 LOCK_FILE = ".lock"
 # Scheduler variables that name the job holding the lock (the first one set is recorded).
 JOB_ID_VARS = ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "JOB_ID")
 
 
-class WorkdirLockedError(cli.UserError):
+class WorkdirLockedError(errors.UserError):
   """Another job trains in this workdir; the message names it (host, pid) and what to do."""
 
 

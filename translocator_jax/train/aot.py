@@ -14,7 +14,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from translocator_jax import models
+from translocator_jax import errors, models
 from translocator_jax.data.pipeline import inputs
 from translocator_jax.data.records import schema
 from translocator_jax.runtime import sharding as sharding_lib
@@ -27,8 +27,8 @@ def _check_heads(config: ml_collections.ConfigDict) -> None:
   unresolved = [h for h, n in config.model.heads.items() if not int(n or 0)]
   if unresolved:
     example = " ".join(f"--set model.heads.{h}=N" for h in unresolved)
-    raise ValueError(f"config.model.heads {unresolved} have size 0 (taken from the dataset's partitions when "
-                     f"training); a compile reads no data, so give them: {example}")
+    raise errors.ConfigError(f"config.model.heads {unresolved} have size 0 (taken from the dataset's partitions "
+                             f"when training); a compile reads no data, so give them: {example}")
 
 
 def abstract_train_state(config: ml_collections.ConfigDict, model, tx, mesh) -> tuple[Any, Any]:
@@ -51,7 +51,8 @@ def lower_train_step(config: ml_collections.ConfigDict, devices: list[Any]):
   mesh = sharding_lib.make_mesh(sharding_lib.mesh_axes(config), devices)
   global_batch = int(config.data.batch_size)
   if global_batch % len(devices):
-    raise ValueError(f"config.data.batch_size={global_batch} must be a multiple of the {len(devices)} devices")
+    raise errors.ConfigError(f"config.data.batch_size={global_batch} must be a multiple of the {len(devices)} "
+                             "devices")
   model = models.build_model(config.model, sharding_lib.platform(mesh))
   tx, schedule = optim_lib.make_optimizer(config.optim, int(config.train.total_steps))
   state, state_shardings = abstract_train_state(config, model, tx, mesh)

@@ -23,15 +23,15 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
+from translocator_jax import errors
 from translocator_jax.runtime import checkpoints as ckpt_lib
-from translocator_jax.runtime import cli
 
 FILE = "bad_records.json"
 DEFAULT_MAX = 100
 AGREE_EVERY = 10  # steps between two all-gathers of the over-the-limit flag when there are several hosts
 
 
-class TooManyBadRecords(cli.Fault):
+class TooManyBadRecords(errors.Fault):
   """More records than data.max_bad_records could not be read or decoded; the step reached is saved."""
 
   def __init__(self, count: int, limit: int, step: int, checkpoint: Any, listed: Any):
@@ -50,7 +50,7 @@ class BadRecords:
                locate: Callable[[int], tuple[str | None, int | None]] | None = None,
                agree_every: int = AGREE_EVERY):
     if int(limit) < 0:
-      raise ValueError(f"data.max_bad_records must be >= 0, got {limit}")
+      raise errors.ConfigError(f"config.data.max_bad_records={limit!r}: must be >= 0")
     self.limit = int(limit)
     self.locate = locate
     self.agree_every = max(int(agree_every), 1)

@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from translocator_jax import models
+from translocator_jax import errors, models
 from translocator_jax.data import registry
 from translocator_jax.data.pipeline import inputs
 from translocator_jax.data.records import schema
@@ -74,7 +74,8 @@ def resolve_head_sizes(config: ml_collections.ConfigDict, partitions) -> None:
       config.model.heads[name] = int(p.num_classes)
   unresolved = [h for h, n in config.model.heads.items() if not int(n or 0)]
   if unresolved:
-    raise ValueError(f"config.model.heads {unresolved} have size 0 and the training set gives no partition for them")
+    raise errors.ConfigError(f"config.model.heads {unresolved} have size 0 and the training set gives no partition "
+                             "for them")
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
@@ -105,8 +106,8 @@ def _train(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
   inputs.check_records(info, config.data.get("train_split", "train"))  # before the model is built
   if info.num_seg_classes and config.model.get("seg_input") == "classes":
     if int(config.model.num_seg_classes) < info.num_seg_classes:
-      raise ValueError(f"config.model.num_seg_classes={config.model.num_seg_classes} < the dataset's "
-                       f"{info.num_seg_classes} segmentation classes")
+      raise errors.ConfigError(f"config.model.num_seg_classes={config.model.num_seg_classes} < the dataset's "
+                               f"{info.num_seg_classes} segmentation classes")
   partitions = registry.load_partitions(info)
   resolve_head_sizes(config, partitions)
   ckpt_lib.write_config(workdir, config)

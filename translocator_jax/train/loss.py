@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from translocator_jax import errors
 from translocator_jax.data.records import schema
 
 EARTH_RADIUS_KM = 6371.0
@@ -34,7 +35,8 @@ def head_labels(batch: Mapping[str, jax.Array], head: str) -> jax.Array:
     return batch["cells"][:, schema.PARTITION_NAMES.index(head)]
   if head == "scene":
     return batch["scene"]
-  raise KeyError(f"no labels for head {head!r}: want one of {schema.PARTITION_NAMES + ('scene',)}")
+  raise errors.ConfigError(f"config.model.heads: no labels for head {head!r}; want one of "
+                           f"{schema.PARTITION_NAMES + ('scene',)}")
 
 
 def valid_mask(batch: Mapping[str, jax.Array], labels: jax.Array) -> jax.Array:
@@ -97,7 +99,8 @@ def multitask_loss(logits: Mapping[str, jax.Array], batch: Mapping[str, jax.Arra
     is_geo = head in schema.PARTITION_NAMES
     use_hav = is_geo and tau > 0
     if use_hav and (cell_latlon is None or head not in cell_latlon):
-      raise ValueError(f"loss.haversine_tau_km > 0 needs the cell coordinates of partition {head!r}")
+      raise errors.ConfigError(f"config.loss.haversine_tau_km > 0 needs the cell coordinates of partition {head!r} "
+                               "(a training set with partitions)")
     targets = soft_targets(labels, head_logits.shape[-1], label_smoothing=eps,
                            true_latlon=batch["latlon"] if use_hav else None,
                            cell_latlon=jnp.asarray(cell_latlon[head]) if use_hav else None,

@@ -8,6 +8,7 @@ import jax
 import ml_collections
 import optax
 
+from translocator_jax import errors
 from translocator_jax.models import layout
 
 DEFAULT_DECAY_REGEX = r"(^|/)kernel$"
@@ -63,7 +64,8 @@ def group_schedules(optim: ml_collections.ConfigDict, total_steps: int) -> dict[
   multipliers = dict(optim.get("lr_multipliers", None) or {})
   unknown = sorted(set(multipliers) - set(GROUPS))
   if unknown:
-    raise ValueError(f"config.optim.lr_multipliers: unknown group(s) {unknown}; the groups are {list(GROUPS)}")
+    raise errors.ConfigError(f"config.optim.lr_multipliers: unknown group(s) {unknown}; the groups are "
+                             f"{list(GROUPS)}")
   return {g: (lambda m: (lambda step: m * schedule(step)))(float(multipliers.get(g, 1.0))) for g in GROUPS}
 
 
@@ -84,7 +86,7 @@ def _base_optimizer(optim: ml_collections.ConfigDict, learning_rate: optax.Sched
   if name == "adamw":
     return optax.adamw(learning_rate, b1=float(optim.get("b1", 0.9)), b2=float(optim.get("b2", 0.999)),
                        eps=float(optim.get("eps", 1e-8)), weight_decay=wd, mask=mask)
-  raise ValueError(f"config.optim.name: unknown optimizer {optim.name!r} (want 'sgd' or 'adamw')")
+  raise errors.ConfigError(f"config.optim.name: unknown optimizer {optim.name!r} (want 'sgd' or 'adamw')")
 
 
 def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int

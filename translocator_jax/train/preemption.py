@@ -29,12 +29,12 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
-from translocator_jax.runtime import cli
+from translocator_jax import errors
 
 AGREE_EVERY = 10  # steps between two all-gathers of the local flag when there are several processes
 
 
-class TrainingPreempted(cli.Fault):
+class TrainingPreempted(errors.Fault):
   """Training stopped on a signal after saving the step it was in; rerunning the same command resumes from it."""
 
   def __init__(self, step: int, signum: int, checkpoint: Any):

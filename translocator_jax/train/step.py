@@ -11,6 +11,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from translocator_jax import errors
 from translocator_jax.data.pipeline import device_finish
 from translocator_jax.runtime import sharding as sharding_lib
 from translocator_jax.train import loss as loss_lib
@@ -111,7 +112,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, config: 
     else:
       b = batch["image"].shape[0]
       if b % accum:
-        raise ValueError(f"batch size {b} is not a multiple of optim.grad_accum_steps={accum}")
+        raise errors.ConfigError(f"batch size {b} (config.data.batch_size) is not a multiple of "
+                                 f"config.optim.grad_accum_steps={accum}")
       # Row i goes to micro-batch i % accum: the sharded batch axis stays sharded.
       micro = jax.tree.map(lambda x: jnp.swapaxes(x.reshape((b // accum, accum) + x.shape[1:]), 0, 1), batch)
 

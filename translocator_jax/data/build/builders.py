@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from translocator_jax import paths
+from translocator_jax import errors, paths
 from translocator_jax.data import registry
 from translocator_jax.data.build import images as images_lib
 from translocator_jax.data.build import segmenter as segmenter_lib
@@ -40,11 +40,11 @@ def default_partition_paths() -> list[str]:
   try:
     root = paths.shared_data_dir() / "partitions"
   except FileNotFoundError as e:
-    raise build.BuildError(f"{e}; pass the partition CSVs explicitly (or build without cells)") from None
+    raise errors.BuildError(f"{e}; pass the partition CSVs explicitly (or build without cells)") from None
   files = [root / f"cells_50_{t}.csv" for t in (5000, 2000, 1000)]
   missing = [str(f) for f in files if not f.is_file()]
   if missing:
-    raise build.BuildError(f"partition files not found: {missing}")
+    raise errors.BuildError(f"partition files not found: {missing}")
   return [str(f) for f in files]
 
 
@@ -74,7 +74,7 @@ def read_table(csv_path: os.PathLike | str, columns: dict) -> tuple[list[dict], 
     need = [columns[k] for k in ("id", "lat", "lon")]
     absent = [c for c in need if c not in header]
     if absent:
-      raise build.BuildError(f"{csv_path}: missing column(s) {absent}; header is {header}")
+      raise errors.BuildError(f"{csv_path}: missing column(s) {absent}; header is {header}")
     scene_cols = [columns.get(k) if columns.get(k) in header else None for k in ("s3", "s16", "s365")]
     for n, rec in enumerate(reader, start=2):  # Row numbers as a spreadsheet shows them (header = 1).
       where = f"{csv_path}:row {n}"
@@ -136,7 +136,7 @@ def plan_items(rows: Sequence[dict], csv_path, rgb_store, seg_store, *, seg_name
     items.append(build.Item(image_id=r["id"], rgb_name=name, seg_name=seg,
                             latlon=(float(latlon[0]), float(latlon[1])), scenes=r["scenes"]))
   if no_seg and missing_seg == "error":
-    raise build.BuildError(
+    raise errors.BuildError(
         f"{len(no_seg)} of {len(rows)} images have no segmentation map (first: {no_seg[:5]}; map names from "
         f"{seg_name!r}). Pass the map folder/tarball, or a segmenter model (python -m data_prep.segment, or "
         "--segmenter MODEL_DIR) to make them.")
@@ -160,11 +160,11 @@ def _stores(images, segmentations, staging):
 
 
 def check_model_dir(model_dir) -> None:
-  """BuildError unless `model_dir` looks like a saved transformers model (before any photo is read)."""
+  """errors.BuildError unless `model_dir` looks like a saved transformers model (before any photo is read)."""
   if not os.path.isdir(model_dir):
-    raise build.BuildError(f"segmenter model folder not found: {model_dir}")
+    raise errors.BuildError(f"segmenter model folder not found: {model_dir}")
   if not os.path.isfile(os.path.join(model_dir, "config.json")):
-    raise build.BuildError(f"{model_dir}: not a transformers model folder (no config.json)")
+    raise errors.BuildError(f"{model_dir}: not a transformers model folder (no config.json)")
 
 
 def _options(name, split, output_dir, partition_paths, segmenter_dir, **kw) -> build.BuildOptions:
@@ -172,7 +172,7 @@ def _options(name, split, output_dir, partition_paths, segmenter_dir, **kw) -> b
     partition_paths = default_partition_paths()
   for p in partition_paths:
     if not os.path.isfile(p):
-      raise build.BuildError(f"partition file not found: {p}")
+      raise errors.BuildError(f"partition file not found: {p}")
   if segmenter_dir:
     check_model_dir(segmenter_dir)
   return build.BuildOptions(name=name, split=split, output_dir=pathlib.Path(output_dir),
@@ -191,7 +191,7 @@ def build_from_csv(*, name: str, split: str, csv_path, images, output_dir, segme
   """
   columns = {**PLACES365_COLUMNS, **(columns or {})}
   if not os.path.isfile(csv_path):
-    raise build.BuildError(f"metadata CSV not found: {csv_path}")
+    raise errors.BuildError(f"metadata CSV not found: {csv_path}")
   if segmenter_dir and missing_seg == "error":
     missing_seg = "segment"
   opts = _options(name, split, output_dir, partition_paths, segmenter_dir, **options)
@@ -215,7 +215,7 @@ def build_benchmark(*, name: str, images, output_dir, csv_path=None, **kw) -> di
   """im2gps / im2gps3k / yfcc26k (CSV from the shared benchmarks folder by default) or yfcc4k (csv_path needed)."""
   if csv_path is None:
     if name not in registry.BENCHMARK_CSVS:
-      raise build.BuildError(f"{name}: pass its metadata CSV (known defaults: {sorted(registry.BENCHMARK_CSVS)})")
+      raise errors.BuildError(f"{name}: pass its metadata CSV (known defaults: {sorted(registry.BENCHMARK_CSVS)})")
     csv_path = paths.shared_data_dir() / "benchmarks" / registry.BENCHMARK_CSVS[name]
   return build_from_csv(name=name, split="test", csv_path=csv_path, images=images, output_dir=output_dir, **kw)
 
@@ -238,9 +238,9 @@ def build_photos(*, input_dir, output_dir, csv_path=None, segmentations=None, se
   having none, for RGB-only models (model.fusion='none').
   """
   if not segmentation_maps and (segmentations or segmenter_dir):
-    raise build.BuildError("--no-seg builds a set without maps: leave out --seg and --segmenter, or drop --no-seg")
+    raise errors.BuildError("--no-seg builds a set without maps: leave out --seg and --segmenter, or drop --no-seg")
   if csv_path is not None and not os.path.isfile(csv_path):
-    raise build.BuildError(f"positions CSV not found: {csv_path}")
+    raise errors.BuildError(f"positions CSV not found: {csv_path}")
   opts = _options(name, split, output_dir, partition_paths, segmenter_dir, maps_oriented=maps_oriented,
                   segmentation_maps=segmentation_maps, **options)
   staging = opts.output_dir / build.STAGING
@@ -273,7 +273,7 @@ def build_photos(*, input_dir, output_dir, csv_path=None, segmentations=None, se
   skipped += [{"source": f"{csv_path}:row {row}", "reason": f"photo {p!r} not found under {input_dir}"}
               for p, (row, _, _) in positions.items() if p not in listed]
   if no_seg and not segmenter_dir and segmentation_maps:
-    raise build.BuildError(
+    raise errors.BuildError(
         f"{len(no_seg)} photos have no segmentation map (first: {no_seg[:5]}); pass --segmenter MODEL_DIR (an "
         "ADE20K SegFormer/UperNet folder) or --seg with maps named like the photos (or --no-seg: a set without "
         "maps, for RGB-only models, model.fusion='none')")

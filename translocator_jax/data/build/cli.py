@@ -2,7 +2,7 @@
 
 Exit status: 0 when the dataset was written (skipped files are listed in report.json and counted on stderr),
 2 when the build could not run (bad arguments, missing inputs, missing segmentation maps without a segmenter, an
-output folder holding another build). A `main` raises what stops it (BuildError, a missing file, a bad value);
+output folder holding another build). A `main` raises what stops it (errors.BuildError, a missing file, a bad value);
 the data_prep scripts run it under runtime.cli.run, the set-up of every command, which prints that as one line
 `PROG: error: ...` and exits 2.
 """

@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from translocator_jax import errors
 from translocator_jax.data.records import palette as palette_lib
 from translocator_jax.data.records import schema
 
@@ -23,7 +24,7 @@ DEFAULT_JPEG_QUALITY = 90
 _RESAMPLE = Image.Resampling.BICUBIC
 
 
-class BadInput(ValueError):
+class BadInput(errors.DataError):
   """A file or row that cannot go into a dataset; the message is the reason written to report.json."""
 
 

@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 import tqdm
 
+from translocator_jax import errors
 from translocator_jax.data.build import images
 from translocator_jax.data.records import schema
 from translocator_jax.data.records import sources
@@ -30,7 +31,7 @@ def read_csv_latlon(path: pathlib.Path, lat_column: str = "LAT", lon_column: str
   with path.open(newline="", encoding="utf-8-sig") as f:
     reader = csv.DictReader(f)
     if not {lat_column, lon_column} <= set(reader.fieldnames or []):
-      raise ValueError(f"{path}: needs columns {lat_column!r} and {lon_column!r}, has {reader.fieldnames}")
+      raise errors.DataError(f"{path}: needs columns {lat_column!r} and {lon_column!r}, has {reader.fieldnames}")
     for line, row in enumerate(tqdm.tqdm(reader, desc="coordinates", disable=not progress), start=2):
       try:
         latlon.append(images.check_latlon(row[lat_column], row[lon_column]))
@@ -57,7 +58,7 @@ def build_partitions(input_path: os.PathLike | str, out_dir: os.PathLike | str, 
   else:
     raise FileNotFoundError(f"{input_path}: no such CSV file or dataset folder")
   if not len(latlon):
-    raise ValueError(f"{input_path}: no usable coordinates ({len(skipped)} bad rows)")
+    raise errors.DataError(f"{input_path}: no usable coordinates ({len(skipped)} bad rows)")
   out_dir.mkdir(parents=True, exist_ok=True)
   report = {"coordinates": len(latlon), "skipped": skipped, "partitions": []}
   for t in tqdm.tqdm(list(tau_max), desc="partitions", disable=not progress):

@@ -16,6 +16,7 @@ import pathlib
 import numpy as np
 from PIL import Image
 
+from translocator_jax import errors
 from translocator_jax.data.records import palette as palette_lib
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -38,7 +39,7 @@ class Segmenter:
     self.model.eval().to(device)
     num_labels = self.model.config.num_labels
     if num_labels != palette_lib.NUM_CLASSES:
-      raise ValueError(f"{model_dir}: model has {num_labels} labels; an ADE20K-150 model is needed")
+      raise errors.CheckpointError(f"{model_dir}: model has {num_labels} labels; an ADE20K-150 model is needed")
     mean, std = _IMAGENET_MEAN, _IMAGENET_STD
     pre = model_dir / "preprocessor_config.json"
     if pre.is_file():

@@ -19,6 +19,8 @@ from typing import Iterable
 
 from tqdm import tqdm
 
+from translocator_jax import errors
+
 TAR_SUFFIXES = (".tar", ".tgz", ".tar.gz", ".tbz2", ".tar.bz2", ".txz", ".tar.xz")
 # A single member bigger than this is not a photo; reading it whole would only exhaust memory.
 MAX_MEMBER_BYTES = 512 * 1024 * 1024
@@ -195,7 +197,7 @@ def open_store(path: os.PathLike | str, staging_dir: os.PathLike | str, role: st
   if not path.exists():
     raise FileNotFoundError(f"{role} input not found: {path}")
   if not is_tarball(path):
-    raise ValueError(f"{role} input {path} is neither a folder nor a tar archive")
+    raise errors.BuildError(f"{role} input {path} is neither a folder nor a tar archive")
   return TarStore(path, pathlib.Path(staging_dir) / f"spool-{role}.sqlite", progress=progress)
 
 

@@ -32,6 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from translocator_jax import errors
 from translocator_jax.data.build import images as images_lib
 from translocator_jax.data.build import segmenter
 from translocator_jax.data.records import manifest
@@ -42,10 +43,6 @@ STAGING = "_staging"
 REPORT = "report.json"
 BUILD_STATE = "build.json"
 SHARD_TEMPLATE = "{name}-{split}.array_record-{index:05d}-of-{count:05d}"
-
-
-class BuildError(RuntimeError):
-  """The build cannot run at all (missing input, conflicting output folder, ...): the CLI exits non-zero."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,12 +262,13 @@ def write_dataset(items: Sequence[Item], rgb_store, seg_store, plan_skipped: Seq
   if state_path.exists():
     state = json.loads(state_path.read_text())
     if state.get("fingerprint") != fingerprint:
-      raise BuildError(f"{out_dir} holds a build of other inputs or options (see {state_path}); use a new output "
-                       "folder or remove this one")
+      raise errors.BuildError(f"{out_dir} holds a build of other inputs or options (see {state_path}); use a new "
+                              "output folder or remove this one")
   else:
     stale = [p.name for p in out_dir.glob(f"{options.name}-{options.split}.array_record-*")]
     if stale:
-      raise BuildError(f"{out_dir} already holds shards {stale[:3]} of an unknown build; use a new output folder")
+      raise errors.BuildError(f"{out_dir} already holds shards {stale[:3]} of an unknown build; use a new output "
+                              "folder")
     state_path.write_text(json.dumps({"fingerprint": fingerprint, "options": options.fingerprint_fields(),
                                       "items": len(items), "pieces": count}, indent=1))
 

@@ -28,7 +28,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from translocator_jax import paths
+from translocator_jax import errors, paths
 from translocator_jax.data.earth_patches import rasters
 from translocator_jax.data.earth_patches import render as earth_render
 from translocator_jax.data.records import manifest
@@ -67,12 +67,12 @@ class Options:
   def __post_init__(self):
     for name in ("num_train", "num_validation", "num_test", "patch_px"):
       if int(getattr(self, name)) <= 0:
-        raise ValueError(f"earth_patches option {name} must be > 0, got {getattr(self, name)}")
+        raise errors.ConfigError(f"earth_patches option {name} must be > 0, got {getattr(self, name)}")
     if not float(self.patch_km) > 0:
-      raise ValueError(f"earth_patches option patch_km must be > 0, got {self.patch_km}")
+      raise errors.ConfigError(f"earth_patches option patch_km must be > 0, got {self.patch_km}")
     if len(self.taus) != schema.NUM_PARTITIONS or any(len(t) != 2 or t[0] >= t[1] for t in self.taus):
-      raise ValueError(f"earth_patches option taus must be {schema.NUM_PARTITIONS} (tau_min < tau_max) pairs, "
-                       f"got {self.taus}")
+      raise errors.ConfigError(f"earth_patches option taus must be {schema.NUM_PARTITIONS} (tau_min < tau_max) pairs, "
+                               f"got {self.taus}")
 
   def split_sizes(self) -> dict[str, int]:
     return {"train": self.num_train, "validation": self.num_validation, "test": self.num_test}
@@ -285,13 +285,13 @@ def __getattr__(name):  # `earth_patches.EarthPatches` without importing TFDS at
 def resolve_options(config: str = "default", **overrides) -> tuple[str, Options]:
   """(config name, Options): a preset, or a preset with overrides under a name derived from them."""
   if config not in PRESETS:
-    raise ValueError(f"unknown earth_patches config {config!r}; known: {sorted(PRESETS)}")
+    raise errors.ConfigError(f"unknown earth_patches config {config!r}; known: {sorted(PRESETS)}")
   if not overrides:
     return config, PRESETS[config]
   fields = {f.name for f in dataclasses.fields(Options)}
   unknown = sorted(set(overrides) - fields)
   if unknown:
-    raise ValueError(f"unknown earth_patches options {unknown}; known: {sorted(fields)}")
+    raise errors.ConfigError(f"unknown earth_patches options {unknown}; known: {sorted(fields)}")
   if "taus" in overrides:
     overrides["taus"] = tuple(tuple(int(x) for x in t) for t in overrides["taus"])
   options = dataclasses.replace(PRESETS[config], **overrides)

@@ -14,6 +14,7 @@ import math
 import numpy as np
 from PIL import Image
 
+from translocator_jax import errors
 from translocator_jax.data.records import codecs
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -159,7 +160,7 @@ def eval_crops(image: np.ndarray, seg: np.ndarray, size: int, tta: str = "center
   if tta == "ten_crop":
     return ten_crops(image, seg, size, crop_fraction)
   if tta != "center":
-    raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
+    raise errors.ConfigError(f"config.eval.tta={tta!r}; expected one of {TTA_MODES}")
   return resample(image, seg, center_box(h, w, crop_fraction), size)
 
 
@@ -282,4 +283,4 @@ def seg_to_model_input(seg: np.ndarray, seg_input: str, palette: np.ndarray | No
     if palette.dtype != np.float32:  # uint8 colours; callers on a hot path pass normalize(palette) once
       palette = normalize(palette.astype(np.uint8))
     return np.take(palette, seg, axis=0)
-  raise ValueError(f"seg_input must be 'palette' or 'classes', got {seg_input!r}")
+  raise errors.ConfigError(f"config.model.seg_input={seg_input!r}; expected 'palette' or 'classes'")

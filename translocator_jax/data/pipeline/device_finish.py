@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from translocator_jax import errors
 from translocator_jax.data.pipeline import augment
 
 
@@ -36,7 +37,7 @@ class DeviceFinish:
 
   def __init__(self, seg_input: str, palette: np.ndarray | None, platform: str = "cpu"):
     if seg_input not in ("palette", "classes"):
-      raise ValueError(f"seg_input must be 'palette' or 'classes', got {seg_input!r}")
+      raise errors.ConfigError(f"config.model.seg_input={seg_input!r}; expected 'palette' or 'classes'")
     self.seg_input = seg_input
     self.platform = platform
     self._scale, self._shift = augment.normalize_affine()  # [3] float32 each

@@ -33,6 +33,7 @@ from typing import Any, Iterator, Sequence
 import grain
 import numpy as np
 
+from translocator_jax import errors
 from translocator_jax.data.pipeline import augment
 from translocator_jax.data.records import codecs
 from translocator_jax.data.records import schema
@@ -64,7 +65,7 @@ def _absl_flags_ready() -> None:
 
 def _check_seg_input(seg_input: str, palette) -> None:
   if seg_input not in ("palette", "classes"):
-    raise ValueError(f"seg_input must be 'palette' or 'classes', got {seg_input!r}")
+    raise errors.ConfigError(f"config.model.seg_input={seg_input!r}; expected 'palette' or 'classes'")
   if seg_input == "palette" and palette is None:
     raise ValueError("seg_input='palette' needs the dataset's palette ([num_classes, 3] uint8)")
 
@@ -109,8 +110,8 @@ class _Fields:
     worst = segs.reshape(len(segs), -1).max(axis=1)
     bad = {ex.get(schema.IMAGE_ID, ex.get(sources.INDEX)): int(m) for ex, m in zip(records, worst)
            if m >= len(self.palette)}
-    raise ValueError(f"segmentation maps hold classes past the palette ({len(self.palette)} colours): {bad} "
-                     "(record: its largest class)")
+    raise errors.DataError(f"segmentation maps hold classes past the palette ({len(self.palette)} colours): {bad} "
+                           "(record: its largest class)")
 
 
 def _zeros_if_no_map(seg: Any, hw: tuple[int, int]) -> Any:
@@ -125,8 +126,8 @@ def _split(ex: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
   if seg.ndim == 3:
     seg = seg[..., 0]
   if image.shape[:2] != seg.shape:
-    raise ValueError(f"record {ex.get(schema.IMAGE_ID, ex.get(sources.INDEX))!r}: image {image.shape[:2]} and "
-                     f"segmentation {seg.shape} differ in size")
+    raise errors.DataError(f"record {ex.get(schema.IMAGE_ID, ex.get(sources.INDEX))!r}: image {image.shape[:2]} "
+                           f"and segmentation {seg.shape} differ in size")
   return image, seg
 
 
@@ -181,8 +182,8 @@ class TrainAugment:
         seg = seg[..., 0] if seg.ndim == 3 else seg
         seg_hw = seg.shape
     if tuple(hw) != tuple(seg_hw):
-      raise ValueError(f"record {ex.get(schema.IMAGE_ID, ex.get(sources.INDEX))!r}: image {tuple(hw)} and "
-                       f"segmentation {tuple(seg_hw)} differ in size")
+      raise errors.DataError(f"record {ex.get(schema.IMAGE_ID, ex.get(sources.INDEX))!r}: image {tuple(hw)} and "
+                             f"segmentation {tuple(seg_hw)} differ in size")
     return image, seg, tuple(hw)
 
   def apply(self, image: Any, seg: Any, box: augment.Box, flip: bool, image_out: np.ndarray,
@@ -378,7 +379,7 @@ def train_loader(source: Any, *, batch_size: int, image_size: int, seg_input: st
       rotation, flip, 256/224 resize and ten crops: a crop axis after the batch axis; finish must be 'device').
   """
   if augmentation not in ("crop", "authors_ten_crop"):
-    raise ValueError(f"augmentation must be 'crop' or 'authors_ten_crop', got {augmentation!r}")
+    raise errors.ConfigError(f"config.data.augmentation={augmentation!r}; expected 'crop' or 'authors_ten_crop'")
   if augmentation == "authors_ten_crop" and finish != "device":
     raise ValueError("augmentation='authors_ten_crop' needs finish='device' (the train step finishes the crops)")
   _check_seg_input(seg_input, palette)
@@ -389,8 +390,8 @@ def train_loader(source: Any, *, batch_size: int, image_size: int, seg_input: st
     finish = "main" if worker_count else "workers"
   shard_len = len(source) // shard_count
   if shard_len < batch_size:
-    raise ValueError(f"{source!r}: {len(source)} records cannot fill a batch of {batch_size} on each of "
-                     f"{shard_count} shards")
+    raise errors.ConfigError(f"{source!r}: {len(source)} records cannot fill a batch of {batch_size} on each of "
+                             f"{shard_count} shards (config.data.batch_size)")
   if getattr(source, "decode", False) and hasattr(source, "undecoded"):
     source = source.undecoded()  # e.g. sources.ArrayRecordSource: ShardBatches decodes, with the lean decoders
   positions = np.arange(shard_index * shard_len, (shard_index + 1) * shard_len, dtype=np.int64)
@@ -549,9 +550,9 @@ def eval_loader(source: Any, *, batch_size: int, image_size: int, seg_input: str
   """
   _check_seg_input(seg_input, palette)
   if tta not in augment.TTA_MODES:
-    raise ValueError(f"tta must be one of {augment.TTA_MODES}, got {tta!r}")
+    raise errors.ConfigError(f"config.eval.tta={tta!r}; expected one of {augment.TTA_MODES}")
   if not 0.0 < crop_fraction <= 1.0:
-    raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
+    raise errors.ConfigError(f"config.eval.crop_fraction={crop_fraction!r}: must be in (0, 1]")
   if finish not in ("host", "device"):
     raise ValueError(f"eval finish must be 'host' or 'device', got {finish!r}")
   shard_index, shard_count = _process_shard(shard_index, shard_count)

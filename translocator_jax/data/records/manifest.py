@@ -28,6 +28,8 @@ from typing import Any, Iterable, Sequence
 
 import xxhash
 
+from translocator_jax import errors
+
 MANIFEST = "shards.json"
 FORMAT = 1
 CHECKSUM = "xxh3_64"  # xxHash3, 64 bit: ~20 GB/s a core here, far above a disk's rate, so verify is I/O-bound
@@ -37,7 +39,7 @@ log = logging.getLogger(__name__)
 _warned: set[str] = set()
 
 
-class DamagedShardError(ValueError):
+class DamagedShardError(errors.DataError):
   """A shard is missing or differs from its manifest; the message names the file, what differs and the rebuild."""
 
 
@@ -56,13 +58,13 @@ def checksum(path: str | os.PathLike) -> str:
 
 
 def count_records(path: str | os.PathLike) -> int:
-  """Records in an ArrayRecord file, from its footer (the index); ValueError when the footer cannot be read."""
+  """Records in an ArrayRecord file, from its footer (the index); errors.DataError when the footer cannot be read."""
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
 
   reader = array_record_module.ArrayRecordReader(os.fspath(path))
   try:
     if not reader.ok():
-      raise ValueError(f"{path}: not a readable ArrayRecord file (its footer cannot be read)")
+      raise errors.DataError(f"{path}: not a readable ArrayRecord file (its footer cannot be read)")
     return int(reader.num_records())
   finally:
     try:

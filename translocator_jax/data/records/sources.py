@@ -26,6 +26,7 @@ from typing import Any
 from google.protobuf import message as protobuf_message
 import numpy as np
 
+from translocator_jax import errors
 from translocator_jax.data.records import codecs, manifest, schema
 
 INDEX = "index"
@@ -34,7 +35,7 @@ INDEX = "index"
 READ_ERRORS = (RuntimeError, OSError, ValueError, protobuf_message.DecodeError)
 
 
-class BadRecordError(ValueError):
+class BadRecordError(errors.DataError):
   """One record cannot be read or decoded; `file` and `record` say where (the shard, the position in it)."""
 
   def __init__(self, text: str, *, file: str | None = None, record: int | None = None, index: int | None = None,
@@ -69,7 +70,7 @@ class TfdsSource:
 
       builder = tfds.builder_from_directory(self.dataset_dir)
       if self.split not in builder.info.splits:
-        raise KeyError(f"{self.dataset_dir} has no split {self.split!r}; it has {sorted(builder.info.splits)}")
+        raise errors.DataError(f"{self.dataset_dir} has no split {self.split!r}; it has {sorted(builder.info.splits)}")
       decoders = None
       if not self.decode:  # raw JPEG / PNG bytes (benchmarks, custom decoders)
         decoders = {schema.IMAGE: tfds.decode.SkipDecoding(), schema.SEGMENTATION: tfds.decode.SkipDecoding()}
@@ -106,7 +107,7 @@ class ArrayRecordSource:
     info = json.loads((pathlib.Path(self.dataset_dir) / "dataset_info.json").read_text())
     splits = {s["name"]: s for s in info.get("splits", [])}
     if split not in splits:
-      raise KeyError(f"{self.dataset_dir} has no split {split!r}; it has {sorted(splits)}")
+      raise errors.DataError(f"{self.dataset_dir} has no split {split!r}; it has {sorted(splits)}")
     shards = manifest.split_shards(self.dataset_dir)[split]
     self.files = [os.fspath(p) for p, _ in shards]
     missing = [f for f in self.files if not os.path.exists(f)]
