@@ -1,6 +1,6 @@
 """The train step compiled for Cloud TPU topologies from this CPU-only host (deviceless AOT, libtpu).
 
-  python benchmarks/tpu_compile.py                       # the README's table (about an hour on 2 cores)
+  python benchmarks/tpu_compile.py                       # the table of docs/tpu.md (about an hour on 2 cores)
   python benchmarks/tpu_compile.py --cases b16_bf16@v5e:4x4 l16_bf16_remat_fsdp@v5e:4x4
   python benchmarks/tpu_compile.py --list
 
@@ -44,9 +44,9 @@ CASES = {  # the paper config rematerialises selectively (model.remat_policy) un
     "l16_bf16_fsdp_fullremat": BF16 + L16 + FSDP + ("model.remat_policy=nothing_saveable",),
     "l16_bf16_fullremat": BF16 + L16 + ("model.remat_policy=nothing_saveable",),
 }
-# The README's table: the paper's B/16 on the pods people rent, at its batch (1024) and the largest that fits,
+# The table of docs/tpu.md: the paper's B/16 on the pods people rent, at its batch (1024) and the largest that fits,
 # L/16 with and without FSDP, and compile time unscanned against scanned.
-README_CASES = (
+TABLE_CASES = (
     "b16_bf16_noremat@v5e:4x4", "b16_bf16@v5e:4x4", "b16_bf16_scan@v5e:4x4", "b16_bf16_fsdp@v5e:4x4",
     "b16_bf16_noremat_fsdp@v5e:4x4", "b16_f32@v5e:4x4", "l16_bf16_noremat@v5e:4x4", "l16_bf16_fsdp@v5e:4x4",
     "l16_bf16_fsdp_scan@v5e:4x4", "l16_bf16_fullremat@v5e:4x4", "l16_bf16_fsdp_fullremat@v5e:4x4",
@@ -89,7 +89,7 @@ def run_case(case: str) -> dict:
 
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--cases", nargs="*", default=list(README_CASES))
+  p.add_argument("--cases", nargs="*", default=list(TABLE_CASES))
   p.add_argument("--list", action="store_true")
   args = p.parse_args()
   if args.list:

@@ -1,6 +1,6 @@
 """The paper's setup: TransLocator B/16 at 224 px on MP-16, three S2 partitions, S3 scene head.
 
-Run (TPU pod or one host; see README "Reproducing the paper"):
+Run (TPU pod or one host; see docs/paper.md):
   translocator-train --config configs/translocator_b16_mp16.py --workdir gs://BUCKET/tl_b16
   translocator-train --config configs/translocator_b16_mp16.py:runlocal --workdir /tmp/tl_b16_local
   translocator-train --config configs/translocator_b16_mp16.py:authors --workdir gs://BUCKET/tl_b16_authors

@@ -7,7 +7,7 @@ import os
 import sys
 
 # XNNPACK runs XLA:CPU's dots faster than its default path on the AVX-512 CPUs this project trains on; the
-# alternatives (ynn/onednn dot fusions, +eltwise) measured no better (benchmarks/model_step.py; README speed table).
+# alternatives (ynn/onednn dot fusions, +eltwise) measured no better (benchmarks/model_step.py; docs/performance.md).
 CPU_FLAGS = ("--xla_cpu_experimental_xnn_fusion_type=dot",)
 
 # glibc mallopt parameters (malloc.h).
