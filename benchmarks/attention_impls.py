@@ -34,18 +34,18 @@ def main(argv=None):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from translocator_jax.models import vit  # pylint: disable=g-import-not-at-top
+  from translocator_jax.models import layers as vit_layers  # pylint: disable=g-import-not-at-top
 
   x = jax.random.normal(jax.random.key(0), (args.batch, args.tokens, args.width), jnp.float32)
   dy = jax.random.normal(jax.random.key(1), x.shape, jnp.float32)
   impls = args.impls.split(",")
-  params = vit.MultiHeadDotProductAttention(args.heads, dtype=jnp.dtype(args.dtype)).init(jax.random.key(2), x)
+  params = vit_layers.MultiHeadDotProductAttention(args.heads, dtype=jnp.dtype(args.dtype)).init(jax.random.key(2), x)
 
   result = dict(device_kind=jax.devices()[0].device_kind, jax=jax.__version__, batch=args.batch,
                 tokens=args.tokens, width=args.width, heads=args.heads, dtype=args.dtype, impls={})
   ref = None
   for impl in impls:
-    layer = vit.MultiHeadDotProductAttention(args.heads, dtype=jnp.dtype(args.dtype), attention=impl)
+    layer = vit_layers.MultiHeadDotProductAttention(args.heads, dtype=jnp.dtype(args.dtype), attention=impl)
 
     def fwd_bwd(params, x, dy, layer=layer):
       y, vjp = jax.vjp(lambda x: layer.apply(params, x).astype(jnp.float32), x)

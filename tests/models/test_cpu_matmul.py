@@ -5,11 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from translocator_jax.models import vit
+from translocator_jax.models import layers as vit_layers
 
 
 def _dense(dtype, platform):
-  return lambda x, w, b: vit._dot(x, w, b, dtype, platform)  # pylint: disable=protected-access
+  return lambda x, w, b: vit_layers.affine(x, w, b, dtype, platform)  # pylint: disable=protected-access
 
 
 @pytest.mark.parametrize("platform", ["cpu", "tpu"])

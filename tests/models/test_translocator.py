@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from translocator_jax import models
+from translocator_jax.models import layers as vit_layers
 from translocator_jax.models import vit
 
 HEADS = {"coarse": 3298, "middle": 7202, "fine": 12893, "scene": 3}
@@ -209,11 +210,11 @@ def test_bad_inputs_and_config(tiny):
 def test_attention_auto_follows_the_target_platform_and_rejects_unknown_names(tiny):
   for platform in ("cpu", "tpu"):
     for dtype in (jnp.float32, jnp.bfloat16):
-      assert vit.resolve_attention("auto", dtype, 64, platform) == "xla"
+      assert vit_layers.resolve_attention("auto", dtype, 64, platform) == "xla"
   # cuDNN when the target is a GPU in 16-bit, whatever backend this (CPU) process has.
-  assert vit.resolve_attention("auto", jnp.bfloat16, 64, "gpu") == "cudnn"
-  assert vit.resolve_attention("auto", jnp.float32, 64, "gpu") == "xla"
-  assert vit.resolve_attention("cudnn", jnp.float32, 64, "cpu") == "cudnn"  # an explicit choice is kept
+  assert vit_layers.resolve_attention("auto", jnp.bfloat16, 64, "gpu") == "cudnn"
+  assert vit_layers.resolve_attention("auto", jnp.float32, 64, "gpu") == "xla"
+  assert vit_layers.resolve_attention("cudnn", jnp.float32, 64, "cpu") == "cudnn"  # an explicit choice is kept
   assert models.build_model(tiny().model, platform="tpu").platform == "tpu"
   assert models.build_model(tiny().model).platform == jax.devices()[0].platform
   with pytest.raises(ValueError, match="platform='mps'"):
@@ -236,7 +237,7 @@ def test_fused_attention_padding_matches_plain_softmax_attention(tokens):
     return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
 
   def fused(q, k, v):
-    return vit.fused_attention(q, k, v, "xla")
+    return vit_layers.fused_attention(q, k, v, "xla")
 
   out = fused(q, k, v)
   assert out.shape == (b, tokens, h, dh)

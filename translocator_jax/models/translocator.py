@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from translocator_jax import errors
+from translocator_jax.models import layers as vit_layers
 from translocator_jax.models import vit
 
 FUSIONS = ("cls_sum", "late_concat", "none")
@@ -48,8 +49,8 @@ class Projection(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     y = nn.LayerNorm(epsilon=self.ln_epsilon, dtype=jnp.float32, param_dtype=jnp.float32, name="LayerNorm_0")(x)
-    y = vit.gelu(y, self.gelu_approximate)
-    y = vit.Dense(x.shape[-1], dtype=self.dtype, platform=self.platform, bias_init=nn.initializers.zeros,
+    y = vit_layers.gelu(y, self.gelu_approximate)
+    y = vit_layers.Dense(x.shape[-1], dtype=self.dtype, platform=self.platform, bias_init=nn.initializers.zeros,
                   name="Dense_0")(y)
     return y.astype(jnp.float32)
 
@@ -161,7 +162,7 @@ class TransLocator(nn.Module):
                          fusion=self.fusion, fusion_kw=fusion_kw)
     init = nn.initializers.zeros if self.head_zeroinit else nn.initializers.xavier_uniform()
     for name, n in self.heads:
-      setattr(self, f"head_{name}", vit.Dense(n, dtype=self.dtype, platform=self.platform, kernel_init=init,
+      setattr(self, f"head_{name}", vit_layers.Dense(n, dtype=self.dtype, platform=self.platform, kernel_init=init,
                                               bias_init=nn.initializers.zeros))
 
   def _fuse(self, i: int, cls_rgb: jax.Array, cls_seg: jax.Array) -> jax.Array:
@@ -175,7 +176,7 @@ class TransLocator(nn.Module):
       return seg.astype(jnp.float32)
     if seg.ndim != 3 or not jnp.issubdtype(seg.dtype, jnp.integer):
       raise ValueError(f"seg_input='classes' expects seg int32 [B,S,S] class indices; got {seg.dtype} {seg.shape}")
-    return jnp.take(vit.used_whole(self.seg_classes.embedding), seg, axis=0)
+    return jnp.take(vit_layers.used_whole(self.seg_classes.embedding), seg, axis=0)
 
   def _layers_scanned(self, x: jax.Array, y: jax.Array | None, train: bool) -> tuple[jax.Array, jax.Array | None]:
     shared = None
@@ -279,7 +280,7 @@ def model_kwargs(model_config: Mapping[str, Any], platform: str | None = None) -
       scan_layers=bool(config_get(model_config, "scan_layers", False)),
       head_zeroinit=bool(config_get(model_config, "head_zeroinit", True)),
       attention=str(config_get(model_config, "attention", "auto")),
-      platform=vit.check_platform(platform or default_platform()),
+      platform=vit_layers.check_platform(platform or default_platform()),
   )
 
 

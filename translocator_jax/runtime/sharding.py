@@ -141,7 +141,7 @@ def state_shardings(abstract_state: Any, mesh: Mesh, fsdp_min_size: int = 2 ** 1
 
 def weights_gathered_where_used(mesh: Mesh) -> contextlib.AbstractContextManager:
   """The context to trace the model in: with parameters split over 'fsdp', the mesh, so that the model gathers
-  each weight whole where it is used (models.vit.used_whole) and, under remat, again in the backward pass rather
+  each weight whole where it is used (models.layers.used_whole) and, under remat, again in the backward pass rather
   than keeping every gathered weight live; nothing without 'fsdp', leaving a data-parallel program unchanged."""
   if mesh.shape[FSDP_AXIS] == 1:
     return contextlib.nullcontext()
