@@ -1,29 +1,23 @@
 """Geo-localization accuracy table: share within thresholds, median / mean km and GeoScore.
 
 `accuracy_table` = one jitted kernel (`_table_kernel`: distances, sums) + one host pass over its output
-(threshold counts, exact median by selection). Shaped by what is fast on XLA:CPU (measured on this 2-core
-machine, 10 M pairs; see benchmarks/accuracy_kernel.py):
+(threshold counts, exact median by selection), each piece where XLA:CPU or numpy is fast (the figures:
+benchmarks/README.md):
   - the kernel computes every pair's distance d (polynomial sin/asin, distance.py) in fused loops over
-    pieces of 2^20 pairs, compiled with fast math (FMA contraction; the formulas' exact differences are
-    shielded by distance._opaque), and returns d as those pieces: one 40 MB output costs ~30 ms more
-    than ten 4 MB ones (fresh large buffers fault their pages in on every call), and an
-    optimization_barrier keeps XLA from re-deriving the distance formula inside each consumer;
+    pieces of 2^20 pairs, compiled with fast math (the formulas' exact differences are shielded by
+    distance._opaque), and returns d as those pieces (fresh large buffers fault their pages in on every call);
+    an optimization_barrier keeps XLA from re-deriving the distance formula inside each consumer;
   - per piece it sums d and exp(-d / 1492.7) (plain sums go to XLA:CPU's fast reduce);
-  - threshold counts and the median are done on the host, in cache-sized chunks of the same arrays on
-    two threads: XLA:CPU reductions of compares run at ~3-5 ns per element (a step built from
-    max/mul/min, min(max(d - t, 0) * 2^126, 1), stays on the fast reduce alone but not several per
-    executable or per piece), and it has no fast selection or compaction (sorting 10 M values ~3 s,
-    jnp.nonzero ~0.5 s, top_k ~0.2 s, scatter ~6 ns per update), while numpy counts 5 thresholds and
-    compacts the median bracket in ~15 ms;
+  - threshold counts and the median are done on the host, in cache-sized chunks on two threads: XLA:CPU has
+    slow reductions of compares and no fast selection or compaction;
   - the median is selected, not sorted: a strided sample (prime stride, so periodic layouts cannot alias
     with it) brackets the two middle ranks, the counting pass also counts the values below the bracket
-    and compacts those inside it (about 2% of them for 10 M random pairs), and np.partition picks the
-    ranks there. If the bracket misses (adversarial layouts), everything is partitioned: the median is
-    always exact, the median of the kernel's own float32 distances, numpy-style (mean of the two middle
-    values for even counts).
+    and compacts those inside it, and np.partition picks the ranks there. If the bracket misses (adversarial
+    layouts), everything is partitioned: the median is always exact, the median of the kernel's own float32
+    distances, numpy-style (mean of the two middle values for even counts).
 Inputs: float32 numpy arrays reach the kernel without a copy: jax.device_put aliases 64-byte aligned
 arrays on CPU, so a misaligned one is passed as its first few rows (copied) plus the aligned rest;
-other numpy inputs are copied piece by piece (jnp.asarray of an unaligned 80 MB array took ~100 ms).
+other numpy inputs are copied piece by piece.
 Thresholds are compared on d, which is within ~4e-7 relative of the float64 distance, so only pairs that
 close to a threshold can differ from a float64 decision.
 """
@@ -147,7 +141,7 @@ def _kernel_input(x, dtype):
   """x as a kernel operand (see _take): a jax array as it is; a float32 numpy array aliased (jax.device_put
   does not copy 64-byte aligned arrays on CPU), past its first few rows if they are misaligned; others
   copied piece by piece: 8 MB buffers come back from the allocator already mapped, an 80 MB one faults
-  its pages in on every call (~15 ms)."""
+  its pages in on every call."""
   if isinstance(x, jax.Array):
     return x.astype(dtype)
   head = _rows_to_alignment(x, dtype)

@@ -61,7 +61,7 @@ def _matmul(x: jax.Array, w: jax.Array, b: jax.Array, dtype: Any, platform: str)
   - the weight and bias gradients accumulate and leave in float32 (`preferred_element_type`), so under a 16-bit
     dtype the cross-device gradient sums that XLA places at these reductions run in float32, not in bfloat16;
   - on a CPU it is written as a plain [K, M] x [M, N] dot: autodiff's dW = x^T dy contracts the lhs's first
-    axis, which XLA:CPU's XNNPACK/YNNPACK dot fusion does not take (the S/16 MLP's backward ran ~30% slower).
+    axis, which XLA:CPU's XNNPACK/YNNPACK dot fusion does not take (slower backward: benchmarks/README.md).
     The smaller operand is transposed explicitly; the barrier stops the simplifier folding that transpose back.
   """
   return jnp.dot(x, w.astype(dtype)) + b.astype(dtype)
@@ -129,9 +129,7 @@ ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 def resolve_attention(attention: str, dtype: Dtype, head_dim: int, platform: str) -> str:
   """'xla' or 'cudnn' for config.model.attention: 'auto' takes cuDNN's fused attention on a GPU in 16-bit
   (what it supports: fp16/bf16, head dim a multiple of 8 up to 128) and XLA's matmul + softmax elsewhere.
-
-  H200, B/16 bfloat16, batch 256 (benchmarks/attention_impls.py, model_step.py): one attention layer's forward +
-  backward 2.46 ms with cuDNN against 3.38 ms with XLA; the whole train step 1579 against 1353 images/s.
+  cuDNN's is the faster on an H200 (benchmarks/README.md).
   """
   if attention not in ATTENTION_IMPLS:
     raise errors.ConfigError(f"config.model.attention={attention!r}; expected one of {ATTENTION_IMPLS}")
@@ -183,7 +181,7 @@ class MultiHeadDotProductAttention(nn.Module):
       ctx = fused_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], "cudnn").reshape(b, n, d)
     else:
       # Heads-major [3, B, H, N, Dh] once, so both attention matmuls are plain batched matmuls (the einsums on
-      # [B, N, H, Dh] made XLA:CPU transpose inside each: ~2-4x slower forward on S/16).
+      # [B, N, H, Dh] made XLA:CPU transpose inside each).
       q, k, v = qkv.transpose(2, 0, 3, 1, 4)
       logits = jnp.einsum("bhqd,bhkd->bhqk", q, k)
       probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)

@@ -33,7 +33,8 @@ def _tiled(width: int) -> tuple[np.ndarray, np.ndarray]:
 def normalize(rgb: np.ndarray) -> np.ndarray:
   """uint8 RGB [..., W, 3] -> float32 ImageNet-normalised.
 
-  Works on rows of W * 3 values: numpy broadcasting over a last axis of 3 is ~10x slower.
+  Works on rows of W * 3 values: numpy broadcasting over a last axis of 3 is much slower
+  (benchmarks/README.md).
   """
   rgb = np.asarray(rgb)
   if rgb.ndim < 2:

@@ -4,7 +4,7 @@ train_loader(finish='device') feeds train.step; eval_loader(finish='device') fee
 
 The host then decodes and crops only: a batch crosses to the accelerator as uint8 photo [B,S,S,3] and uint8 class
 map [B,S,S] (4x and 12x fewer bytes than float32 image and palette colours), and the host CPU, the usual limit of
-an input pipeline on TPU hosts, saves the normalisation and palette lookup (~0.6 ms an image at 224 px here).
+an input pipeline on TPU hosts, saves the normalisation and palette lookup (benchmarks/README.md).
 
 The values are those of the host path bit for bit: the same float32 multiply-add (augment.normalize_affine) and
 the same palette colours (augment.palette_table). Inputs that are already float32 (host-finished batches, synthetic

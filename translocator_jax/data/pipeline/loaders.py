@@ -251,7 +251,7 @@ class TrainBatches:
   Element k is batch k % per_epoch of epoch k // per_epoch: a permutation of the shard's positions seeded by
   (seed, epoch), cut into batch_size pieces (each epoch's remainder is left out), each record cropped and flipped
   with a generator seeded by (seed, shard, k). One grain element per batch keeps grain's per-element cost
-  (sampler, state, stats: ~0.2 ms here) off every image and lets the batch be written in place; grain's DataLoader
+  (sampler, state, stats; benchmarks/README.md) off every image and lets the batch be written in place; grain's DataLoader
   still checkpoints the position exactly, for any worker count. The work runs in grain's reader threads when
   there are any (decoders and resizers release the GIL).
 
