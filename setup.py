@@ -57,10 +57,10 @@ setup(
     extras_require=EXTRAS,
     entry_points={
         "console_scripts": [
-            "translocator-train=translocator_jax.train.main:main",
-            "translocator-eval=translocator_jax.eval.main:main",
-            "translocator-predict=translocator_jax.predict:main",
-            "translocator-gallery=translocator_jax.eval.gallery_main:main",
+            "translocator-train=translocator_jax.commands.train:main",
+            "translocator-eval=translocator_jax.commands.evaluate:main",
+            "translocator-predict=translocator_jax.commands.predict:main",
+            "translocator-gallery=translocator_jax.commands.gallery:main",
         ],
     },
 )

@@ -22,9 +22,10 @@ import sys
 
 import numpy as np
 
-from translocator_jax.demo import CONFIG
-from translocator_jax.eval import gallery, gallery_main, main as evaluation
+from translocator_jax.commands.demo import CONFIG
+from translocator_jax.eval import benchmark as evaluation
 from translocator_jax.geo.metrics import ACC_KEYS
+from translocator_jax.infer import gallery, refine as gallery_main  # train_projection, tune_on_validation
 from translocator_jax.runtime import config_io
 from translocator_jax.train import loop
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from translocator_jax.eval import search
+from translocator_jax.infer import search
 
 
 def main():

@@ -17,8 +17,8 @@ import numpy as np
 
 from translocator_jax.data import registry
 from translocator_jax.data.records import schema, sources
-from translocator_jax.eval import gallery as gallery_lib
 from translocator_jax.geo import distance, nearest
+from translocator_jax.infer import gallery as gallery_lib
 from translocator_jax.runtime import checkpoints
 
 

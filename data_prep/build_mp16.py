@@ -6,8 +6,8 @@ Exit status 0 when written (skipped files listed in OUTPUT/report.json), 2 when 
 """
 import sys
 
-from translocator_jax.data.build import cli
+from translocator_jax.commands import build
 from translocator_jax.runtime import cli as runtime_cli
 
 if __name__ == "__main__":
-  sys.exit(runtime_cli.run(cli.mp16_main, prog=cli.MP16_PROG, distributed=False))
+  sys.exit(runtime_cli.run(build.mp16_main, prog=build.MP16_PROG, distributed=False))

@@ -8,8 +8,8 @@ Writes cells_{tau_min}_{tau_max}.csv for each --tau-max (default 5000 2000 1000)
 """
 import sys
 
-from translocator_jax.data.build import cli
+from translocator_jax.commands import build
 from translocator_jax.runtime import cli as runtime_cli
 
 if __name__ == "__main__":
-  sys.exit(runtime_cli.run(cli.partitions_main, prog=cli.PARTITIONS_PROG, distributed=False))
+  sys.exit(runtime_cli.run(build.partitions_main, prog=build.PARTITIONS_PROG, distributed=False))

@@ -6,8 +6,8 @@ Exit status 0 when written (skipped files listed in OUTPUT/report.json), 2 when 
 """
 import sys
 
-from translocator_jax.data.build import cli
+from translocator_jax.commands import build
 from translocator_jax.runtime import cli as runtime_cli
 
 if __name__ == "__main__":
-  sys.exit(runtime_cli.run(cli.photos_main, prog=cli.PHOTOS_PROG, distributed=False))
+  sys.exit(runtime_cli.run(build.photos_main, prog=build.PHOTOS_PROG, distributed=False))

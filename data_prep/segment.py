@@ -6,8 +6,8 @@ Exit status 0 when written (skipped files listed in OUTPUT/report.json), 2 when 
 """
 import sys
 
-from translocator_jax.data.build import cli
+from translocator_jax.commands import build
 from translocator_jax.runtime import cli as runtime_cli
 
 if __name__ == "__main__":
-  sys.exit(runtime_cli.run(cli.segment_main, prog=cli.SEGMENT_PROG, distributed=False))
+  sys.exit(runtime_cli.run(build.segment_main, prog=build.SEGMENT_PROG, distributed=False))

@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_venv.sh data
-exec .venv/bin/python -m translocator_jax.demo --workdir "${DEMO_WORKDIR:-runs/earth_demo}" "$@"
+exec .venv/bin/python -m translocator_jax.commands.demo --workdir "${DEMO_WORKDIR:-runs/earth_demo}" "$@"

@@ -30,8 +30,8 @@ def earth_tiny_data(tmp_path_factory) -> pathlib.Path:
 def earth_tiny_run(tmp_path_factory, earth_tiny_data):
   """(workdir, data_dir) of configs/earth_demo.py:tiny trained once per test session (about a minute), with its
   confidence radii fitted on validation as translocator-train does."""
-  from translocator_jax import demo
-  from translocator_jax.eval import calibration
+  from translocator_jax.commands import demo
+  from translocator_jax.infer import calibration
   from translocator_jax.train import loop
 
   data_dir = earth_tiny_data

@@ -12,8 +12,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "translocator_jax"
 # Bottom to top. A module belongs to the room of its longest listed prefix; rooms on one line are side by side
 # (neither may import the other).
 LAYERS = (
-    ("translocator_jax.errors",),
     ("translocator_jax.paths",),
+    ("translocator_jax.errors",),
     ("translocator_jax.geo",),
     ("translocator_jax.models",),
     ("translocator_jax.data.records",),
@@ -21,10 +21,9 @@ LAYERS = (
     ("translocator_jax.data.registry",),
     ("translocator_jax.data.build", "translocator_jax.data.pipeline"),
     ("translocator_jax.runtime",),
-    ("translocator_jax.eval",),
-    ("translocator_jax.train",),
-    ("translocator_jax.predict", "translocator_jax.evaluate"),
-    ("translocator_jax.demo",),
+    ("translocator_jax.infer",),
+    ("translocator_jax.eval", "translocator_jax.train"),
+    ("translocator_jax.commands",),
 )
 RANK = {room: rank for rank, rooms in enumerate(LAYERS) for room in rooms}
 

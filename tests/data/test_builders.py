@@ -17,8 +17,8 @@ from PIL import Image
 
 import dataset_fixtures as fx
 from translocator_jax import errors
+from translocator_jax.commands import build as cli
 from translocator_jax.data.build import builders
-from translocator_jax.data.build import cli
 from translocator_jax.data.build import images
 from translocator_jax.data.build import verify
 from translocator_jax.data.build import writer
@@ -181,7 +181,8 @@ def test_records_read_back_where_tensorflow_is_not_importable(folder_build):
 
 _SLOW_BUILD = textwrap.dedent("""
     import sys, time
-    from translocator_jax.data.build import writer as build, cli
+    from translocator_jax.commands import build as cli
+    from translocator_jax.data.build import writer as build
     write_piece = build._write_piece
     def slow(args):  # Slow pieces down so the test can kill the build between pieces.
       rep = write_piece(args)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import dataset_fixtures as fx
-from translocator_jax.data.build import cli
+from translocator_jax.commands import build as cli
 from translocator_jax.geo import cells
 
 

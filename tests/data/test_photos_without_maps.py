@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 
 import dataset_fixtures as fx
-from translocator_jax import errors, paths, predict
+from translocator_jax import errors, paths
+from translocator_jax.commands import build as cli, evaluate as evaluate_cli
 from translocator_jax.data import registry
-from translocator_jax.data.build import cli
 from translocator_jax.data.pipeline import inputs
 from translocator_jax.data.records import schema, sources
-from translocator_jax.eval import main as evaluation
+from translocator_jax.eval import benchmark as evaluation
+from translocator_jax.infer import predictor as predict
 from translocator_jax.runtime import config_io
 from translocator_jax.train import loop
 
@@ -122,9 +123,9 @@ def test_the_trainer_refuses_a_two_stream_model_in_one_line(no_seg_sets, tmp_pat
   data_dir, _ = no_seg_sets
   env = dict(os.environ, TRANSLOCATOR_SHARED_DATA=str(paths.shared_data_dir()))
   out = subprocess.run(
-      [sys.executable, "-m", "translocator_jax.train.main", "--config", EARTH_TINY, "--workdir", str(tmp_path / "w"),
-       "--set", "data.train='mapless'", "--set", f"data.data_dir='{data_dir}'", "--set", "model.seg_input='palette'",
-       "--set", "model.num_seg_classes=150"],
+      [sys.executable, "-m", "translocator_jax.commands.train", "--config", EARTH_TINY, "--workdir",
+       str(tmp_path / "w"), "--set", "data.train='mapless'", "--set", f"data.data_dir='{data_dir}'", "--set",
+       "model.seg_input='palette'", "--set", "model.num_seg_classes=150"],
       capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
   lines = [l for l in out.stderr.splitlines() if l.strip() and "WARNING" not in l]
   assert out.returncode == 2, out.stderr[-2000:]
@@ -157,8 +158,8 @@ def test_a_set_without_maps_is_skipped_in_a_multi_dataset_evaluation(earth_tiny_
   both.mkdir()
   (both / "earth_patches").symlink_to(pathlib.Path(tiny_data) / "earth_patches")
   (both / "mapless_test").symlink_to(mapless_data / "mapless_test")
-  code = evaluation.main(["--workdir", str(workdir), "--datasets", "mapless_test,earth_patches", "--data-dir",
-                          str(both), "--output-dir", str(tmp_path / "out"), "--no-knn", "--json"])
+  code = evaluate_cli.main(["--workdir", str(workdir), "--datasets", "mapless_test,earth_patches", "--data-dir",
+                            str(both), "--output-dir", str(tmp_path / "out"), "--no-knn", "--json"])
   out, err = capsys.readouterr()
   assert code == 2
   skipped = [line for line in err.splitlines() if "mapless_test" in line]

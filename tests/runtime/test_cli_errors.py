@@ -11,16 +11,16 @@ from PIL import Image
 
 from translocator_jax import errors, models, paths
 from translocator_jax.runtime import cli
-from translocator_jax.train import main as train_main
+from translocator_jax.commands import train as train_main
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TINY = "configs/earth_demo.py:tiny"
 TRAIN, EVAL, PREDICT = "translocator-train", "translocator-eval", "translocator-predict"
-GALLERY, DEMO = "translocator-gallery", "python -m translocator_jax.demo"
-CALIBRATION = "python -m translocator_jax.eval.calibration"
-MODULES = {TRAIN: "translocator_jax.train.main", EVAL: "translocator_jax.eval.main",
-           PREDICT: "translocator_jax.predict", GALLERY: "translocator_jax.eval.gallery_main",
-           DEMO: "translocator_jax.demo", CALIBRATION: "translocator_jax.eval.calibration"}
+GALLERY, DEMO = "translocator-gallery", "python -m translocator_jax.commands.demo"
+CALIBRATION = "python -m translocator_jax.commands.calibrate"
+MODULES = {TRAIN: "translocator_jax.commands.train", EVAL: "translocator_jax.commands.evaluate",
+           PREDICT: "translocator_jax.commands.predict", GALLERY: "translocator_jax.commands.gallery",
+           DEMO: "translocator_jax.commands.demo", CALIBRATION: "translocator_jax.commands.calibrate"}
 USAGE = "usage"  # argparse's own refusal: its usage block, then the one error line
 
 # (command, arguments ({tmp}: a fresh folder, {photo}: a JPEG there, {file}: a plain file), message, usage?)
@@ -141,7 +141,7 @@ def test_a_mistake_is_one_line_naming_it_and_exit_status_2(case, tmp_path):
 SYNTHETIC = "tests/train/synthetic_config.py"
 INJECT_BUG = ("import sys\n"
               "from translocator_jax import models\n"
-              "from translocator_jax.train import main\n"
+              "from translocator_jax.commands import train as main\n"
               "def bug(*args, **kwargs):\n"
               "  raise ValueError('injected bug')\n"
               "models.model_kwargs = bug\n"

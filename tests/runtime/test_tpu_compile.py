@@ -145,7 +145,7 @@ REPO = pathlib.Path(__file__).parents[2]
 
 def _train_cli(*args):
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
-  return subprocess.run([sys.executable, "-m", "translocator_jax.train.main", *args], env=env, cwd=REPO,
+  return subprocess.run([sys.executable, "-m", "translocator_jax.commands.train", *args], env=env, cwd=REPO,
                         capture_output=True, text=True, timeout=600)
 
 
@@ -190,8 +190,8 @@ def test_the_eval_command_compiles_the_forward_and_the_gallery_search(tmp_path):
   out = tmp_path / "eval.json"
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
   proc = subprocess.run(
-      [sys.executable, "-m", "translocator_jax.eval.main", "--config", SYNTHETIC, "--compile-only", "--topology",
-       "v5e:2x2", "--gallery-rows", "100000", "--batch-size", "16", "--json", str(out)],
+      [sys.executable, "-m", "translocator_jax.commands.evaluate", "--config", SYNTHETIC, "--compile-only",
+       "--topology", "v5e:2x2", "--gallery-rows", "100000", "--batch-size", "16", "--json", str(out)],
       env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = json.loads(out.read_text())

@@ -26,7 +26,8 @@ def subprocess_env(cache_dir: pathlib.Path, devices: int = 1) -> dict[str, str]:
 # train step from outside; the trainer itself has no hook for it.
 _SLOW_TRAIN = """
 import sys, time
-from translocator_jax.train import main, step
+from translocator_jax.commands import train as main
+from translocator_jax.train import step
 make = step.make_train_step
 def slow_make_train_step(*args, **kwargs):
   train_step = make(*args, **kwargs)
@@ -40,7 +41,7 @@ sys.exit(main.main())
 
 
 def train_cmd(workdir, config=SYNTHETIC_CONFIG, overrides=(), summary=None, step_delay_s=None) -> list[str]:
-  entry = ["-m", "translocator_jax.train.main"] if step_delay_s is None else [
+  entry = ["-m", "translocator_jax.commands.train"] if step_delay_s is None else [
       "-c", _SLOW_TRAIN.format(delay=float(step_delay_s))]
   cmd = [sys.executable, *entry, "--config", config, "--workdir", str(workdir)]
   for o in overrides:

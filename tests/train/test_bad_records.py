@@ -13,12 +13,12 @@ import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "data"))
 import dataset_fixtures as fx  # pylint: disable=g-import-not-at-top,wrong-import-position  # tests/data's helpers
-from translocator_jax import demo
+from translocator_jax.commands import demo
 from translocator_jax.data.earth_patches import dataset as earth_patches
 from translocator_jax.data.pipeline import inputs
 from translocator_jax.data.records import manifest
 from translocator_jax.data.records import sources
-from translocator_jax.eval import main as evaluation
+from translocator_jax.eval import benchmark as evaluation
 from translocator_jax.runtime import config_io
 from translocator_jax.train import bad_records
 from translocator_jax.train import loop

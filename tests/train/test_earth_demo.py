@@ -77,7 +77,7 @@ def test_sigkill_and_restart_is_bit_identical(reference_run, train_tools, tfds_d
 def test_eval_cli_json_and_predictions(reference_run, train_tools, tfds_dir, tmp_path):
   workdir, _, _ = reference_run
   env = {**train_tools.env(), "TFDS_DATA_DIR": str(tfds_dir)}
-  proc = subprocess.run([sys.executable, "-m", "translocator_jax.evaluate", "--workdir", str(workdir),
+  proc = subprocess.run([sys.executable, "-m", "translocator_jax.commands.evaluate", "--workdir", str(workdir),
                          "--datasets", "earth_patches,im2gps", "--json", "--maps", str(tmp_path / "maps")],
                         env=env, cwd=train_tools.repo,
                         capture_output=True, text=True, timeout=300)

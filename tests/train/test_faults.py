@@ -17,7 +17,7 @@ OVERRIDES = ("train.total_steps=12", "train.ckpt_every=4", "train.tensorboard=Fa
 # this patch; the checkpoint's other files are written through Python's open).
 _DISK_FULL_TRAIN = """
 import builtins, errno, os, re, sys
-from translocator_jax.train import main
+from translocator_jax.commands import train as main
 real_open = builtins.open
 def full_open(file, mode="r", *args, **kwargs):
   path = os.fspath(file) if isinstance(file, (str, os.PathLike)) else ""
@@ -37,7 +37,7 @@ def _lines(text):
 def test_a_full_disk_stops_the_run_with_one_message_and_the_rerun_resumes(train_tools, run_train, tmp_path):
   workdir = tmp_path / "w"
   cmd = train_tools.cmd(workdir, overrides=OVERRIDES)
-  assert cmd[1:3] == ["-m", "translocator_jax.train.main"]
+  assert cmd[1:3] == ["-m", "translocator_jax.commands.train"]
   cmd[1:3] = ["-c", _DISK_FULL_TRAIN]
   proc = subprocess.run(cmd, env=train_tools.env(), cwd=train_tools.repo, capture_output=True, text=True,
                         timeout=300)
@@ -83,7 +83,7 @@ def test_an_unreadable_newest_checkpoint_is_one_warning_line(run_train, train_to
 
   # translocator-eval (restore for inference): one warning, then it goes on with step 8. The synthetic training
   # set has no partitions to predict with, so it stops there (in one line too).
-  eval_cmd = [sys.executable, "-m", "translocator_jax.evaluate", "--workdir", str(workdir)]
+  eval_cmd = [sys.executable, "-m", "translocator_jax.commands.evaluate", "--workdir", str(workdir)]
   proc = subprocess.run(eval_cmd, env=train_tools.env(), cwd=train_tools.repo, capture_output=True, text=True,
                         timeout=300)
   lines = _lines(proc.stdout + proc.stderr)

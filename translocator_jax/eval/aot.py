@@ -12,12 +12,12 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from translocator_jax import errors, models
 from translocator_jax.data.pipeline import augment
-from translocator_jax.eval import inference, search
+from translocator_jax.infer import inference, search
 from translocator_jax.runtime import sharding as sharding_lib
 from translocator_jax.runtime import tpu
 
 MP16_ROWS = 4_723_695  # a gallery of every MP-16 training photo
-SEARCH_K = 200         # refinement's largest neighbour count (eval/refine.py GRID)
+SEARCH_K = 200         # refinement's largest neighbour count (infer/refine.py GRID)
 
 
 def _one_example(config) -> tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct]:

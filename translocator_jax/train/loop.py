@@ -17,7 +17,7 @@ from translocator_jax import errors, models
 from translocator_jax.data import registry
 from translocator_jax.data.pipeline import inputs
 from translocator_jax.data.records import schema
-from translocator_jax.eval import inference
+from translocator_jax.infer import inference
 from translocator_jax.models import load as load_lib
 from translocator_jax.runtime import checkpoints as ckpt_lib
 from translocator_jax.runtime import metrics_writer

@@ -20,23 +20,19 @@ manifest, when every record read back.
 """
 from __future__ import annotations
 
-import argparse
 from concurrent import futures
 import dataclasses
 import json
 import multiprocessing
 import os
 import pathlib
-import sys
 import time
 from typing import Any, Sequence
 
 from tqdm import tqdm
 
-from translocator_jax.data.build import cli as build_cli
 from translocator_jax.data.records import manifest
 
-PROG = "python -m data_prep.verify"
 _BATCH = 1024         # records a reader call returns
 _MAX_NAMED = 20       # bad records named a shard (the rest are counted)
 _EXAMPLE_TAG = b"\n"  # a serialized tf.Example begins with field 1 (features), length-delimited: 0x0a
@@ -279,32 +275,3 @@ def summary(report: dict[str, Any]) -> str:
     lines.append(f"bad shards ({len(report['bad'])}):")
     lines += [f"  {r['file']}: {'; '.join(r['problems'])}; {r['rebuild']}" for r in report["bad"]]
   return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-  p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--data_dir", "--data-dir", dest="data_dir", required=True,
-                 help="a TFDS data dir (every dataset under it), or one dataset folder")
-  p.add_argument("--name", default=None, help="only the dataset(s) under DATA_DIR/NAME (e.g. mp16, im2gps3k)")
-  p.add_argument("--full", action="store_true",
-                 help="read every record of every shard (default: of the shards whose checksum differs, and of sets "
-                      "without a manifest)")
-  p.add_argument("--workers", type=build_cli.positive_int, default=None, help="worker processes (default: one per core)")
-  p.add_argument("--write-manifest", action="store_true",
-                 help=f"add {manifest.MANIFEST} to sets built before manifests, once all their records read back")
-  p.add_argument("--json", default=None, metavar="FILE", help="also write the report (every shard) here")
-  p.add_argument("--no-progress", action="store_true")
-  a = p.parse_args(argv)
-  report = verify(a.data_dir, a.name, workers=a.workers, progress=not a.no_progress, full=a.full)
-  print(summary(report))
-  if a.write_manifest:
-    for d in write_missing_manifests(report):
-      print(f"wrote {pathlib.Path(d) / manifest.MANIFEST}")
-  if a.json:
-    keep = {k: v for k, v in report.items() if k != "manifests"}
-    pathlib.Path(a.json).write_text(json.dumps(keep, indent=1))
-  return 1 if report["bad"] else 0
-
-
-if __name__ == "__main__":  # pragma: no cover - data_prep/verify.py is the entry point
-  sys.exit(main())

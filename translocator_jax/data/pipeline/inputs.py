@@ -1,6 +1,6 @@
 """A config's batches: this process's training iterator and evaluation batches of a registered dataset.
 
-Both hand over uint8 photos and class maps; the jitted train step and eval.inference.make_forward finish them on
+Both hand over uint8 photos and class maps; the jitted train step and infer.inference.make_forward finish them on
 the device (device_finish.py). Synthetic data (tests) comes already finished.
 """
 from __future__ import annotations

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from translocator_jax import evaluate
+from translocator_jax.commands import evaluate
 from translocator_jax.geo import read_predictions_csv, write_predictions_csv
 
 KEYS = ["acc_1km", "acc_25km", "acc_200km", "acc_750km", "acc_2500km"]

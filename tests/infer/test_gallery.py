@@ -6,11 +6,13 @@ import shutil
 import numpy as np
 import pytest
 
+from translocator_jax.commands import evaluate as evaluate_cli, gallery as gallery_main
 from translocator_jax.data import registry
 from translocator_jax.data.records import schema, sources
-from translocator_jax.eval import gallery as gallery_lib, gallery_main, leakage, main as eval_main
+from translocator_jax.eval import benchmark as eval_main, leakage
 from translocator_jax.geo import distance, metrics, nearest
 from translocator_jax.geo.metrics import ACC_KEYS
+from translocator_jax.infer import gallery as gallery_lib
 from translocator_jax.runtime import checkpoints
 
 
@@ -69,7 +71,7 @@ def test_a_gallery_of_another_checkpoint_is_refused(built, capsys):
     eval_main.evaluate_checkpoint(older, datasets=["earth_patches"], data_dir=str(data_dir), refine_mode="gallery",
                                   gallery_dir=root, knn=False)
   # The command line says so in one line and exits 2.
-  code = eval_main.main(["--checkpoint", str(older), "--data-dir", str(data_dir), "--refine", "gallery",
+  code = evaluate_cli.main(["--checkpoint", str(older), "--data-dir", str(data_dir), "--refine", "gallery",
                          "--gallery", str(root), "--no-knn", "--datasets", "earth_patches"])
   err = capsys.readouterr().err.strip().splitlines()
   assert code == 2 and "Traceback" not in "\n".join(err)
@@ -82,7 +84,7 @@ def test_a_gallery_of_another_checkpoint_is_refused(built, capsys):
 def test_eval_json_has_refined_unseen_and_duplicate_keys(built, tmp_path, capsys):
   workdir, data_dir, root = built
   out = tmp_path / "preds"
-  code = eval_main.main(["--workdir", str(workdir), "--data-dir", str(data_dir), "--refine", "gallery",
+  code = evaluate_cli.main(["--workdir", str(workdir), "--data-dir", str(data_dir), "--refine", "gallery",
                          "--gallery", str(root), "--no-knn", "--datasets", "earth_patches", "--json",
                          "--output-dir", str(out), "--unseen-km", "25", "--dup-sim", "0.95"])
   assert code == 0
@@ -118,7 +120,7 @@ def test_eval_json_has_refined_unseen_and_duplicate_keys(built, tmp_path, capsys
 
 
 def test_predictor_refines_as_evaluation_does(built, tmp_path):
-  from translocator_jax import predict
+  from translocator_jax.infer import predictor as predict
   workdir, data_dir, root = built
   result = eval_main.evaluate_checkpoint(workdir, datasets=["earth_patches"], data_dir=str(data_dir),
                                          refine_mode="gallery", gallery_dir=root, knn=False, output_dir=tmp_path)
@@ -196,7 +198,7 @@ def test_validation_queries_take_the_crops_evaluation_takes(built, monkeypatch):
   # predictions are those of a five-crop forward over the validation split, not the centre crop's.
   from translocator_jax import models
   from translocator_jax.data.pipeline import inputs
-  from translocator_jax.eval import inference, queries
+  from translocator_jax.infer import inference, queries
   from translocator_jax.runtime import sharding
   workdir, data_dir, _ = built
   centre = queries.split_queries(workdir, data_dir=str(data_dir), batch_size=64)[0]
@@ -207,7 +209,7 @@ def test_validation_queries_take_the_crops_evaluation_takes(built, monkeypatch):
     ckpt.config.eval.tta = "five_crop"
     return ckpt
 
-  monkeypatch.setattr(queries.checkpoints, "load_for_inference", five_crop_run)
+  monkeypatch.setattr(checkpoints, "load_for_inference", five_crop_run)
   five, config, partitions, _, ckpt = queries.split_queries(workdir, data_dir=str(data_dir), batch_size=64)
   info = registry.dataset_info(config, "earth_patches")
   batches, _ = inputs.eval_batches(config, info, "validation", 64, "five_crop")
@@ -219,7 +221,7 @@ def test_validation_queries_take_the_crops_evaluation_takes(built, monkeypatch):
 
 
 def test_a_gallery_tuned_before_the_1_km_weight_keeps_the_rule_it_was_tuned_with(built, tmp_path):
-  from translocator_jax.eval import refine
+  from translocator_jax.infer import refine
   workdir, data_dir, root = built
   old = tmp_path / "old_gallery"
   shutil.copytree(root, old)

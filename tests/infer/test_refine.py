@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from translocator_jax.eval import refine
-from translocator_jax.eval.gallery import Gallery
 from translocator_jax.geo import cells
 from translocator_jax.geo.distance import haversine_km_numpy
+from translocator_jax.infer import refine
+from translocator_jax.infer.gallery import Gallery
 
 # Three S2 face cells (tokens 1, 3, 5: faces 0, 1, 2) serve as coarse, middle and fine partitions alike.
 FACES = ["1", "3", "5"]
@@ -37,7 +37,7 @@ def _gallery():
 
 
 def _hand_pick(gallery, query, cell_probs, settings):
-  """The rule of eval/refine.py's docstring, in plain numpy."""
+  """The rule of infer/refine.py's docstring, in plain numpy."""
   p = np.asarray(cell_probs, np.float64)
   top = np.argsort(-p)[:settings.top_cells]
   logp = np.full(p.shape, -np.inf)

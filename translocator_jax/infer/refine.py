@@ -5,7 +5,7 @@ cell probabilities and adds retrieval (PIGEON-style within-cell refinement):
   1. the top `top_cells` fine cells of f* (renormalised over themselves) are the only candidates (a training
      photo in no fine cell, where the partition dropped its region, is never a candidate);
   2. every gallery photo of those cells is scored  log p(its cell) + similarity / temperature  and the best
-     `neighbours` are kept (eval.search, sharded over the mesh);
+     `neighbours` are kept (infer.search, sharded over the mesh);
   3. the evidence agrees at a geographic mode: with w = softmax of the neighbours' scores, the neighbour j
      maximising  sum_k w_k [d(j, k) < radius_km] + fine_weight * sum_k w_k [d(j, k) < FINE_KM]  (the heaviest
      cluster within radius_km and, by fine_weight, the heaviest 1-km cluster) is the matched photo, and the answer
@@ -13,23 +13,26 @@ cell probabilities and adds retrieval (PIGEON-style within-cell refinement):
      photo of that cluster than any one member does). Chosen on the Earth demo's validation split against the top-1
      neighbour and a weighted medoid; see README.
 The settings are tuned on the validation split (`tune`), never on test; a prediction also names the photo it
-matched and its similarity.
+matched and its similarity. translocator-gallery runs, after embedding the gallery, `train_projection` (the
+geo-aware projection, infer.projection) and `tune_on_validation` (tune on the run's validation queries, saved with
+the gallery).
 """
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import pathlib
 from typing import Any, Mapping, Sequence
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
 from translocator_jax import errors
-from translocator_jax.eval import gallery as gallery_lib, projection as projection_lib, search as search_lib
-from translocator_jax.eval.gallery import Gallery
 from translocator_jax.geo import distance, hierarchy as hierarchy_lib, metrics
-from translocator_jax.runtime import checkpoints
+from translocator_jax.infer import gallery as gallery_lib, projection as projection_lib, queries, search as search_lib
+from translocator_jax.infer.gallery import Gallery
 
 REFINE_MODES = ("none", "gallery")
 FINE_KM = 1.0
@@ -212,10 +215,11 @@ def _centre(emb, mean):
   return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def load_refiner(path, ckpt: checkpoints.InferenceCheckpoint, partitions, *, refine_mode: str, gallery_dir=None,
+def load_refiner(path, ckpt, partitions, *, refine_mode: str, gallery_dir=None,
                  mesh=None) -> Refiner | None:
   """The gallery of this checkpoint (refused if it belongs to another) as a refiner, with its tuned settings;
-  None when neither refinement nor a gallery was asked for."""
+  None when neither refinement nor a gallery was asked for. ckpt: a session.Session (or anything with its config,
+  step and fingerprint)."""
   if refine_mode not in REFINE_MODES:
     raise errors.ConfigError(f"config.eval.refine={refine_mode!r}; expected one of {REFINE_MODES}")
   if refine_mode == "none" and not gallery_dir:
@@ -230,3 +234,37 @@ def load_refiner(path, ckpt: checkpoints.InferenceCheckpoint, partitions, *, ref
   proj_path = projection_lib.path_in(root)
   proj = projection_lib.Projection.load(proj_path) if proj_path.exists() else None
   return Refiner(gallery, partitions, settings, mesh=mesh, refine=refine_mode == "gallery", projection=proj)
+
+
+def train_projection(root, **kwargs) -> pathlib.Path:
+  """Trains the geo-aware projection on a built gallery (once: an existing projection.npz is kept)."""
+  path = projection_lib.path_in(root)
+  if jax.process_index() == 0 and not path.exists():
+    gallery = gallery_lib.load(root)
+    try:
+      projection_lib.train(gallery.embeddings, gallery.latlon, **kwargs).save(path)
+      print(f"geo projection: {path}", flush=True)
+    except projection_lib.TooFewPairsError as e:
+      print(f"no geo projection: {e}; refinement uses the plain features", flush=True)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("gallery: projection")
+  return path
+
+
+def tune_on_validation(path, root, *, which: str = "latest", data_dir: str | None = None,
+                       batch_size: int | None = None) -> tuple[RefineSettings, dict]:
+  """Chooses refinement's settings on the run's validation set and saves them with the gallery. `path`: a workdir,
+  a step directory or an open session.Session."""
+  preds, config, partitions, split, _ = queries.split_queries(path, which=which, data_dir=data_dir,
+                                                              batch_size=batch_size)
+  gallery = gallery_lib.load(root)
+  proj_path = projection_lib.path_in(root)
+  refiner = Refiner(gallery, partitions,
+                    projection=projection_lib.Projection.load(proj_path) if proj_path.exists() else None)
+  probs = {h: preds.extras[f"p_{h}"] for h in ("coarse", "middle", "fine")}
+  settings, records = tune(refiner, probs, preds.extras["embedding"], preds.true_latlon)
+  gallery_lib.save_refine_settings(root, {**settings.__dict__, "tuned_on": split}, config)
+  fstar = metrics.accuracy_table(preds.pred_latlon, preds.true_latlon)
+  chosen = next(r for r in records if all(r[k] == v for k, v in settings.__dict__.items()))
+  return settings, {"split": split, "n": len(preds.true_latlon), "fstar": fstar, "refined": chosen,
+                    "tried": len(records)}

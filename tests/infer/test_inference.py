@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from translocator_jax.data import registry
-from translocator_jax.eval import baselines, inference
+from translocator_jax.eval import baselines
 from translocator_jax.geo import cells, metrics
+from translocator_jax.infer import inference
 from translocator_jax.runtime import sharding
 
 KM_PER_DEG = 6371.0 * np.pi / 180.0
@@ -115,7 +116,8 @@ def test_format_table_has_paper_row():
 
 def test_evaluation_and_prediction_need_only_the_partitions_of_an_unbuilt_training_set(tmp_path):
   """A real MP-16 checkpoint is evaluated on a benchmark without MP-16's records on disk."""
-  from translocator_jax import paths, predict  # pylint: disable=g-import-not-at-top
+  from translocator_jax import paths  # pylint: disable=g-import-not-at-top
+  from translocator_jax.infer import predictor as predict  # pylint: disable=g-import-not-at-top
   from translocator_jax.runtime import config_io  # pylint: disable=g-import-not-at-top
   config = config_io.load_config(f"{paths.REPO_ROOT / 'configs/translocator_b16_mp16.py'}:runlocal")
   config.data.data_dir = str(tmp_path)  # nothing built here

@@ -29,10 +29,10 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from translocator_jax import errors, models
+from translocator_jax import errors
 from translocator_jax.data import registry
 from translocator_jax.data.pipeline import inputs
-from translocator_jax.eval import inference
+from translocator_jax.infer import inference, session
 from translocator_jax.runtime import checkpoints, sharding as sharding_lib
 
 GALLERY_DIRNAME = "gallery"
@@ -98,18 +98,17 @@ def build(path, *, which: str = "latest", split: str | None = None, dataset: str
   the training dataset (or `dataset`) with a checkpoint; returns the dir.
 
   Every process embeds its shard; a rerun resumes from the first part it lacks; an existing gallery of another
-  checkpoint is refused unless overwrite=True (which deletes it).
+  checkpoint is refused unless overwrite=True (which deletes it). `path`: a workdir, a step directory or an open
+  session.Session.
   """
-  ckpt = checkpoints.load_for_inference(path, which)
-  config = ckpt.config
-  if data_dir:
-    config.data.data_dir = data_dir
+  run = session.open(path, which, data_dir=data_dir)
+  config = run.config
   name = dataset or config.data.train
   split = split or config.data.get("train_split", "train")
-  root = gallery_dir(path, out_dir)
+  root = gallery_dir(run.path, out_dir)
   info = registry.dataset_info(config, name)
-  fingerprint = ckpt.fingerprint
-  ident = identity(config, ckpt.step, fingerprint, name, split)
+  fingerprint = run.fingerprint
+  ident = identity(config, run.step, fingerprint, name, split)
   if overwrite and jax.process_index() == 0 and root.exists():
     shutil.rmtree(root)
   if jax.process_count() > 1:
@@ -121,12 +120,11 @@ def build(path, *, which: str = "latest", split: str | None = None, dataset: str
     print(f"gallery {root}: up to date ({meta['rows']} rows of step {meta['step']})", flush=True)
     return root
 
-  mesh = sharding_lib.make_mesh(sharding_lib.inference_axes(config))
-  batch_size = int(batch_size or config.eval.get("batch_size", 256))
-  batch_size = max(jax.device_count(), batch_size // jax.device_count() * jax.device_count())
+  mesh = run.mesh()
+  batch_size = run.batch_size(batch_size)
   batches, _ = inputs.eval_batches(config, info, split, batch_size, "center", image_ids=True)
-  model = models.build_model(config.model, sharding_lib.platform(mesh))
-  params = jax.device_put(ckpt.params, sharding_lib.state_shardings(ckpt.params, mesh))
+  model = run.model(mesh)
+  params = jax.device_put(run.params, sharding_lib.state_shardings(run.params, mesh))
   forward = inference.make_forward(model, info.palette, embed=True)
 
   pdir = _part_dir(root, jax.process_index(), jax.process_count())
@@ -175,7 +173,7 @@ def build(path, *, which: str = "latest", split: str | None = None, dataset: str
     meta = dict(ident, rows=n, dim=dim, processes=jax.process_count(), parts=files,
                 created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     meta_path.write_text(json.dumps(meta, indent=1))
-    print(f"gallery {root}: {n} rows of {dim}-d embeddings (checkpoint step {ckpt.step})", flush=True)
+    print(f"gallery {root}: {n} rows of {dim}-d embeddings (checkpoint step {run.step})", flush=True)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("gallery: done")
   return root

@@ -1,4 +1,5 @@
-"""Command lines of the dataset builders (the data_prep/ scripts are thin wrappers around these `main`s).
+"""Command lines of the dataset builders and of the shard check (the data_prep/ scripts are thin wrappers around
+these `main`s).
 
 Exit status: 0 when the dataset was written (skipped files are listed in report.json and counted on stderr),
 2 when the build could not run (bad arguments, missing inputs, missing segmentation maps without a segmenter, an
@@ -9,13 +10,17 @@ the data_prep scripts run it under runtime.cli.run, the set-up of every command,
 from __future__ import annotations
 
 import argparse
+import json
+import pathlib
 import shlex
 import sys
 from typing import Callable, Sequence
 
 from translocator_jax.data.build import builders
 from translocator_jax.data.build import partitions as partitions_build
+from translocator_jax.data.build import verify
 from translocator_jax.data.build import writer as build
+from translocator_jax.data.records import manifest
 
 
 MP16_PROG = "python -m data_prep.build_mp16"
@@ -23,6 +28,7 @@ BENCHMARK_PROG = "python -m data_prep.build_benchmark"
 PHOTOS_PROG = "python -m data_prep.photos_to_dataset"
 SEGMENT_PROG = "python -m data_prep.segment"
 PARTITIONS_PROG = "python -m data_prep.build_partitions"
+VERIFY_PROG = "python -m data_prep.verify"
 
 
 def positive_int(text: str) -> int:
@@ -165,3 +171,31 @@ def partitions_main(argv: Sequence[str] | None = None) -> int:
   print(f"coordinates: {report['coordinates']}  skipped rows: {len(report['skipped'])}"
         + (f" (listed in {a.output}/partitions_report.json)" if report["skipped"] else ""))
   return 0
+
+
+def verify_main(argv: Sequence[str] | None = None) -> int:
+  """Every shard of the built datasets checked against its manifest (data.build.verify): exit status 0 when all
+  are sound, 1 with the list of bad shards."""
+  p = argparse.ArgumentParser(prog=VERIFY_PROG, description=verify.__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--data_dir", "--data-dir", dest="data_dir", required=True,
+                 help="a TFDS data dir (every dataset under it), or one dataset folder")
+  p.add_argument("--name", default=None, help="only the dataset(s) under DATA_DIR/NAME (e.g. mp16, im2gps3k)")
+  p.add_argument("--full", action="store_true",
+                 help="read every record of every shard (default: of the shards whose checksum differs, and of sets "
+                      "without a manifest)")
+  p.add_argument("--workers", type=positive_int, default=None, help="worker processes (default: one per core)")
+  p.add_argument("--write-manifest", action="store_true",
+                 help=f"add {manifest.MANIFEST} to sets built before manifests, once all their records read back")
+  p.add_argument("--json", default=None, metavar="FILE", help="also write the report (every shard) here")
+  p.add_argument("--no-progress", action="store_true")
+  a = p.parse_args(argv)
+  report = verify.verify(a.data_dir, a.name, workers=a.workers, progress=not a.no_progress, full=a.full)
+  print(verify.summary(report))
+  if a.write_manifest:
+    for d in verify.write_missing_manifests(report):
+      print(f"wrote {pathlib.Path(d) / manifest.MANIFEST}")
+  if a.json:
+    keep = {k: v for k, v in report.items() if k != "manifests"}
+    pathlib.Path(a.json).write_text(json.dumps(keep, indent=1))
+  return 1 if report["bad"] else 0

@@ -1,4 +1,4 @@
-"""eval.search: the sharded, chunked top-k equals a brute-force numpy search, on 1 and on 8 (fake) devices."""
+"""infer.search: the sharded, chunked top-k equals a brute-force numpy search, on 1 and on 8 (fake) devices."""
 import json
 import os
 import pathlib
@@ -14,7 +14,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 SCRIPT = r"""
 import json, sys
 import jax, numpy as np
-from translocator_jax.eval import search
+from translocator_jax.infer import search
 
 rng = np.random.default_rng(0)
 n, dim, q, k = 1001, 16, 9, 12                 # 1001: padding rows on every device count
@@ -74,7 +74,7 @@ def test_search_equals_numpy_brute_force(devices):
 
 
 def test_search_rejects_k_past_the_gallery():
-  from translocator_jax.eval import search
+  from translocator_jax.infer import search
   g = search.put_gallery(np.eye(4, dtype=np.float32))
   with pytest.raises(ValueError, match="gallery size 4"):
     search.search(g, np.eye(4, dtype=np.float32)[:1], 5)

@@ -1,45 +1,39 @@
 """A split run through a checkpoint with every head's probabilities and the embedding kept per image: what
-choosing refinement's settings (gallery_main) and fitting the confidence radii (calibration) read."""
+choosing refinement's settings (refine.tune_on_validation) and fitting the confidence radii (calibration) read."""
 from __future__ import annotations
 
-import jax
-
-from translocator_jax import errors, models
+from translocator_jax import errors
 from translocator_jax.data import registry
 from translocator_jax.data.pipeline import inputs
-from translocator_jax.eval import inference
-from translocator_jax.runtime import checkpoints, sharding as sharding_lib
+from translocator_jax.infer import inference, session
 
 
 def split_queries(path, split: str | None = None, *, which: str = "latest", data_dir: str | None = None,
                   batch_size: int | None = None):
-  """(Predictions with extras p_coarse/p_middle/p_fine/embedding, config, partitions, what was read, the loaded
-  InferenceCheckpoint) of a split of the training dataset, or (split None) of the run's validation set
-  (config.data.val, else data.val_split)."""
-  ckpt = checkpoints.load_for_inference(path, which)
-  config = ckpt.config
-  if data_dir:
-    config.data.data_dir = data_dir
+  """(Predictions with extras p_coarse/p_middle/p_fine/embedding, config, partitions, what was read, the opened
+  session.Session) of a split of the training dataset, or (split None) of the run's validation set
+  (config.data.val, else data.val_split). `path`: a workdir, a step directory or an open Session."""
+  run = session.open(path, which, data_dir=data_dir)
+  config = run.config
   train_info = registry.dataset_info(config, config.data.train, need_records=split is not None)
   partitions = registry.load_partitions(train_info)
   info = train_info
   if split is None:
     found = registry.validation_set(config, train_info)
     if found is None:
-      raise errors.UserError(f"{path}: the run has no validation set (config.data.val or config.data.val_split), so "
-                          "refinement cannot be tuned (translocator-gallery --no-tune skips tuning)")
+      raise errors.UserError(f"{run.path}: the run has no validation set (config.data.val or config.data.val_split), "
+                             "so refinement cannot be tuned (translocator-gallery --no-tune skips tuning)")
     info, split = found
-  mesh = sharding_lib.make_mesh(sharding_lib.inference_axes(config))
-  batch_size = int(batch_size or config.eval.get("batch_size", 256))
-  batch_size = max(jax.device_count(), batch_size // jax.device_count() * jax.device_count())
+  mesh = run.mesh()
+  batch_size = run.batch_size(batch_size)
   # The crops evaluation takes (config.eval.tta), so settings and radii are fitted on the queries they serve.
   batches, _ = inputs.eval_batches(config, info, split, batch_size, config.eval.get("tta", "center"))
   hook = lambda probs, emb: {"p_coarse": probs["coarse"], "p_middle": probs["middle"], "p_fine": probs["fine"],
                              "embedding": emb}
-  preds = inference.predict_dataset(models.build_model(config.model, sharding_lib.platform(mesh)), ckpt.params, batches, mesh=mesh,
+  preds = inference.predict_dataset(run.model(mesh), run.params, batches, mesh=mesh,
                                     partitions=partitions, heads=config.model.heads, desc=f"queries {split}",
                                     total=len(batches), palette=info.palette, embedding_hook=hook)
   where = split if info.name == train_info.name else f"{info.name}/{split}"
-  return preds, config, partitions, where, ckpt
+  return preds, config, partitions, where, run
 
 

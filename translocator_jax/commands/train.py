@@ -25,7 +25,7 @@ step that does not fit exits 2 with one line saying what would help (train/aot.p
 
 Workdir: config.json, checkpoints/<step>/{state,data,config}, metrics.jsonl, tensorboard/ (gs:// works for
 checkpoints and metrics through etils.epath), and calibration.json: the confidence radii fitted on the validation
-split at the end (eval/calibration.py), when the run has one.
+split at the end (infer/calibration.py), when the run has one.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ import sys
 
 from translocator_jax import models
 from translocator_jax.data import registry
-from translocator_jax.eval import calibration
+from translocator_jax.infer import calibration
 from translocator_jax.runtime import checkpoints, cli, config_io, tpu
 from translocator_jax.train import aot
 from translocator_jax.train import loop

@@ -1,6 +1,6 @@
 """Calibrated confidence radii of a checkpoint: fit on the validation split, saved as WORKDIR/calibration.json.
 
-  python -m translocator_jax.eval.calibration --workdir runs/earth_demo   # translocator-train does it at the end
+  python -m translocator_jax.commands.calibrate --workdir runs/earth_demo   # translocator-train does it at the end
 
 radius50 and radius90 (geo.confidence) each get the temperature under which they cover 50% and 90% of the
 validation photos; Predictor and translocator-eval read the file of their checkpoint (same step and parameter
@@ -8,21 +8,20 @@ fingerprint). Without one, the radii use the plain probabilities (temperature 1)
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from translocator_jax.eval import queries
 from translocator_jax.geo import confidence, hierarchy
-from translocator_jax.runtime import checkpoints, cli
+from translocator_jax.infer import queries
+from translocator_jax.runtime import checkpoints
 
-PROG = "python -m translocator_jax.eval.calibration"
+PROG = "python -m translocator_jax.commands.calibrate"  # the command that refits (commands/calibrate.py)
 FILE = "calibration.json"
 
 
@@ -61,30 +60,31 @@ def fine_probabilities(partitions, probs, hier: hierarchy.Hierarchy | None = Non
 
 
 def fit(path, *, which: str = "latest", data_dir: str | None = None, batch_size: int | None = None) -> dict:
-  """Fits the temperatures on the run's validation split and writes WORKDIR/calibration.json; returns its content."""
-  preds, _, partitions, split, ckpt = queries.split_queries(path, which=which, data_dir=data_dir,
-                                                            batch_size=batch_size)
+  """Fits the temperatures on the run's validation split and writes WORKDIR/calibration.json; returns its content.
+  `path`: a workdir, a step directory or an open session.Session."""
+  preds, _, partitions, split, run = queries.split_queries(path, which=which, data_dir=data_dir,
+                                                           batch_size=batch_size)
   probs = {h: preds.extras[f"p_{h}"] for h in ("coarse", "middle", "fine") if f"p_{h}" in preds.extras}
   cell_probs = np.asarray(fine_probabilities(partitions, probs), np.float32)
   base = Calibration.for_partition(partitions[-1])
   temperatures, rows = confidence.fit_temperatures(cell_probs, preds.pred_latlon, preds.true_latlon,
                                                    np.asarray(base.points))
   record = {"temperatures": dict(zip(("radius50", "radius90"), temperatures)), "fitted_on": split,
-            "n": int(len(cell_probs)), "step": ckpt.step,
-            "params_fingerprint": ckpt.fingerprint,
+            "n": int(len(cell_probs)), "step": run.step,
+            "params_fingerprint": run.fingerprint,
             "spread": "measured" if partitions[-1].spread_km is not None else "S2 cell extent",
             "grid": rows}
   best = {f"coverage_radius{int(q * 100)}": next(r[f"coverage_{q:g}"] for r in rows if r["temperature"] == t)
           for q, t in zip(confidence.QUANTILES, temperatures)}
   record.update({"validation_" + k: v for k, v in best.items()})
   if jax.process_index() == 0:
-    (checkpoints.workdir_of(path) / FILE).write_text(json.dumps(record, indent=2))
+    (checkpoints.workdir_of(run.path) / FILE).write_text(json.dumps(record, indent=2))
   return record
 
 
-def load(path, ckpt: checkpoints.InferenceCheckpoint, partitions) -> Calibration:
+def load(path, ckpt, partitions) -> Calibration:
   """The checkpoint's calibration (WORKDIR/calibration.json fitted for this step and these parameters), else the
-  uncalibrated radii with a one-line notice."""
+  uncalibrated radii with a one-line notice. ckpt: a session.Session (or anything with its step and fingerprint)."""
   file = checkpoints.workdir_of(path) / FILE
   if file.exists():
     record = json.loads(file.read_text())
@@ -95,22 +95,3 @@ def load(path, ckpt: checkpoints.InferenceCheckpoint, partitions) -> Calibration
     print(f"note: {file} was fitted for checkpoint step {record.get('step')}, not step {ckpt.step}: confidence "
           f"radii are not calibrated (refit: {PROG} --workdir ...)", file=sys.stderr)
   return Calibration.for_partition(partitions[-1])
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-  return cli.run(_main, sys.argv[1:] if argv is None else argv, prog=PROG)
-
-
-def _main(argv: Sequence[str]) -> int:
-  p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  cli.add_checkpoint_args(p)
-  p.add_argument("--data-dir", default=None)
-  p.add_argument("--batch-size", type=int, default=None)
-  args = p.parse_args(argv)
-  record = fit(args.workdir or args.checkpoint, which=args.which, data_dir=args.data_dir, batch_size=args.batch_size)
-  print(json.dumps({k: v for k, v in record.items() if k != "grid"}))
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from translocator_jax.eval import maps
+from translocator_jax.infer import maps
 
 
 def test_blue_marble_is_the_packaged_equirectangular_image():

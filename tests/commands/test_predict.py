@@ -7,19 +7,19 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from translocator_jax import predict
+from translocator_jax.commands import predict
 from translocator_jax.data import registry
 from translocator_jax.data.pipeline import inputs
 from translocator_jax.data.records import schema, sources
-from translocator_jax.eval import inference
 from translocator_jax.geo import confidence, distance
+from translocator_jax.infer import inference, predictor as predictor_lib
 from translocator_jax.runtime import sharding
 
 
 @pytest.fixture(scope="module")
 def predictor(earth_tiny_run):
   workdir, data_dir = earth_tiny_run
-  return predict.Predictor.from_checkpoint(workdir, data_dir=data_dir)
+  return predictor_lib.Predictor.from_checkpoint(workdir, data_dir=data_dir)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_evaluation_and_predictor_share_one_crop_and_finish_path(predictor, test
   info, records = test_records
   config = predictor.config.copy_and_resolve_references()
   config.eval.crop_fraction = 0.6
-  cropped = predict.Predictor(config, predictor.params, predictor.partitions, predictor.palette)
+  cropped = predictor_lib.Predictor(config, predictor.params, predictor.partitions, predictor.palette)
   batch = next(iter(inputs.eval_batches(config, info, "test", 8)[0]))
   image, seg = (np.stack(x) for x in zip(*[cropped.preprocess(r[schema.IMAGE], r[schema.SEGMENTATION])[1:3]
                                            for r in records]))
@@ -155,8 +155,8 @@ def test_figures_show_the_whole_oriented_photo_not_the_models_crop(predictor, te
   path = tmp_path / "sideways.jpg"
   Image.fromarray(stored).save(path, exif=exif, quality=95)
   (q,) = predictor.predict([str(path)], [np.zeros((700, 300), np.uint8)], keep_inputs=True)
-  assert q.error is None and q.photo.shape == (predict.DISPLAY_PX, 219, 3)
-  upright = ImageOps.exif_transpose(Image.open(path)).convert("RGB").resize((219, predict.DISPLAY_PX),
+  assert q.error is None and q.photo.shape == (predictor_lib.DISPLAY_PX, 219, 3)
+  upright = ImageOps.exif_transpose(Image.open(path)).convert("RGB").resize((219, predictor_lib.DISPLAY_PX),
                                                                            Image.Resampling.LANCZOS)
   np.testing.assert_array_equal(q.photo, np.asarray(upright))
   assert q.photo[0].mean() < 40 < 215 < q.photo[-1].mean()  # the ramp now runs top to bottom
@@ -212,7 +212,7 @@ def test_folders_are_walked_into_one_csv_row_per_photo(earth_tiny_run, test_reco
   broken = rows[2]
   assert broken["error"] and broken["lat_1"] == "" and broken["radius50_km"] == ""
   # A row is the Predictor's own prediction of that photo with its map.
-  want = predict.Predictor.from_checkpoint(workdir, data_dir=data_dir).predict(
+  want = predictor_lib.Predictor.from_checkpoint(workdir, data_dir=data_dir).predict(
       [str(photos / "sub/b.png")], [str(maps_dir / "sub/b.png")], top_k=2)[0]
   row = rows[1]
   assert row["error"] == "" and float(row["prob_1"]) == pytest.approx(want.candidates[0].probability, abs=1e-5)
