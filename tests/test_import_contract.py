@@ -1,7 +1,9 @@
 """The house rule (../shared/DESIGN.md, "Layout"): imports only point down, and modules form no import cycle.
 
 Every import of our own modules counts, at the top of a file or inside a function. A room may import itself and
-any room below it, never one above it.
+any room below it, never one above it. The rules that matter most are also said one by one (RULES): the bottom
+rooms stand alone, inference (infer/) knows nothing of evaluation, training or the command lines, evaluation and
+training never import each other, and nothing imports a command line (commands/).
 """
 import ast
 import pathlib
@@ -26,6 +28,20 @@ LAYERS = (
     ("translocator_jax.commands",),
 )
 RANK = {room: rank for rank, rooms in enumerate(LAYERS) for room in rooms}
+
+PATHS, ERRORS, GEO, MODELS = (f"translocator_jax.{r}" for r in ("paths", "errors", "geo", "models"))
+INFER, EVAL, TRAIN, COMMANDS = (f"translocator_jax.{r}" for r in ("infer", "eval", "train", "commands"))
+# Each room's rule: which other rooms of ours it may import. Today errors and paths import nothing of ours, geo
+# imports errors only, and models imports errors only (geo is open to it).
+RULES = {
+    PATHS: ("imports no other room of ours", lambda target: False),
+    ERRORS: ("imports no other room of ours", lambda target: False),
+    GEO: ("imports no room of ours but errors", lambda target: target == ERRORS),
+    MODELS: ("imports no room of ours but errors and geo", lambda target: target in (ERRORS, GEO)),
+    INFER: ("never imports eval, train or commands", lambda target: target not in (EVAL, TRAIN, COMMANDS)),
+    EVAL: ("never imports train or commands", lambda target: target not in (TRAIN, COMMANDS)),
+    TRAIN: ("never imports eval or commands", lambda target: target not in (EVAL, COMMANDS)),
+}
 
 
 def module_name(path: pathlib.Path, root: pathlib.Path) -> str:
@@ -82,6 +98,24 @@ def violations(root: pathlib.Path = PACKAGE) -> list[str]:
   return problems
 
 
+def rule_breaks(root: pathlib.Path = PACKAGE) -> list[str]:
+  """Every import that breaks one of RULES, and every import of commands/ from outside it (nothing imports a
+  command line)."""
+  problems = []
+  for path in sorted(root.rglob("*.py")):
+    name = module_name(path, root)
+    room = room_of(name)
+    for target in sorted(imported_modules(path, name, root)):
+      target_room = room_of(target)
+      if target_room is None or target_room == room:
+        continue
+      if target_room == COMMANDS:
+        problems.append(f"{name} imports {target}: nothing imports commands")
+      elif room in RULES and not RULES[room][1](target_room):
+        problems.append(f"{name} imports {target}: {room} {RULES[room][0]}")
+  return problems
+
+
 def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
   """Cycles of the module graph found by a depth-first search (at least one per cycle that exists)."""
   found, state = [], {}
@@ -105,6 +139,11 @@ def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 
 def test_imports_only_point_down_and_form_no_cycle():
   assert violations() == []
+
+
+def test_each_room_keeps_its_rule_and_nothing_imports_a_command_line():
+  assert rule_breaks() == []
+  assert set(RULES) <= set(RANK)  # every rule names a room of the house
 
 
 def _house_copy(tmp_path) -> pathlib.Path:
@@ -134,3 +173,58 @@ def test_a_sideways_import_and_a_package_cycle_break_the_contract(tmp_path):
   assert any("data.build.writer imports translocator_jax.data.pipeline.loaders" in f for f in found), found
   assert "import cycle: translocator_jax.data.build.writer -> translocator_jax.data.pipeline.loaders -> " \
       "translocator_jax.data.build.writer" in found, found
+
+
+def _plant(copy: pathlib.Path, module: str, line: str) -> None:
+  path = copy / module
+  path.write_text(path.read_text() + f"\n\ndef _planted():\n  {line}\n")
+
+
+def test_inference_importing_evaluation_or_training_breaks_the_contract(tmp_path):
+  copy = _house_copy(tmp_path)
+  _plant(copy, "infer/session.py", "from translocator_jax.eval import leakage")
+  _plant(copy, "infer/predictor.py", "from translocator_jax.train import loss")
+  found, rules = violations(copy), rule_breaks(copy)
+  assert "translocator_jax.infer.session imports translocator_jax.eval.leakage: translocator_jax.infer may not " \
+      "import translocator_jax.eval (not below it)" in found, found
+  assert rules == [
+      "translocator_jax.infer.predictor imports translocator_jax.train.loss: translocator_jax.infer never imports "
+      "eval, train or commands",
+      "translocator_jax.infer.session imports translocator_jax.eval.leakage: translocator_jax.infer never imports "
+      "eval, train or commands"], rules
+
+
+def test_evaluation_and_training_importing_each_other_break_the_contract(tmp_path):
+  copy = _house_copy(tmp_path)
+  _plant(copy, "eval/benchmark.py", "from translocator_jax.train import loop")
+  _plant(copy, "train/loop.py", "from translocator_jax.eval import baselines")
+  found, rules = violations(copy), rule_breaks(copy)
+  assert any(f.startswith("translocator_jax.eval.benchmark imports translocator_jax.train.loop:") for f in found), found
+  assert any(f.startswith("translocator_jax.train.loop imports translocator_jax.eval.baselines:") for f in found), found
+  assert rules == [
+      "translocator_jax.eval.benchmark imports translocator_jax.train.loop: translocator_jax.eval never imports "
+      "train or commands",
+      "translocator_jax.train.loop imports translocator_jax.eval.baselines: translocator_jax.train never imports "
+      "eval or commands"], rules
+
+
+def test_importing_a_command_line_breaks_the_contract(tmp_path):
+  copy = _house_copy(tmp_path)
+  _plant(copy, "eval/benchmark.py", "from translocator_jax.commands import evaluate")
+  found, rules = violations(copy), rule_breaks(copy)
+  assert any(f.startswith("translocator_jax.eval.benchmark imports translocator_jax.commands.evaluate:")
+             for f in found), found
+  assert rules == ["translocator_jax.eval.benchmark imports translocator_jax.commands.evaluate: nothing imports "
+                   "commands"], rules
+
+
+def test_a_bottom_room_importing_another_room_breaks_its_rule(tmp_path):
+  copy = _house_copy(tmp_path)
+  _plant(copy, "models/flops.py", "from translocator_jax.geo import distance")  # allowed: models may use geo
+  _plant(copy, "errors.py", "from translocator_jax import paths")  # below it in LAYERS, yet errors stands alone
+  _plant(copy, "geo/nearest.py", "from translocator_jax import paths")
+  assert violations(copy) == []  # both point down: only the rules see them
+  assert rule_breaks(copy) == [
+      "translocator_jax.errors imports translocator_jax.paths: translocator_jax.errors imports no other room of ours",
+      "translocator_jax.geo.nearest imports translocator_jax.paths: translocator_jax.geo imports no room of ours but "
+      "errors"]
