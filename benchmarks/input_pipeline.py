@@ -39,7 +39,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import photo_records  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from translocator_jax.data.earth_patches import dataset as earth_patches
-from translocator_jax.data.pipeline import loaders as pipeline
+from translocator_jax.data.pipeline import training as pipeline
 from translocator_jax.data.records import codecs  # pylint: disable=wrong-import-position
 from translocator_jax.data.records import schema
 from translocator_jax.data.records import sources

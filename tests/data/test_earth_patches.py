@@ -263,13 +263,13 @@ def test_reading_needs_no_tensorflow(tiny):
         pass
       import numpy as np
       from translocator_jax.data.earth_patches import dataset as earth_patches
-      from translocator_jax.data.pipeline import loaders as pipeline
+      from translocator_jax.data.pipeline import evaluation, training
       from translocator_jax.data.records import sources
       info = earth_patches.ensure_built({str(tiny.data_dir.parents[2])!r}, "tiny")
       src = sources.open_source(info.data_dir, "train")
-      batch = next(iter(pipeline.train_loader(src, batch_size=4, image_size=16, palette=info.palette,
+      batch = next(iter(training.train_loader(src, batch_size=4, image_size=16, palette=info.palette,
                                                shard_index=0, shard_count=1)))
-      ev = list(pipeline.eval_loader(sources.open_source(info.data_dir, "test"), batch_size=16, image_size=16,
+      ev = list(evaluation.eval_loader(sources.open_source(info.data_dir, "test"), batch_size=16, image_size=16,
                                      seg_input="classes", shard_index=0, shard_count=1))
       assert batch["image"].shape == (4, 16, 16, 3)
       assert sum(int(b["mask"].sum()) for b in ev) == 60

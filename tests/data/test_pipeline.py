@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from translocator_jax.data.pipeline import augment
-from translocator_jax.data.pipeline import loaders as pipeline
+from translocator_jax.data.pipeline import evaluation, training
 from translocator_jax.data.records import codecs, schema
 from translocator_jax.data.records import sources
 
@@ -60,7 +60,7 @@ def _colour_matches(batch):
 
 def test_image_and_map_stay_aligned_through_crop_and_flip():
   src = ListSource(blocky_records(16))
-  loader = pipeline.train_loader(src, batch_size=16, image_size=32, seg_input="classes", seed=3,
+  loader = training.train_loader(src, batch_size=16, image_size=32, seg_input="classes", seed=3,
                                  shard_index=0, shard_count=1, num_epochs=1)
   batch = next(iter(loader))
   assert batch["seg"].dtype == np.int32 and batch["seg"].shape == (16, 32, 32)
@@ -77,18 +77,18 @@ def test_image_and_map_stay_aligned_through_crop_and_flip():
 def test_palette_mode_gives_normalised_palette_colours():
   src = ListSource(blocky_records(8))
   kw = dict(batch_size=8, image_size=24, seed=1, shard_index=0, shard_count=1, num_epochs=1)
-  by_class = next(iter(pipeline.train_loader(src, seg_input="classes", **kw)))
-  by_colour = next(iter(pipeline.train_loader(src, seg_input="palette", palette=PALETTE, **kw)))
+  by_class = next(iter(training.train_loader(src, seg_input="classes", **kw)))
+  by_colour = next(iter(training.train_loader(src, seg_input="palette", palette=PALETTE, **kw)))
   assert by_colour["seg"].shape == (8, 24, 24, 3) and by_colour["seg"].dtype == np.float32
   np.testing.assert_allclose(by_colour["seg"], augment.normalize(PALETTE[by_class["seg"]]), rtol=0, atol=1e-6)
   np.testing.assert_array_equal(by_colour["index"], by_class["index"])
   with pytest.raises(ValueError, match="palette"):
-    pipeline.train_loader(src, seg_input="palette", palette=None, **kw)
+    training.train_loader(src, seg_input="palette", palette=None, **kw)
 
 
 def test_batch_fields_follow_the_contract():
   src = ListSource(blocky_records(10))
-  batch = next(iter(pipeline.train_loader(src, batch_size=4, image_size=16, seg_input="classes", seed=0,
+  batch = next(iter(training.train_loader(src, batch_size=4, image_size=16, seg_input="classes", seed=0,
                                           shard_index=0, shard_count=1)))
   assert batch["image"].dtype == np.float32 and batch["image"].shape == (4, 16, 16, 3)
   assert batch["latlon"].dtype == np.float32 and batch["latlon"].shape == (4, 2)
@@ -109,7 +109,7 @@ def _take(it, n):
 @pytest.mark.parametrize("worker_count", [0, 1])
 def test_iterator_state_round_trips_mid_epoch(worker_count):
   src = ListSource(blocky_records(20, height=16, width=16, block=4))
-  loader = pipeline.train_loader(src, batch_size=4, image_size=8, seg_input="classes", seed=5,
+  loader = training.train_loader(src, batch_size=4, image_size=8, seg_input="classes", seed=5,
                                  shard_index=0, shard_count=1, num_epochs=3, worker_count=worker_count)
   it = iter(loader)
   _take(it, 3)                   # mid-epoch (5 batches an epoch)
@@ -133,7 +133,7 @@ def test_train_shards_are_disjoint():
   src = ListSource(blocky_records(24, height=16, width=16, block=4))
   seen = []
   for shard in range(3):
-    loader = pipeline.train_loader(src, batch_size=4, image_size=8, seg_input="classes", seed=2,
+    loader = training.train_loader(src, batch_size=4, image_size=8, seg_input="classes", seed=2,
                                    shard_index=shard, shard_count=3, num_epochs=1)
     seen.append(np.concatenate([b["index"] for b in loader]))
   assert all(len(s) == 8 for s in seen)
@@ -146,7 +146,7 @@ def test_eval_padding_counts_every_example_once(n, batch, shards):
   counts = np.zeros(n, int)
   lengths = set()
   for shard in range(shards):
-    loader = pipeline.eval_loader(src, batch_size=batch, image_size=12, seg_input="classes",
+    loader = evaluation.eval_loader(src, batch_size=batch, image_size=12, seg_input="classes",
                                   shard_index=shard, shard_count=shards)
     batches = list(loader)
     assert len(batches) == len(loader)
@@ -162,8 +162,8 @@ def test_eval_padding_counts_every_example_once(n, batch, shards):
 def test_eval_center_and_five_crop():
   src = ListSource(blocky_records(6, height=48, width=64, block=8))
   kw = dict(batch_size=4, image_size=24, seg_input="classes", shard_index=0, shard_count=1)
-  center = pipeline.stack_batches(list(pipeline.eval_loader(src, tta="center", **kw)))
-  five = pipeline.stack_batches(list(pipeline.eval_loader(src, tta="five_crop", **kw)))
+  center = evaluation.stack_batches(list(evaluation.eval_loader(src, tta="center", **kw)))
+  five = evaluation.stack_batches(list(evaluation.eval_loader(src, tta="five_crop", **kw)))
   assert five["image"].shape == (8, 5, 24, 24, 3) and five["seg"].shape == (8, 5, 24, 24)
   # The fifth crop is the centre crop; corner crops differ from it.
   np.testing.assert_allclose(five["image"][:, 4], center["image"], atol=1e-6)
@@ -172,7 +172,7 @@ def test_eval_center_and_five_crop():
   for k in range(5):
     assert _colour_matches(dict(image=five["image"][:6, k], seg=five["seg"][:6, k])) > 0.99
   # Evaluation is deterministic.
-  again = pipeline.stack_batches(list(pipeline.eval_loader(src, tta="five_crop", **kw)))
+  again = evaluation.stack_batches(list(evaluation.eval_loader(src, tta="five_crop", **kw)))
   np.testing.assert_array_equal(again["image"], five["image"])
 
 
@@ -194,8 +194,8 @@ def test_eval_batches_finished_on_device_equal_host_ones(tta, seg_input, platfor
   src = ListSource(blocky_records(6, height=40, width=56, block=8))
   kw = dict(batch_size=4, image_size=24, seg_input=seg_input, palette=PALETTE, tta=tta, shard_index=0,
             shard_count=1)
-  host = pipeline.stack_batches(list(pipeline.eval_loader(src, finish="host", **kw)))
-  raw = pipeline.stack_batches(list(pipeline.eval_loader(src, finish="device", **kw)))
+  host = evaluation.stack_batches(list(evaluation.eval_loader(src, finish="host", **kw)))
+  raw = evaluation.stack_batches(list(evaluation.eval_loader(src, finish="device", **kw)))
   assert raw["image"].dtype == raw["seg"].dtype == np.uint8
   assert raw["seg"].shape == host["image"].shape[:-1]  # class map: no colour axis
   image, seg = jax.jit(device_finish.DeviceFinish(seg_input, PALETTE, platform))(raw["image"], raw["seg"])
@@ -204,18 +204,18 @@ def test_eval_batches_finished_on_device_equal_host_ones(tta, seg_input, platfor
   for k in ("latlon", "cells", "scene", "mask", "index"):
     np.testing.assert_array_equal(raw[k], host[k], err_msg=k)
   with pytest.raises(ValueError, match="eval finish"):
-    pipeline.eval_loader(src, finish="gpu", **kw)
+    evaluation.eval_loader(src, finish="gpu", **kw)
 
 
 def test_bad_arguments_are_named():
   src = ListSource(blocky_records(4, height=16, width=16, block=4))
   with pytest.raises(ValueError, match="seg_input"):
-    pipeline.eval_loader(src, batch_size=2, image_size=8, seg_input="rgb", shard_index=0, shard_count=1)
+    evaluation.eval_loader(src, batch_size=2, image_size=8, seg_input="rgb", shard_index=0, shard_count=1)
   with pytest.raises(ValueError, match="tta"):
-    pipeline.eval_loader(src, batch_size=2, image_size=8, seg_input="classes", tta="twenty_crop",
+    evaluation.eval_loader(src, batch_size=2, image_size=8, seg_input="classes", tta="twenty_crop",
                          shard_index=0, shard_count=1)
   with pytest.raises(ValueError, match="cannot fill a batch"):
-    pipeline.train_loader(src, batch_size=8, image_size=8, seg_input="classes", shard_index=0, shard_count=1)
+    training.train_loader(src, batch_size=8, image_size=8, seg_input="classes", shard_index=0, shard_count=1)
 
 
 def test_cached_source_reads_each_record_once_and_changes_nothing():
@@ -228,8 +228,8 @@ def test_cached_source_reads_each_record_once_and_changes_nothing():
 
   records = blocky_records(8, height=16, width=16, block=4)
   kw = dict(batch_size=4, image_size=8, seg_input="classes", seed=4, shard_index=0, shard_count=1, num_epochs=3)
-  plain = list(pipeline.train_loader(ListSource(records), **kw))
-  cached = list(pipeline.train_loader(sources.CachedSource(Counting(records)), **kw))
+  plain = list(training.train_loader(ListSource(records), **kw))
+  cached = list(training.train_loader(sources.CachedSource(Counting(records)), **kw))
   assert Counting.reads == 8  # 3 epochs, 8 reads
   for a, b in zip(plain, cached, strict=True):
     for k in a:
@@ -346,8 +346,8 @@ def test_encoded_records_give_the_batches_of_decoded_ones(seg_input):
   decoded = ListSource([encoded[i] for i in range(len(encoded))])  # decoded by sources' Pillow path
   kw = dict(batch_size=6, image_size=32, seg_input=seg_input, palette=PALETTE, seed=9, shard_index=0,
             shard_count=1, num_epochs=2)
-  a = list(pipeline.train_loader(decoded, **kw))
-  b = list(pipeline.train_loader(encoded, **kw))
+  a = list(training.train_loader(decoded, **kw))
+  b = list(training.train_loader(encoded, **kw))
   assert len(a) == len(b) == 4
   for x, y in zip(a, b):
     for k in x:
@@ -363,9 +363,9 @@ def test_batches_finished_in_workers_here_or_on_device_are_the_same(seg_input, p
   src = ListSource(blocky_records(8, height=16, width=16, block=4))
   kw = dict(batch_size=4, image_size=8, seg_input=seg_input, palette=PALETTE, seed=3, shard_index=0,
             shard_count=1, num_epochs=1)
-  here = list(pipeline.train_loader(src, finish="main", **kw))
-  there = list(pipeline.train_loader(src, finish="workers", **kw))
-  raw = list(pipeline.train_loader(src, finish="device", **kw))
+  here = list(training.train_loader(src, finish="main", **kw))
+  there = list(training.train_loader(src, finish="workers", **kw))
+  raw = list(training.train_loader(src, finish="device", **kw))
   assert len(here) == len(there) == len(raw) == 2
   finish = jax.jit(device_finish.DeviceFinish(seg_input, PALETTE, platform))
   for a, b, r in zip(here, there, raw):
@@ -412,16 +412,16 @@ def test_classes_past_the_palette_are_refused_naming_the_records():
             shard_count=1, num_epochs=1)
   for finish in ("device", "workers"):
     with pytest.raises(ValueError, match=r"past the palette \(8 colours\).*'img2': 11"):
-      next(iter(pipeline.train_loader(ListSource(records), finish=finish, **kw)))
+      next(iter(training.train_loader(ListSource(records), finish=finish, **kw)))
   with pytest.raises(ValueError, match="finish must be one of"):
-    pipeline.train_loader(ListSource(records), finish="gpu", **kw)
+    training.train_loader(ListSource(records), finish="gpu", **kw)
 
 
 def test_shards_get_different_augmentations():
   src = ListSource(blocky_records(1, height=24, width=24, block=4) * 16)  # every record the same photo
   kw = dict(batch_size=8, image_size=16, seg_input="classes", seed=1, shard_count=2, num_epochs=1)
-  first = next(iter(pipeline.train_loader(src, shard_index=0, **kw)))
-  second = next(iter(pipeline.train_loader(src, shard_index=1, **kw)))
+  first = next(iter(training.train_loader(src, shard_index=0, **kw)))
+  second = next(iter(training.train_loader(src, shard_index=1, **kw)))
   assert not np.array_equal(first["image"], second["image"])
 
 
@@ -458,7 +458,7 @@ def test_record_whose_map_size_differs_is_named_and_skipped():
   records = _encode(blocky_records(4, height=16, width=16, block=4))
   bad = _encode(blocky_records(1, height=16, width=24, block=4, seed=3))[0]
   records[2] = dict(records[2], **{schema.SEGMENTATION: bad[schema.SEGMENTATION]})
-  loader = pipeline.train_loader(UndecodedSource(records), batch_size=4, image_size=8, seg_input="classes",
+  loader = training.train_loader(UndecodedSource(records), batch_size=4, image_size=8, seg_input="classes",
                                  shard_index=0, shard_count=1, num_epochs=1)
   batch = next(iter(loader))  # the other records train; the trainer names this one (train/bad_records.py)
   row = batch["index"].tolist().index(2)
@@ -472,7 +472,7 @@ def test_undecodable_records_are_masked_and_their_reasons_reach_the_main_process
   records = _encode(blocky_records(8, height=16, width=16, block=4))
   records[3] = dict(records[3], **{schema.IMAGE: b"not a photo"})
   records[6] = dict(records[6], **{schema.SEGMENTATION: records[6][schema.SEGMENTATION][:40]})  # a map cut short
-  loader = pipeline.train_loader(UndecodedSource(records), batch_size=4, image_size=8, seg_input="classes",
+  loader = training.train_loader(UndecodedSource(records), batch_size=4, image_size=8, seg_input="classes",
                                  shard_index=0, shard_count=1, num_epochs=1, worker_count=worker_count,
                                  finish="device")
   batches = list(iter(loader))

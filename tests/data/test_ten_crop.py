@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from translocator_jax.data.pipeline import augment, loaders
+from translocator_jax.data.pipeline import augment, training
 from translocator_jax.data.records import schema, sources
 from translocator_jax.train import step as step_lib
 
@@ -17,7 +17,7 @@ def _records(n=4, h=40, w=56):
 
 
 def test_training_batches_have_ten_crops_of_each_photo_and_map():
-  loader = loaders.train_loader(_records(), batch_size=2, image_size=16, seg_input="classes", seed=3,
+  loader = training.train_loader(_records(), batch_size=2, image_size=16, seg_input="classes", seed=3,
                                 finish="device", augmentation="authors_ten_crop", shard_index=0, shard_count=1)
   batch = next(iter(loader))
   assert batch["image"].shape == (2, 10, 16, 16, 3) and batch["image"].dtype == np.uint8

@@ -1,6 +1,6 @@
 """Records training skipped: each named once, in the log and in WORKDIR/bad_records.json; too many stop the run.
 
-The input pipeline (data/pipeline/loaders.py TrainBatches) turns a record that cannot be read or decoded into a
+The input pipeline (data/pipeline/training.py TrainBatches) turns a record that cannot be read or decoded into a
 row of zeros with mask False (the loss leaves it out; the batch's other records train as usual) and its reason in
 batch['error']. Here, in the main process, each such record is named by shard file and position in it (the same
 record met again in a later epoch, or after a resume, is not counted twice):

@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 
 from translocator_jax.data import registry
-from translocator_jax.data.pipeline import loaders, synthetic
+from translocator_jax.data.pipeline import evaluation, synthetic, training
 from translocator_jax.data.records import manifest, schema, sources
 
 
@@ -30,7 +30,7 @@ def train_iterator(config: ml_collections.ConfigDict, info: registry.DatasetInfo
     return synthetic.SyntheticIterator(config, global_batch, jax.process_index(), jax.process_count())
   registry.require_maps(config, info)
   source = sources.open_source(info.tfds_dir, config.data.get("train_split", "train"))
-  loader = loaders.train_loader(
+  loader = training.train_loader(
       source, batch_size=global_batch // jax.process_count(), image_size=int(config.model.image_size),
       seg_input=config.model.get("seg_input", "palette"), palette=info.palette,
       seed=int(config.data.get("shuffle_seed", 0)), shard_index=jax.process_index(),
@@ -79,7 +79,7 @@ def eval_batches(config: ml_collections.ConfigDict, info: registry.DatasetInfo, 
     return synthetic.synthetic_eval_batches(ex, batch_size), len(ex["image"])
   registry.require_maps(config, info)  # also for a training set's info read without its records (evaluation)
   source = sources.open_source(info.tfds_dir, split)
-  loader = loaders.eval_loader(
+  loader = evaluation.eval_loader(
       source, batch_size=batch_size // jax.process_count(), image_size=int(config.model.image_size),
       seg_input=config.model.get("seg_input", "palette"), palette=info.palette, tta=tta,
       crop_fraction=eval_crop_fraction(config), shard_index=jax.process_index(),
@@ -89,4 +89,4 @@ def eval_batches(config: ml_collections.ConfigDict, info: registry.DatasetInfo, 
 
 def eval_crop_fraction(config: ml_collections.ConfigDict) -> float:
   """config.eval.crop_fraction: the side of an evaluation crop as a share of the photo's shorter side."""
-  return float(config.get("eval", {}).get("crop_fraction", loaders.EVAL_CROP_FRACTION))
+  return float(config.get("eval", {}).get("crop_fraction", evaluation.EVAL_CROP_FRACTION))
