@@ -26,7 +26,8 @@ from translocator_jax.data.records import sources
 BATCH_KEYS = ("image", "seg", "latlon", "cells", "scene", "mask", "index")
 # What one damaged record raises while it is read or decoded: it is skipped in training, never in evaluation.
 RECORD_ERRORS = (sources.BadRecordError, *sources.READ_ERRORS, *codecs.DECODE_ERRORS)
-# What one damaged record raises while it is read or decoded: it is skipped in training, never in evaluation.
+
+
 def process_shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
   if shard_index is None or shard_count is None:
     import jax  # pylint: disable=g-import-not-at-top
