@@ -11,8 +11,8 @@ record from the ArrayRecord shards (sources.open_source(decode=False): protobuf 
 `np.asarray(Image.open(...).convert("RGB"))`, one thread. For context also: the same plus the PNG map
 (`raw_jpeg_and_png_decode`), and the lean decoders the pipeline uses (codecs.decode_rgb / decode_gray).
 Pipeline: pipeline.train_loader over the same records as the trainer runs it (decode photo and map, random
-resized crop + flip of both, batch; --finish device: uint8 batches that the jitted train step normalises and
-colours, data/device_finish.py; --finish main/workers: float32 batches made on the host); in this process with no
+resized crop + flip of both, batch: uint8 batches that the jitted train step normalises and colours,
+data/pipeline/device_finish.py); in this process with no
 reader threads ("per worker" speed), then with grain worker processes, also without reader threads (images/s
 divided by workers). Passes of the reference,
 the lean decoders and the in-process pipeline are interleaved and the best pass of each is kept (the machine may
@@ -125,8 +125,7 @@ def make_loader(dataset_dir: str, split: str, n: int, args, palette, workers: in
   return pipeline.train_loader(src, batch_size=args.batch_size, image_size=args.image_size,
                                seg_input=args.seg_input, palette=palette, seed=0, shard_index=0, shard_count=1,
                                num_epochs=None, worker_count=workers, num_threads=0,
-                               antialias=not args.no_antialias,
-                               finish=args.finish)
+                               antialias=not args.no_antialias)
 
 
 def pipeline_pass(it, steps: int, batch_size: int):
@@ -151,9 +150,6 @@ def main(argv=None) -> int:
   p.add_argument("--image-size", type=int, help="model input side (default: 2/3 of the stored short side)")
   p.add_argument("--seg-input", default="palette", choices=("palette", "classes"))
   p.add_argument("--no-antialias", action="store_true", help="train_loader(antialias=False)")
-  p.add_argument("--finish", default="device", choices=pipeline.FINISH_PLACES,
-                 help="train_loader(finish=...): 'device' (the trainer's: uint8 batches, finished in the jitted "
-                      "step), or float32 batches made on the host: 'main', 'workers', 'auto'")
   p.add_argument("--workers", default="0,2", help="comma-separated worker counts to measure")
   p.add_argument("--repeats", type=int, default=3, help="passes per measurement; the best is reported")
   args = p.parse_args(argv)
@@ -217,7 +213,7 @@ def main(argv=None) -> int:
       "mean_jpeg_bytes": int(np.mean([len(raw_source[i][schema.IMAGE]) for i in range(min(n, 64))])),
       "mean_png_bytes": int(np.mean([len(raw_source[i][schema.SEGMENTATION]) for i in range(min(n, 64))])),
       "image_size": args.image_size, "batch_size": args.batch_size, "seg_input": args.seg_input,
-      "antialias": not args.no_antialias, "finish": args.finish, "opencv": codecs.cv2 is not None,
+      "antialias": not args.no_antialias, "opencv": codecs.cv2 is not None,
       "cpu_count": os.cpu_count(),
       "load_average": [round(x, 2) for x in os.getloadavg()],
       "images_per_s": {k: round(v, 1) for k, v in wall.items() if not k.startswith("pipeline")},

@@ -46,12 +46,24 @@ def blocky_records(n, height=48, width=64, block=8, seed=0):
   return out
 
 
+def _stack(batches):
+  """The batches of a loader as one batch."""
+  return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+
+
+def _as_the_model_reads(batch, seg_input, palette=PALETTE):
+  """A uint8 batch finished by the batch contract's definition (augment.normalize / seg_to_model_input): what
+  device_finish.DeviceFinish must give."""
+  return dict(batch, image=augment.normalize(batch["image"]),
+              seg=augment.seg_to_model_input(batch["seg"], seg_input, palette))
+
+
 def _colour_matches(batch):
   """Among pixels showing a pure palette colour (block interiors), the share whose map class is that colour's.
 
   Bilinear resampling blends colours across block borders; those pixels match no palette colour and are left out.
   """
-  rgb = augment.denormalize(batch["image"])
+  rgb = batch["image"].astype(np.float32)
   dist = np.abs(rgb[..., None, :] - PALETTE.astype(np.float32)).max(-1)  # [..., classes]
   pure = dist.min(-1) < 8.0
   assert pure.mean() > 0.3
@@ -63,7 +75,7 @@ def test_image_and_map_stay_aligned_through_crop_and_flip():
   loader = training.train_loader(src, batch_size=16, image_size=32, seg_input="classes", seed=3,
                                  shard_index=0, shard_count=1, num_epochs=1)
   batch = next(iter(loader))
-  assert batch["seg"].dtype == np.int32 and batch["seg"].shape == (16, 32, 32)
+  assert batch["seg"].dtype == np.uint8 and batch["seg"].shape == (16, 32, 32)
   assert _colour_matches(batch) > 0.99
   # The check can fail: the same map mirrored (image flipped alone) or shifted by a pixel or two loses the match.
   assert _colour_matches(dict(batch, seg=batch["seg"][:, :, ::-1])) < 0.5
@@ -75,13 +87,17 @@ def test_image_and_map_stay_aligned_through_crop_and_flip():
 
 
 def test_palette_mode_gives_normalised_palette_colours():
+  import jax  # pylint: disable=g-import-not-at-top
+  from translocator_jax.data.pipeline import device_finish  # pylint: disable=g-import-not-at-top
   src = ListSource(blocky_records(8))
   kw = dict(batch_size=8, image_size=24, seed=1, shard_index=0, shard_count=1, num_epochs=1)
   by_class = next(iter(training.train_loader(src, seg_input="classes", **kw)))
   by_colour = next(iter(training.train_loader(src, seg_input="palette", palette=PALETTE, **kw)))
-  assert by_colour["seg"].shape == (8, 24, 24, 3) and by_colour["seg"].dtype == np.float32
-  np.testing.assert_allclose(by_colour["seg"], augment.normalize(PALETTE[by_class["seg"]]), rtol=0, atol=1e-6)
-  np.testing.assert_array_equal(by_colour["index"], by_class["index"])
+  for k in by_class:  # the same crops: the colours are made in the step
+    np.testing.assert_array_equal(by_colour[k], by_class[k], err_msg=k)
+  _, colours = jax.jit(device_finish.DeviceFinish("palette", PALETTE))(by_colour["image"], by_colour["seg"])
+  assert colours.shape == (8, 24, 24, 3) and colours.dtype == np.float32
+  np.testing.assert_allclose(colours, augment.normalize(PALETTE[by_class["seg"]]), rtol=0, atol=1e-6)
   with pytest.raises(ValueError, match="palette"):
     training.train_loader(src, seg_input="palette", palette=None, **kw)
 
@@ -90,7 +106,8 @@ def test_batch_fields_follow_the_contract():
   src = ListSource(blocky_records(10))
   batch = next(iter(training.train_loader(src, batch_size=4, image_size=16, seg_input="classes", seed=0,
                                           shard_index=0, shard_count=1)))
-  assert batch["image"].dtype == np.float32 and batch["image"].shape == (4, 16, 16, 3)
+  assert batch["image"].dtype == np.uint8 and batch["image"].shape == (4, 16, 16, 3)
+  assert batch["seg"].dtype == np.uint8 and batch["seg"].shape == (4, 16, 16)
   assert batch["latlon"].dtype == np.float32 and batch["latlon"].shape == (4, 2)
   assert batch["cells"].dtype == np.int32 and batch["cells"].shape == (4, 3)
   assert batch["scene"].dtype == np.int32 and batch["mask"].dtype == bool and batch["mask"].all()
@@ -162,17 +179,17 @@ def test_eval_padding_counts_every_example_once(n, batch, shards):
 def test_eval_center_and_five_crop():
   src = ListSource(blocky_records(6, height=48, width=64, block=8))
   kw = dict(batch_size=4, image_size=24, seg_input="classes", shard_index=0, shard_count=1)
-  center = evaluation.stack_batches(list(evaluation.eval_loader(src, tta="center", **kw)))
-  five = evaluation.stack_batches(list(evaluation.eval_loader(src, tta="five_crop", **kw)))
+  center = _stack(list(evaluation.eval_loader(src, tta="center", **kw)))
+  five = _stack(list(evaluation.eval_loader(src, tta="five_crop", **kw)))
   assert five["image"].shape == (8, 5, 24, 24, 3) and five["seg"].shape == (8, 5, 24, 24)
   # The fifth crop is the centre crop; corner crops differ from it.
-  np.testing.assert_allclose(five["image"][:, 4], center["image"], atol=1e-6)
+  np.testing.assert_array_equal(five["image"][:, 4], center["image"])
   np.testing.assert_array_equal(five["seg"][:, 4], center["seg"])
-  assert not np.allclose(five["image"][:, 0], five["image"][:, 3])
+  assert not np.array_equal(five["image"][:, 0], five["image"][:, 3])
   for k in range(5):
     assert _colour_matches(dict(image=five["image"][:6, k], seg=five["seg"][:6, k])) > 0.99
   # Evaluation is deterministic.
-  again = evaluation.stack_batches(list(evaluation.eval_loader(src, tta="five_crop", **kw)))
+  again = _stack(list(evaluation.eval_loader(src, tta="five_crop", **kw)))
   np.testing.assert_array_equal(again["image"], five["image"])
 
 
@@ -188,23 +205,20 @@ def assert_finished_image(got, want, platform):
 @pytest.mark.parametrize("platform", ["cpu", "tpu"])  # the TPU path (no gathers) runs here on the CPU
 @pytest.mark.parametrize("tta", ["center", "five_crop"])
 @pytest.mark.parametrize("seg_input", ["palette", "classes"])
-def test_eval_batches_finished_on_device_equal_host_ones(tta, seg_input, platform):
+def test_eval_batches_finished_on_device_are_what_the_model_reads(tta, seg_input, platform):
   import jax  # pylint: disable=g-import-not-at-top
   from translocator_jax.data.pipeline import device_finish  # pylint: disable=g-import-not-at-top
   src = ListSource(blocky_records(6, height=40, width=56, block=8))
   kw = dict(batch_size=4, image_size=24, seg_input=seg_input, palette=PALETTE, tta=tta, shard_index=0,
             shard_count=1)
-  host = evaluation.stack_batches(list(evaluation.eval_loader(src, finish="host", **kw)))
-  raw = evaluation.stack_batches(list(evaluation.eval_loader(src, finish="device", **kw)))
+  raw = _stack(list(evaluation.eval_loader(src, **kw)))
   assert raw["image"].dtype == raw["seg"].dtype == np.uint8
-  assert raw["seg"].shape == host["image"].shape[:-1]  # class map: no colour axis
+  assert raw["seg"].shape == raw["image"].shape[:-1]  # class map: no colour axis
+  want = _as_the_model_reads(raw, seg_input)
   image, seg = jax.jit(device_finish.DeviceFinish(seg_input, PALETTE, platform))(raw["image"], raw["seg"])
-  assert_finished_image(image, host["image"], platform)
-  np.testing.assert_array_equal(seg, host["seg"])
-  for k in ("latlon", "cells", "scene", "mask", "index"):
-    np.testing.assert_array_equal(raw[k], host[k], err_msg=k)
-  with pytest.raises(ValueError, match="eval finish"):
-    evaluation.eval_loader(src, finish="gpu", **kw)
+  assert_finished_image(image, want["image"], platform)
+  np.testing.assert_array_equal(seg, want["seg"])
+  assert seg.dtype == want["seg"].dtype
 
 
 def test_bad_arguments_are_named():
@@ -216,24 +230,6 @@ def test_bad_arguments_are_named():
                          shard_index=0, shard_count=1)
   with pytest.raises(ValueError, match="cannot fill a batch"):
     training.train_loader(src, batch_size=8, image_size=8, seg_input="classes", shard_index=0, shard_count=1)
-
-
-def test_cached_source_reads_each_record_once_and_changes_nothing():
-  class Counting(ListSource):
-    reads = 0
-
-    def __getitem__(self, i):
-      Counting.reads += 1
-      return super().__getitem__(i)
-
-  records = blocky_records(8, height=16, width=16, block=4)
-  kw = dict(batch_size=4, image_size=8, seg_input="classes", seed=4, shard_index=0, shard_count=1, num_epochs=3)
-  plain = list(training.train_loader(ListSource(records), **kw))
-  cached = list(training.train_loader(sources.CachedSource(Counting(records)), **kw))
-  assert Counting.reads == 8  # 3 epochs, 8 reads
-  for a, b in zip(plain, cached, strict=True):
-    for k in a:
-      np.testing.assert_array_equal(a[k], b[k])
 
 
 # ------------------------------------------------------------------------------------------------ fast paths
@@ -294,17 +290,14 @@ def test_crop_resize_without_antialias_warps_downscaled_boxes():
     assert np.abs(fast - ref).mean() < 12  # the same crop, sampled without the antialiasing filter
 
 
-def test_batch_normalisation_and_palette_are_bit_exact(monkeypatch):
+def test_the_finishing_tables_hold_the_normalised_values():
   rng = np.random.default_rng(0)
-  images = rng.integers(0, 256, (3, 7, 9, 3), dtype=np.uint8)
   segs = rng.integers(0, len(PALETTE), (3, 7, 9), dtype=np.uint8)
-  want_image = augment.normalize(images)
-  want_seg = augment.seg_to_model_input(segs, "palette", PALETTE)
   table = augment.palette_table(PALETTE)
-  for cv2 in (augment.codecs.cv2, None):
-    monkeypatch.setattr(augment.codecs, "cv2", cv2)
-    np.testing.assert_array_equal(augment.normalize_batch(images), want_image)
-    np.testing.assert_array_equal(augment.palette_lookup(segs, table), want_seg)
+  np.testing.assert_array_equal(table[segs, 0], augment.seg_to_model_input(segs, "palette", PALETTE))
+  np.testing.assert_array_equal(table[len(PALETTE):], 0)  # classes past the palette read as zeros
+  levels = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
+  np.testing.assert_array_equal(augment.image_lut()[:, 0], augment.normalize(levels))
   with pytest.raises(ValueError, match="palette"):
     augment.palette_table(np.zeros((300, 3), np.uint8))
 
@@ -357,29 +350,22 @@ def test_encoded_records_give_the_batches_of_decoded_ones(seg_input):
 
 @pytest.mark.parametrize("platform", ["cpu", "tpu"])
 @pytest.mark.parametrize("seg_input", ["palette", "classes"])
-def test_batches_finished_in_workers_here_or_on_device_are_the_same(seg_input, platform):
+def test_training_batches_finished_on_device_are_what_the_model_reads(seg_input, platform):
   import jax  # pylint: disable=g-import-not-at-top
   from translocator_jax.data.pipeline import device_finish  # pylint: disable=g-import-not-at-top
   src = ListSource(blocky_records(8, height=16, width=16, block=4))
   kw = dict(batch_size=4, image_size=8, seg_input=seg_input, palette=PALETTE, seed=3, shard_index=0,
             shard_count=1, num_epochs=1)
-  here = list(training.train_loader(src, finish="main", **kw))
-  there = list(training.train_loader(src, finish="workers", **kw))
-  raw = list(training.train_loader(src, finish="device", **kw))
-  assert len(here) == len(there) == len(raw) == 2
+  raw = list(training.train_loader(src, **kw))
+  assert len(raw) == 2
   finish = jax.jit(device_finish.DeviceFinish(seg_input, PALETTE, platform))
-  for a, b, r in zip(here, there, raw):
-    assert a["image"].dtype == np.float32
-    assert a["seg"].dtype == (np.float32 if seg_input == "palette" else np.int32)
+  for r in raw:
     assert r["image"].dtype == r["seg"].dtype == np.uint8 and r["seg"].shape == (4, 8, 8)
+    want = _as_the_model_reads(r, seg_input)
     image, seg = finish(r["image"], r["seg"])
-    assert_finished_image(image, a["image"], platform)
-    np.testing.assert_array_equal(seg, a["seg"])
-    assert seg.dtype == a["seg"].dtype
-    for k in a:
-      np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-      if k not in ("image", "seg"):
-        np.testing.assert_array_equal(a[k], r[k], err_msg=k)
+    assert_finished_image(image, want["image"], platform)
+    np.testing.assert_array_equal(seg, want["seg"])
+    assert seg.dtype == (np.float32 if seg_input == "palette" else np.int32)
 
 
 def test_device_finish_passes_float_inputs_and_needs_a_palette_for_uint8_maps():
@@ -410,11 +396,8 @@ def test_classes_past_the_palette_are_refused_naming_the_records():
   records[2][schema.SEGMENTATION] = np.full_like(records[2][schema.SEGMENTATION], len(PALETTE) + 3)
   kw = dict(batch_size=4, image_size=8, seg_input="palette", palette=PALETTE, seed=3, shard_index=0,
             shard_count=1, num_epochs=1)
-  for finish in ("device", "workers"):
-    with pytest.raises(ValueError, match=r"past the palette \(8 colours\).*'img2': 11"):
-      next(iter(training.train_loader(ListSource(records), finish=finish, **kw)))
-  with pytest.raises(ValueError, match="finish must be one of"):
-    training.train_loader(ListSource(records), finish="gpu", **kw)
+  with pytest.raises(ValueError, match=r"past the palette \(8 colours\).*'img2': 11"):
+    next(iter(training.train_loader(ListSource(records), **kw)))
 
 
 def test_shards_get_different_augmentations():
@@ -473,8 +456,7 @@ def test_undecodable_records_are_masked_and_their_reasons_reach_the_main_process
   records[3] = dict(records[3], **{schema.IMAGE: b"not a photo"})
   records[6] = dict(records[6], **{schema.SEGMENTATION: records[6][schema.SEGMENTATION][:40]})  # a map cut short
   loader = training.train_loader(UndecodedSource(records), batch_size=4, image_size=8, seg_input="classes",
-                                 shard_index=0, shard_count=1, num_epochs=1, worker_count=worker_count,
-                                 finish="device")
+                                 shard_index=0, shard_count=1, num_epochs=1, worker_count=worker_count)
   batches = list(iter(loader))
   index = np.concatenate([b["index"] for b in batches])
   mask = np.concatenate([b["mask"] for b in batches])

@@ -18,7 +18,7 @@ def _records(n=4, h=40, w=56):
 
 def test_training_batches_have_ten_crops_of_each_photo_and_map():
   loader = training.train_loader(_records(), batch_size=2, image_size=16, seg_input="classes", seed=3,
-                                finish="device", augmentation="authors_ten_crop", shard_index=0, shard_count=1)
+                                augmentation="authors_ten_crop", shard_index=0, shard_count=1)
   batch = next(iter(loader))
   assert batch["image"].shape == (2, 10, 16, 16, 3) and batch["image"].dtype == np.uint8
   assert batch["seg"].shape == (2, 10, 16, 16) and batch["cells"].shape == (2, 3)

@@ -132,7 +132,7 @@ def test_evaluation_and_prediction_need_only_the_partitions_of_an_unbuilt_traini
 
 @pytest.mark.parametrize("tta", ["center", "five_crop"])
 def test_forward_finishes_uint8_batches_like_the_host(tta):
-  # The evaluator reads uint8 crops (eval_loader(finish='device')); make_forward(model, palette) must give the
+  # The evaluator reads uint8 crops (eval_loader's batches); make_forward(model, palette) must give the
   # probabilities of the float32 inputs the host path makes.
   import jax  # pylint: disable=g-import-not-at-top
   from translocator_jax import models  # pylint: disable=g-import-not-at-top

@@ -134,7 +134,7 @@ def test_gradient_accumulation_equals_full_batch():
 
 
 def test_step_on_uint8_batches_equals_step_on_host_finished_batches():
-  # train_loader(finish='device') hands the step uint8 photos and class maps; the step's lookups must give the
+  # train_loader hands the step uint8 photos and class maps; the step's lookups must give the
   # same update as the float32 inputs the host would have made (augment.normalize / seg_to_model_input).
   from translocator_jax.data.pipeline import augment  # pylint: disable=g-import-not-at-top
   config = config_io.load_config(SYNTHETIC)

@@ -80,7 +80,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, config: 
                     palette: np.ndarray | None = None) -> Callable:
   """Returns train_step(state, batch) -> (state, metrics), jitted over `mesh` with the state donated.
 
-  Batches may hold the pipeline's uint8 image and class map (train_loader(finish='device')): the step turns them
+  Batches may hold the pipeline's uint8 image and class map (train_loader's batches): the step turns them
   into the model's inputs (data.device_finish; `palette`, [K, 3] uint8, for seg_input='palette'). Float batches
   pass through.
 

@@ -237,29 +237,6 @@ def image_lut() -> np.ndarray:
   return normalize(np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1))[:, None, :]
 
 
-def normalize_batch(rgb: np.ndarray) -> np.ndarray:
-  """normalize() of a uint8 [..., W, 3] batch, bit for bit: an OpenCV table lookup (or one multiply, one add)."""
-  rgb = np.ascontiguousarray(rgb)
-  width = rgb.shape[-2]
-  if codecs.cv2 is not None and rgb.size:
-    return codecs.cv2.LUT(rgb.reshape(-1, width, 3), image_lut()).reshape(rgb.shape)
-  scale, shift = _tiled(width)
-  out = np.empty(rgb.shape, np.float32)
-  rows = out.reshape(-1, width * 3)
-  np.multiply(rgb.reshape(-1, width * 3), scale, out=rows)
-  rows += shift
-  return out
-
-
-def palette_lookup(seg: np.ndarray, palette_lut: np.ndarray) -> np.ndarray:
-  """palette_lut[seg] for a uint8 class map batch [..., H, W] and a [256, 1, 3] float32 table (OpenCV when there)."""
-  seg = np.ascontiguousarray(seg, np.uint8)
-  if codecs.cv2 is not None and seg.size:
-    rows = seg.reshape(-1, seg.shape[-1])
-    return codecs.cv2.LUT(codecs.cv2.merge([rows, rows, rows]), palette_lut).reshape(seg.shape + (3,))
-  return np.take(palette_lut[:, 0], seg, axis=0)
-
-
 def palette_table(palette: np.ndarray) -> np.ndarray:
   """[256, 1, 3] float32 lookup table of normalised palette colours (classes past the palette map to 0)."""
   palette = np.asarray(palette)

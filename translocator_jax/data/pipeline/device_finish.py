@@ -1,14 +1,15 @@
-"""The pipelines' uint8 batches -> the model's inputs, inside the jitted step (finish='device').
+"""The pipelines' uint8 batches -> the model's inputs, inside the jitted step.
 
-train_loader(finish='device') feeds train.step; eval_loader(finish='device') feeds eval_model.make_forward.
+train_loader's batches feed train.step; eval_loader's feed infer.inference.make_forward.
 
 The host then decodes and crops only: a batch crosses to the accelerator as uint8 photo [B,S,S,3] and uint8 class
 map [B,S,S] (4x and 12x fewer bytes than float32 image and palette colours), and the host CPU, the usual limit of
 an input pipeline on TPU hosts, saves the normalisation and palette lookup (benchmarks/README.md).
 
-The values are those of the host path bit for bit: the same float32 multiply-add (augment.normalize_affine) and
-the same palette colours (augment.palette_table). Inputs that are already float32 (host-finished batches, synthetic
-data, Predictor's photos) pass through unchanged, so one step serves every source.
+The values are those of augment.normalize / seg_to_model_input (the batch contract's definition) bit for bit: the
+same float32 multiply-add (augment.normalize_affine) and the same palette colours (augment.palette_table). Inputs
+that are already float32 (synthetic data, Predictor's photos) pass through unchanged, so one step serves every
+source.
 """
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ class DeviceFinish:
     if self.seg_input == "classes":
       return seg.astype(jnp.int32)
     if self._palette_table is None:
-      raise ValueError("seg_input='palette' with uint8 class maps (a pipeline's finish='device') needs the "
+      raise ValueError("seg_input='palette' with uint8 class maps (a pipeline's batches) needs the "
                        "dataset's palette ([num_classes, 3] uint8) to finish them on device; none was given")
     table = jnp.asarray(self._palette_table)
     classes = seg.astype(jnp.int32)

@@ -1,11 +1,11 @@
 """The evaluation input pipeline: every example of this process's shard once, padded to whole batches (padding
-rows masked), centre crop or five crops, finished on the host or left uint8 for the evaluation step. With
-tta='five_crop' image and seg get a crop axis after the batch axis: [B, 5, S, S, ...].
+rows masked), centre crop or five crops, left uint8 (photo and class map) for DeviceFinish in the evaluation step.
+With tta='five_crop' image and seg get a crop axis after the batch axis: [B, 5, S, S, ...].
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import grain
 import numpy as np
@@ -36,25 +36,19 @@ class _PaddedShard:
 
 
 class EvalTransform(grain.transforms.Map):
-  """Centre crop (resize the shorter side, crop the centre) or five crops; labels; padding flags.
+  """Centre crop (resize the shorter side, crop the centre) or five crops, uint8; labels; padding flags."""
 
-  finish_on_host=False leaves the crops uint8 (photo and class map) for DeviceFinish in the evaluation step.
-  """
-
-  def __init__(self, image_size: int, fields: fields_lib.Fields, tta: str, crop_fraction: float, finish_on_host: bool = True,
+  def __init__(self, image_size: int, fields: fields_lib.Fields, tta: str, crop_fraction: float,
                image_ids: bool = False):
     self.image_size = image_size
     self.fields = fields
     self.tta = tta
     self.crop_fraction = crop_fraction
-    self.finish_on_host = finish_on_host
     self.image_ids = image_ids
 
   def map(self, element: tuple[bool, dict[str, Any]]) -> dict[str, np.ndarray]:
     real, ex = element
     image, seg = augment.eval_crops(*fields_lib.split_example(ex), self.image_size, self.tta, self.crop_fraction)
-    if self.finish_on_host:
-      image, seg = augment.normalize(image), self.fields.seg(seg)
     out = {"image": image, "seg": seg}
     out.update(self.fields.labels(ex))
     if self.image_ids:
@@ -104,15 +98,13 @@ def eval_loader(source: Any, *, batch_size: int, image_size: int, seg_input: str
                 palette: np.ndarray | None = None, tta: str = "center", shard_index: int | None = None,
                 shard_count: int | None = None, scene_key: str = schema.SCENE_S3,
                 crop_fraction: float = EVAL_CROP_FRACTION, worker_count: int = 0, num_threads: int = 4,
-                finish: str = "host", image_ids: bool = False) -> EvalLoader:
+                image_ids: bool = False) -> EvalLoader:
   """Padded batches of this process's shard: every record once over all shards, mask False on padding.
 
   Args:
     tta: 'center' (one centre crop) or 'five_crop' (4 corners + centre, a crop axis after the batch axis).
     crop_fraction: side of each crop as a fraction of the shorter side (resize to S / crop_fraction, then crop
       S: the usual 0.875; 1.0 keeps the whole centred square).
-    finish: 'host' (float32 model inputs, the batch contract) or 'device' (uint8 photo and class map, for
-      data.device_finish.DeviceFinish in the evaluation step; what the evaluator and validation use).
     image_ids: add each record's image_id (text, '' on padding) to the batches (galleries name their images).
     Others as in train_loader; batch_size is per process.
   """
@@ -121,8 +113,6 @@ def eval_loader(source: Any, *, batch_size: int, image_size: int, seg_input: str
     raise errors.ConfigError(f"config.eval.tta={tta!r}; expected one of {augment.TTA_MODES}")
   if not 0.0 < crop_fraction <= 1.0:
     raise errors.ConfigError(f"config.eval.crop_fraction={crop_fraction!r}: must be in (0, 1]")
-  if finish not in ("host", "device"):
-    raise ValueError(f"eval finish must be 'host' or 'device', got {finish!r}")
   shard_index, shard_count = fields_lib.process_shard(shard_index, shard_count)
   n = len(source)
   positions = shard_positions(n, shard_index, shard_count)
@@ -131,12 +121,6 @@ def eval_loader(source: Any, *, batch_size: int, image_size: int, seg_input: str
   padded = _PaddedShard(source, positions, num_batches * batch_size)
   fields = fields_lib.Fields(seg_input, None if palette is None else np.asarray(palette, np.uint8), scene_key)
   ds = (grain.MapDataset.source(padded)
-        .map(EvalTransform(int(image_size), fields, tta, float(crop_fraction), finish_on_host=finish == "host",
-                           image_ids=image_ids))
+        .map(EvalTransform(int(image_size), fields, tta, float(crop_fraction), image_ids=image_ids))
         .batch(int(batch_size), drop_remainder=False))
   return EvalLoader(ds, num_batches, n, len(positions), int(worker_count), int(num_threads))
-
-
-def stack_batches(batches: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-  """Concatenates batches along the batch axis (tests, small evaluations)."""
-  return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}

@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 
 from translocator_jax import errors
-from translocator_jax.data.pipeline import augment
 from translocator_jax.data.records import codecs
 from translocator_jax.data.records import schema
 from translocator_jax.data.records import sources
@@ -78,12 +77,6 @@ class Fields:
         "mask": np.ones(len(records), bool),
         "index": np.array([ex[sources.INDEX] for ex in records], np.int64),
     }
-
-  def __post_init__(self):
-    self._palette_norm = None if self.palette is None else augment.normalize(np.asarray(self.palette, np.uint8))
-
-  def seg(self, seg: np.ndarray) -> np.ndarray:
-    return augment.seg_to_model_input(seg, self.seg_input, self._palette_norm)
 
   def check_classes(self, segs: np.ndarray, records: list[dict[str, Any]]) -> None:
     """Raises naming the records whose uint8 class maps [B, H, W] hold a class past the palette."""

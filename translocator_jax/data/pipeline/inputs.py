@@ -35,7 +35,7 @@ def train_iterator(config: ml_collections.ConfigDict, info: registry.DatasetInfo
       seg_input=config.model.get("seg_input", "palette"), palette=info.palette,
       seed=int(config.data.get("shuffle_seed", 0)), shard_index=jax.process_index(),
       shard_count=jax.process_count(), worker_count=int(config.data.get("worker_count", 0)),
-      finish="device", augmentation=str(config.data.get("augmentation", "crop")))
+      augmentation=str(config.data.get("augmentation", "crop")))
   return iter(loader)
 
 
@@ -56,7 +56,7 @@ def record_locator(config: ml_collections.ConfigDict, info: registry.DatasetInfo
 
 
 def train_batch_spec(config: ml_collections.ConfigDict, global_batch: int) -> dict[str, jax.ShapeDtypeStruct]:
-  """The global batch train_iterator's loader yields (finish='device'), as shapes and dtypes, for the keys the
+  """The global batch train_iterator's loader yields, as shapes and dtypes, for the keys the
   train step reads: uint8 photo [B, S, S, 3] and class map [B, S, S] (a crop axis of 10 after the size with
   augmentation='authors_ten_crop'), cells int32 [B, 3], scene int32 [B], latlon float32 [B, 2], mask bool [B].
   What an ahead-of-time compile lowers the step with."""
@@ -83,7 +83,7 @@ def eval_batches(config: ml_collections.ConfigDict, info: registry.DatasetInfo, 
       source, batch_size=batch_size // jax.process_count(), image_size=int(config.model.image_size),
       seg_input=config.model.get("seg_input", "palette"), palette=info.palette, tta=tta,
       crop_fraction=eval_crop_fraction(config), shard_index=jax.process_index(),
-      shard_count=jax.process_count(), finish="device", image_ids=image_ids)
+      shard_count=jax.process_count(), image_ids=image_ids)
   return loader, len(source)
 
 

@@ -1,20 +1,17 @@
 """The training input pipeline (grain): shuffled, augmented, checkpointable; evaluation's is data/pipeline/evaluation.py.
 
-Batches follow the batch contract of data/pipeline/fields.py. train_loader(finish='device'), what the trainer uses,
-leaves image uint8 [B, S, S, 3] and seg uint8 [B, S, S] class indices, which data.device_finish.DeviceFinish turns
-into the contract's float32 inputs inside the jitted step.
+Batches follow the batch contract of data/pipeline/fields.py, with image uint8 [B, S, S, 3] and seg uint8 [B, S, S]
+class indices: data.device_finish.DeviceFinish turns them into the model's float32 inputs inside the jitted step
+(4-12x fewer bytes to the accelerator, and no host time on it).
 
-train_loader returns a TrainLoader over a grain.DataLoader: `it = iter(loader)`; `it.get_state()` /
-`it.set_state(state)` (the DataLoader iterator's) restore the stream exactly (same batches; grain requires the
-same worker_count); the train loop checkpoints `it` with grain's orbax handler
-(grain.checkpoint.CheckpointHandler / CheckpointSave / CheckpointRestore).
+train_loader returns a grain.DataLoader: `it = iter(loader)`; `it.get_state()` / `it.set_state(state)` restore the
+stream exactly (same batches; grain requires the same worker_count); the train loop checkpoints `it` with grain's
+orbax handler (grain.checkpoint.CheckpointHandler / CheckpointSave / CheckpointRestore).
 
 Training speed (benchmarks/input_pipeline.py): a grain element is a whole batch (TrainBatches), so grain's
 per-element cost is paid once per batch; records are read undecoded and decoded by `codecs` (no Python-level header
 parsing), the crop box is drawn before decoding (the map is inflated only down to the box); photos go through
-OpenCV's warp where that equals Pillow's filter (upscaled boxes) and Pillow's antialiasing resize elsewhere; the
-float32 arrays are made once per batch by table lookups (bit-exact with `augment.normalize`), on the host or, with
-finish='device', inside the train step (fewer bytes to the device and no host time on it).
+OpenCV's warp where that equals Pillow's filter (upscaled boxes) and Pillow's antialiasing resize elsewhere.
 """
 from __future__ import annotations
 
@@ -31,7 +28,6 @@ from translocator_jax.data.records import codecs
 from translocator_jax.data.records import schema
 from translocator_jax.data.records import sources
 
-FINISH_PLACES = ("auto", "main", "workers", "device")
 _EPOCHS_FOREVER = 1 << 24  # num_epochs=None: batch positions wrap after this many epochs
 _EMPTY_PREPARED = (np.zeros((1, 1, 3), np.uint8), np.zeros((1, 1), np.uint8), (1, 1))
 
@@ -220,32 +216,12 @@ class TrainBatches:
     return f"TrainBatches({self.source!r}, {len(self.positions)} records, batch_size={self.batch_size})"
 
 
-class FinishBatch(grain.transforms.Map):
-  """uint8 batch -> the model's inputs, once per batch: normalised float32 image, seg as palette colours (float32,
-  normalised like the image) or int32 classes; the same values as normalize / seg_to_model_input.
-  """
-
-  def __init__(self, fields: fields_lib.Fields):
-    self.fields = fields
-    self._palette_lut = None if fields.palette is None else augment.palette_table(fields.palette)
-
-  def map(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    batch = dict(batch)
-    batch["image"] = augment.normalize_batch(batch["image"])
-    segs = batch["seg"]
-    if self.fields.seg_input != "palette":
-      batch["seg"] = self.fields.seg(segs)
-      return batch
-    batch["seg"] = augment.palette_lookup(segs, self._palette_lut)  # classes were checked by TrainBatches
-    return batch
-
-
 def train_loader(source: Any, *, batch_size: int, image_size: int, seg_input: str = "palette",
                  palette: np.ndarray | None = None, seed: int = 0, shard_index: int | None = None,
                  shard_count: int | None = None, worker_count: int = 0, num_epochs: int | None = None,
                  scene_key: str = schema.SCENE_S3, crop_scale: tuple[float, float] = (0.35, 1.0),
                  flip: bool = True, antialias: bool = True, num_threads: int = 4,
-                 worker_buffer_size: int = 2, finish: str = "auto", augmentation: str = "crop") -> "TrainLoader":
+                 worker_buffer_size: int = 2, augmentation: str = "crop") -> grain.DataLoader:
   """Shuffled, augmented, batched training examples of this process's shard (whole batches only).
 
   Every shard holds len(source) // shard_count consecutive records (so all processes run the same number of
@@ -269,26 +245,13 @@ def train_loader(source: Any, *, batch_size: int, image_size: int, seg_input: st
       False warps them with plain bilinear interpolation (faster, aliased; upscaled crops are the same).
     num_threads: reader (and decoding) threads, in this process or in each worker.
     worker_buffer_size: batches each worker keeps ready.
-    finish: where the uint8 crops become the model's float32 inputs (FinishBatch):
-      'device': nowhere on the host: batches stay uint8 (image [B,S,S,3], class map [B,S,S]) and the train step
-        finishes them (data.device_finish.DeviceFinish; bit-identical values). The trainer's choice: the host
-        only decodes and crops, and 4-12x fewer bytes go to the accelerator.
-      'main': in this process, after the workers (which then pass uint8 batches through shared memory);
-      'workers': in the workers (or in this process without workers);
-      'auto': 'main' with workers, else 'workers'.
     augmentation: 'crop' (paired random resized crops and flips, ours) or 'authors_ten_crop' (the authors'
-      rotation, flip, 256/224 resize and ten crops: a crop axis after the batch axis; finish must be 'device').
+      rotation, flip, 256/224 resize and ten crops: a crop axis after the batch axis).
   """
   if augmentation not in ("crop", "authors_ten_crop"):
     raise errors.ConfigError(f"config.data.augmentation={augmentation!r}; expected 'crop' or 'authors_ten_crop'")
-  if augmentation == "authors_ten_crop" and finish != "device":
-    raise ValueError("augmentation='authors_ten_crop' needs finish='device' (the train step finishes the crops)")
   fields_lib.check_seg_input(seg_input, palette)
   shard_index, shard_count = fields_lib.process_shard(shard_index, shard_count)
-  if finish not in FINISH_PLACES:
-    raise ValueError(f"finish must be one of {FINISH_PLACES}, got {finish!r}")
-  if finish == "auto":
-    finish = "main" if worker_count else "workers"
   shard_len = len(source) // shard_count
   if shard_len < batch_size:
     raise errors.ConfigError(f"{source!r}: {len(source)} records cannot fill a batch of {batch_size} on each of "
@@ -303,49 +266,7 @@ def train_loader(source: Any, *, batch_size: int, image_size: int, seg_input: st
   sampler = grain.samplers.IndexSampler(num_records=len(batches), shuffle=False, num_epochs=1)
   if worker_count:
     fields_lib.absl_flags_ready()
-  finish_batch = FinishBatch(fields)
-  loader = grain.DataLoader(data_source=batches, sampler=sampler,
-                            operations=[finish_batch] if finish == "workers" else [],
-                            worker_count=worker_count, worker_buffer_size=worker_buffer_size,
-                            read_options=grain.ReadOptions(num_threads=num_threads,
-                                                           prefetch_buffer_size=max(2, num_threads)))
-  return TrainLoader(loader, finish_batch if finish == "main" else None)
-
-
-class TrainLoader:
-  """Iterable over training batches: grain's DataLoader, plus FinishBatch in this process when asked."""
-
-  def __init__(self, loader: grain.DataLoader, finish: FinishBatch | None):
-    self.loader = loader
-    self.finish = finish
-
-  def __iter__(self) -> Any:
-    it = iter(self.loader)
-    return it if self.finish is None else _FinishingIterator(it, self.finish)
-
-
-class _FinishingIterator:
-  """A DataLoader iterator whose batches go through FinishBatch here; the same get_state / set_state."""
-
-  def __init__(self, it: Any, finish: FinishBatch):
-    self._it = it
-    self._finish = finish
-
-  def __iter__(self):
-    return self
-
-  def __next__(self) -> dict[str, np.ndarray]:
-    return self._finish.map(next(self._it))
-
-  def get_state(self) -> Any:
-    return self._it.get_state()
-
-  def set_state(self, state: Any) -> None:
-    self._it.set_state(state)
-
-  def close(self) -> None:
-    if hasattr(self._it, "close"):
-      self._it.close()
-
-
-# ------------------------------------------------------------------------------------------------ evaluation
+  return grain.DataLoader(data_source=batches, sampler=sampler, worker_count=worker_count,
+                          worker_buffer_size=worker_buffer_size,
+                          read_options=grain.ReadOptions(num_threads=num_threads,
+                                                         prefetch_buffer_size=max(2, num_threads)))

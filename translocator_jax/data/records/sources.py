@@ -218,54 +218,14 @@ def has_segmentation_maps(dataset_dir: str | os.PathLike) -> bool:
   return bool(metadata.get(schema.MAPS_METADATA_KEY, True)) if isinstance(metadata, dict) else True
 
 
-def open_source(dataset_dir: str | os.PathLike, split: str, *, decode: bool = True,
-                cache: bool = False) -> Any:
+def open_source(dataset_dir: str | os.PathLike, split: str, *, decode: bool = True) -> Any:
   """Random-access source of decoded example dicts (plus 'index') of one split of a built TFDS dataset.
 
-  decode=False leaves image and segmentation as their JPEG / PNG bytes. cache=True keeps decoded records in
-  memory after their first read (CachedSource; for small sets trained for many epochs, with worker_count=0).
+  decode=False leaves image and segmentation as their JPEG / PNG bytes.
   """
-  if cache:
-    return CachedSource(open_source(dataset_dir, split, decode=decode))
   if not (pathlib.Path(dataset_dir) / "dataset_info.json").exists():
     raise FileNotFoundError(f"{dataset_dir} is not a built TFDS dataset (no dataset_info.json)")
   manifest.check_split(dataset_dir, split)  # before anything reads a record: a damaged shard named in one line
   if _is_schema_array_record(dataset_dir):
     return ArrayRecordSource(dataset_dir, split, decode=decode)
   return TfdsSource(dataset_dir, split, decode=decode)
-
-
-class CachedSource:
-  """Keeps decoded records in memory after their first read (small sets read for many epochs, e.g. Earth patches).
-
-  Records past `max_bytes` of decoded arrays are read again each time. Each grain worker process keeps its own
-  cache, so use it with worker_count=0 (or few workers) on small datasets.
-  """
-
-  def __init__(self, source: Any, max_bytes: int = 2 << 30):
-    self.source = source
-    self.max_bytes = int(max_bytes)
-    self._cache: dict[int, dict[str, Any]] = {}
-    self._bytes = 0
-
-  def __len__(self) -> int:
-    return len(self.source)
-
-  def __getitem__(self, i: int) -> dict[str, Any]:
-    i = int(i)
-    ex = self._cache.get(i)
-    if ex is None:
-      ex = self.source[i]
-      size = sum(v.nbytes for v in ex.values() if isinstance(v, np.ndarray))
-      if self._bytes + size <= self.max_bytes:
-        self._cache[i] = ex
-        self._bytes += size
-    return ex
-
-  def __getstate__(self):
-    state = dict(self.__dict__)
-    state["_cache"], state["_bytes"] = {}, 0
-    return state
-
-  def __repr__(self) -> str:
-    return f"CachedSource({self.source!r})"
