@@ -39,6 +39,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import photo_records  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from translocator_jax.data.earth_patches import dataset as earth_patches
+from translocator_jax.data.earth_patches import plan as earth_plan
 from translocator_jax.data.pipeline import training as pipeline
 from translocator_jax.data.records import codecs  # pylint: disable=wrong-import-position
 from translocator_jax.data.records import schema
@@ -141,7 +142,7 @@ def main(argv=None) -> int:
   p.add_argument("--photos", type=int, help="write and use this many photo-like records (benchmarks/photo_records)")
   p.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "translocator_bench_tfds"),
                  help="TFDS data dir for earth_patches; photo-like records go to DATA_DIR/photo_like_N")
-  p.add_argument("--config", default="default", choices=sorted(earth_patches.PRESETS))
+  p.add_argument("--config", default="default", choices=sorted(earth_plan.PRESETS))
   p.add_argument("--patch-px", type=int)
   p.add_argument("--num-train", type=int)
   p.add_argument("--split", default="train")

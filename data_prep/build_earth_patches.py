@@ -20,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from translocator_jax.data.earth_patches import dataset as earth_patches
+from translocator_jax.data.earth_patches import plan as earth_plan
 from translocator_jax.data.records import schema
 from translocator_jax.data.records import sources
 from translocator_jax.runtime import cli
@@ -39,7 +40,7 @@ def taus_arg(text: str) -> tuple[tuple[int, int], ...]:
 def parse_args(argv):
   p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--output", required=True, help="TFDS data dir to build into")
-  p.add_argument("--config", default="default", choices=sorted(earth_patches.PRESETS))
+  p.add_argument("--config", default="default", choices=sorted(earth_plan.PRESETS))
   p.add_argument("--num-train", type=int)
   p.add_argument("--num-validation", type=int)
   p.add_argument("--num-test", type=int)

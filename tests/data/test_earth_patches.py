@@ -1,7 +1,6 @@
 """Earth patches: deterministic build, disjoint splits, class maps that agree with the source rasters."""
 import gzip
 import hashlib
-import json
 import os
 import pathlib
 import subprocess
@@ -15,13 +14,14 @@ from PIL import Image
 from translocator_jax import paths
 from translocator_jax.data.earth_patches import cells as fine_cells
 from translocator_jax.data.earth_patches import dataset as earth_patches
+from translocator_jax.data.earth_patches import plan as earth_plan
 from translocator_jax.data.earth_patches import rasters
 from translocator_jax.data.earth_patches import render as earth_render
 from translocator_jax.data.records import schema
 from translocator_jax.data.records import sources
 from translocator_jax.geo import cells as cells_lib
 
-SPLITS = earth_patches.SPLITS
+SPLITS = earth_plan.SPLITS
 
 
 @pytest.fixture(scope="module")
@@ -154,8 +154,8 @@ def test_tiny_build_sizes_and_record_schema(tiny):
 
 def test_records_match_their_plan_and_partitions(tiny):
 
-  options = earth_patches.PRESETS["tiny"]
-  plan = earth_patches.make_plan(options)
+  options = earth_plan.PRESETS["tiny"]
+  plan = earth_plan.make_plan(options)
   partitions = [cells_lib.load_partition_csv(p) for p in tiny.partition_paths]
   assert tuple(p.num_classes for p in partitions) == tiny.num_classes
   for split in SPLITS:
@@ -217,14 +217,14 @@ def test_build_is_deterministic_and_reused(tiny, tmp_path):
 
 
 def test_other_seed_other_locations_and_options_get_their_own_folder():
-  a = earth_patches.make_plan(earth_patches.PRESETS["tiny"])
-  name, opts = earth_patches.resolve_options("tiny", seed=1)
+  a = earth_plan.make_plan(earth_plan.PRESETS["tiny"])
+  name, opts = earth_plan.resolve_options("tiny", seed=1)
   assert name.startswith("tiny_") and opts.seed == 1
-  b = earth_patches.make_plan(opts)
+  b = earth_plan.make_plan(opts)
   assert not np.allclose(a.params["train"].latlon, b.params["train"].latlon)
-  assert earth_patches.resolve_options("tiny", seed=0)[0] == "tiny"
+  assert earth_plan.resolve_options("tiny", seed=0)[0] == "tiny"
   with pytest.raises(ValueError, match="unknown earth_patches options"):
-    earth_patches.resolve_options("tiny", patch_size=3)
+    earth_plan.resolve_options("tiny", patch_size=3)
 
 
 def test_packaged_fine_cells_equal_the_shared_partition(shared_data):
