@@ -11,7 +11,7 @@ every fine cell has a true S2 ancestor, so the fallback never fires there (tests
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +19,9 @@ import numpy as np
 
 from translocator_jax.geo import cells as cells_lib
 from translocator_jax.geo.distance import haversine_km_numpy
+
+# The partition levels, coarse -> fine: the geo-cell heads, the partition files and the cells of a record.
+LEVELS = ("coarse", "middle", "fine")
 
 
 def _ancestors(fine: cells_lib.Partition, coarse: cells_lib.Partition) -> tuple[np.ndarray, np.ndarray]:
@@ -56,6 +59,24 @@ def fstar_scores(fine_to_middle, fine_to_coarse, probs_coarse, probs_middle, pro
   """[B, C_fine] hierarchical scores."""
   return probs_fine * jnp.take(probs_middle, fine_to_middle, axis=1) * jnp.take(probs_coarse, fine_to_coarse,
                                                                                 axis=1)
+
+
+def cell_probabilities(probs: Mapping[str, Any], hierarchy: Hierarchy | None = None) -> jax.Array:
+  """[B, C_fine] probabilities over the finest cells, summing to 1 over the Earth: f* of the three heads when the
+  hierarchy is given and all three are there, else the finest head there (a model with fewer geo heads)."""
+  if hierarchy is not None and all(level in probs for level in LEVELS):
+    return _fstar_probabilities(hierarchy.fine_to_middle, hierarchy.fine_to_coarse,
+                                *(probs[level] for level in LEVELS))
+  return _normalised(probs[[level for level in LEVELS if level in probs][-1]])
+
+
+def _normalised(scores):
+  return scores / jnp.maximum(scores.sum(axis=1, keepdims=True), 1e-30)
+
+
+@jax.jit
+def _fstar_probabilities(fine_to_middle, fine_to_coarse, probs_coarse, probs_middle, probs_fine):
+  return _normalised(fstar_scores(fine_to_middle, fine_to_coarse, probs_coarse, probs_middle, probs_fine))
 
 
 def topk_latlon(probs, latlon_mean, k: int):

@@ -44,19 +44,13 @@ class Calibration:
 
   def head_radii(self, partitions) -> Callable[[Mapping[str, jax.Array], jax.Array], jax.Array]:
     """(head probabilities, centre) -> [B, 2] radii: the hook of inference.predict_dataset."""
-    hier = hierarchy.Hierarchy.from_partitions(list(partitions))  # once, not per batch
-    return lambda probs, centre: self.radii_km(fine_probabilities(partitions, probs, hier), centre)
+    hier = _hierarchy(partitions)  # once, not per batch
+    return lambda probs, centre: self.radii_km(hierarchy.cell_probabilities(probs, hier), centre)
 
 
-def fine_probabilities(partitions, probs, hier: hierarchy.Hierarchy | None = None) -> jax.Array:
-  """[B, C_fine] probabilities over the finest cells: f* renormalised with all three heads, else the finest head."""
-  if all(h in probs for h in ("coarse", "middle", "fine")):
-    hier = hier or hierarchy.Hierarchy.from_partitions(list(partitions))
-    scores = hierarchy.fstar_scores(hier.fine_to_middle, hier.fine_to_coarse, probs["coarse"], probs["middle"],
-                                    probs["fine"])
-  else:
-    scores = probs[[h for h in ("coarse", "middle", "fine") if h in probs][-1]]
-  return scores / jnp.maximum(scores.sum(axis=1, keepdims=True), 1e-30)
+def _hierarchy(partitions) -> hierarchy.Hierarchy | None:
+  partitions = list(partitions)
+  return hierarchy.Hierarchy.from_partitions(partitions) if len(partitions) == len(hierarchy.LEVELS) else None
 
 
 def fit(path, *, which: str = "latest", data_dir: str | None = None, batch_size: int | None = None) -> dict:
@@ -64,8 +58,8 @@ def fit(path, *, which: str = "latest", data_dir: str | None = None, batch_size:
   `path`: a workdir, a step directory or an open session.Session."""
   preds, _, partitions, split, run = queries.split_queries(path, which=which, data_dir=data_dir,
                                                            batch_size=batch_size)
-  probs = {h: preds.extras[f"p_{h}"] for h in ("coarse", "middle", "fine") if f"p_{h}" in preds.extras}
-  cell_probs = np.asarray(fine_probabilities(partitions, probs), np.float32)
+  probs = {h: preds.extras[f"p_{h}"] for h in hierarchy.LEVELS if f"p_{h}" in preds.extras}
+  cell_probs = np.asarray(hierarchy.cell_probabilities(probs, _hierarchy(partitions)), np.float32)
   base = Calibration.for_partition(partitions[-1])
   temperatures, rows = confidence.fit_temperatures(cell_probs, preds.pred_latlon, preds.true_latlon,
                                                    np.asarray(base.points))

@@ -121,7 +121,7 @@ def predict_dataset(model, params, batches: Iterable[Mapping[str, np.ndarray]], 
       for name, value in embedding_hook(probs, emb).items():
         (preds if name == "refined" else extras).setdefault(name, []).append(_gather(value))
     if use_fstar:
-      classes, _, latlon = hierarchy.fstar_topk(hier, probs["coarse"], probs["middle"], probs["fine"], 1)
+      classes, _, latlon = hierarchy.fstar_topk(hier, *(probs[level] for level in hierarchy.LEVELS), 1)
       preds["fstar"].append(_gather(latlon)[:, 0])
       out["fine"].append(_gather(classes)[:, 0])
       main_latlon = latlon[:, 0]

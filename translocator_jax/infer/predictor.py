@@ -243,7 +243,7 @@ class Predictor:
     if self.refiner is not None:
       probs, emb = probs
       refined = self._refined(self.refiner.refine(probs, emb))
-    return self._cell_probabilities(probs), refined
+    return np.asarray(hierarchy.cell_probabilities(probs, self.hierarchy), np.float64), refined
 
   def _refined(self, out) -> list[Refined]:
     latlon = np.asarray(out["refined"], np.float32)
@@ -257,14 +257,6 @@ class Predictor:
                             matched_similarity=round(float(sim), 4), km_from_top_cell=0.0,  # set beside the candidates
                             place=pl.name, country=pl.country or pl.country_code))
     return result
-
-  def _cell_probabilities(self, probs) -> np.ndarray:
-    if self.hierarchy is not None:
-      scores = np.asarray(hierarchy.fstar_scores(self.hierarchy.fine_to_middle, self.hierarchy.fine_to_coarse,
-                                                 probs["coarse"], probs["middle"], probs["fine"]), np.float64)
-    else:
-      scores = np.asarray(probs[self.geo_heads[-1]], np.float64)
-    return scores / np.maximum(scores.sum(axis=1, keepdims=True), 1e-30)
 
   def _describe(self, source: str, probs: np.ndarray, radii: np.ndarray, k: int, true_latlon) -> Prediction:
     top = np.argsort(-probs, kind="stable")[:k]

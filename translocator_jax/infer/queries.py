@@ -5,6 +5,7 @@ from __future__ import annotations
 from translocator_jax import errors
 from translocator_jax.data import registry
 from translocator_jax.data.pipeline import inputs
+from translocator_jax.geo import hierarchy
 from translocator_jax.infer import inference, session
 
 
@@ -28,8 +29,7 @@ def split_queries(path, split: str | None = None, *, which: str = "latest", data
   batch_size = run.batch_size(batch_size)
   # The crops evaluation takes (config.eval.tta), so settings and radii are fitted on the queries they serve.
   batches, _ = inputs.eval_batches(config, info, split, batch_size, config.eval.get("tta", "center"))
-  hook = lambda probs, emb: {"p_coarse": probs["coarse"], "p_middle": probs["middle"], "p_fine": probs["fine"],
-                             "embedding": emb}
+  hook = lambda probs, emb: {**{f"p_{h}": probs[h] for h in hierarchy.LEVELS}, "embedding": emb}
   preds = inference.predict_dataset(run.model(mesh), run.params, batches, mesh=mesh,
                                     partitions=partitions, heads=config.model.heads, desc=f"queries {split}",
                                     total=len(batches), palette=info.palette, embedding_hook=hook)

@@ -64,12 +64,6 @@ class RefineSettings:
     return settings
 
 
-@jax.jit
-def _fstar_probs(fine_to_middle, fine_to_coarse, coarse, middle, fine):
-  s = hierarchy_lib.fstar_scores(fine_to_middle, fine_to_coarse, coarse, middle, fine)
-  return s / jnp.maximum(s.sum(axis=1, keepdims=True), 1e-30)
-
-
 @jax.jit(static_argnames=("top_cells",))
 def top_cell_logp(cell_probs, top_cells: int):
   """[B, C] log-probabilities renormalised over each row's top cells, -inf elsewhere."""
@@ -123,10 +117,13 @@ class Refiner:
       self.devices["projected"] = search_lib.put_gallery(np.asarray(projection(emb)), cells, mesh=mesh)
     self.device_gallery = self.devices["plain"]
     self.latlon = jnp.asarray(gallery.latlon, jnp.float32)
-    self._maps = (jnp.asarray(self.hierarchy.fine_to_middle), jnp.asarray(self.hierarchy.fine_to_coarse))
+    # The class maps on the device once, not per query batch.
+    self._device_hierarchy = dataclasses.replace(self.hierarchy,
+                                                 fine_to_middle=jnp.asarray(self.hierarchy.fine_to_middle),
+                                                 fine_to_coarse=jnp.asarray(self.hierarchy.fine_to_coarse))
 
   def cell_probs(self, probs: Mapping[str, Any]):
-    return _fstar_probs(*self._maps, probs["coarse"], probs["middle"], probs["fine"])
+    return hierarchy_lib.cell_probabilities(probs, self._device_hierarchy)
 
   def features(self, emb, kind: str):
     """Queries' search features: centred and normalised pre-logits, or their projection."""
@@ -181,7 +178,7 @@ def tune(refiner: Refiner, probs: Mapping[str, np.ndarray], emb: np.ndarray, tru
   true_latlon = np.asarray(true_latlon, np.float32)
   n = len(true_latlon)
   fstar_latlon = np.concatenate([np.asarray(hierarchy_lib.fstar_topk(
-      refiner.hierarchy, *(probs[h][s:s + batch] for h in ("coarse", "middle", "fine")), 1)[2])[:, 0]
+      refiner.hierarchy, *(probs[h][s:s + batch] for h in hierarchy_lib.LEVELS), 1)[2])[:, 0]
       for s in range(0, n, batch)])
   base = metrics.accuracy_table(fstar_latlon, true_latlon)
   k_max = max(grid["neighbours"])
@@ -190,7 +187,7 @@ def tune(refiner: Refiner, probs: Mapping[str, np.ndarray], emb: np.ndarray, tru
   for features, top_cells, temperature in itertools.product(kinds, grid["top_cells"], grid["temperature"]):
     found = []
     for s in range(0, n, batch):
-      p = {h: jnp.asarray(probs[h][s:s + batch]) for h in ("coarse", "middle", "fine")}
+      p = {h: jnp.asarray(probs[h][s:s + batch]) for h in hierarchy_lib.LEVELS}
       e = jnp.asarray(emb[s:s + batch])
       cp = refiner.cell_probs(p)
       found.append((cp, e) + refiner.neighbours(cp, e, top_cells, temperature, k_max, features))
@@ -261,7 +258,7 @@ def tune_on_validation(path, root, *, which: str = "latest", data_dir: str | Non
   proj_path = projection_lib.path_in(root)
   refiner = Refiner(gallery, partitions,
                     projection=projection_lib.Projection.load(proj_path) if proj_path.exists() else None)
-  probs = {h: preds.extras[f"p_{h}"] for h in ("coarse", "middle", "fine")}
+  probs = {h: preds.extras[f"p_{h}"] for h in hierarchy_lib.LEVELS}
   settings, records = tune(refiner, probs, preds.extras["embedding"], preds.true_latlon)
   gallery_lib.save_refine_settings(root, {**settings.__dict__, "tuned_on": split}, config)
   fstar = metrics.accuracy_table(preds.pred_latlon, preds.true_latlon)

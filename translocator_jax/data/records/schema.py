@@ -19,6 +19,8 @@ Building (TFDS) imports TensorFlow through `tfds.features`; reading with `tfds.d
 """
 from __future__ import annotations
 
+from translocator_jax.geo import hierarchy
+
 IMAGE = "image"
 SEGMENTATION = "segmentation"
 LATLON = "latlon"
@@ -28,7 +30,7 @@ SCENE_S365 = "scene_s365"
 CELLS = "cells"
 IMAGE_ID = "image_id"
 
-PARTITION_NAMES = ("coarse", "middle", "fine")
+PARTITION_NAMES = hierarchy.LEVELS  # the cells' columns, coarse -> fine
 NUM_PARTITIONS = len(PARTITION_NAMES)
 SCENE_KEYS = {3: SCENE_S3, 16: SCENE_S16, 365: SCENE_S365}
 MAX_SHORT_SIDE = 320
