@@ -18,8 +18,7 @@ import numpy as np
 from translocator_jax.data import registry
 from translocator_jax.data.records import schema, sources
 from translocator_jax.geo import distance, nearest
-from translocator_jax.infer import gallery as gallery_lib
-from translocator_jax.runtime import checkpoints
+from translocator_jax.infer import gallery as gallery_lib, session
 
 
 def densest_cluster_hit(truth: np.ndarray, gallery_latlon: np.ndarray, region_km: float) -> bool:
@@ -41,9 +40,7 @@ def main(argv=None):
   parser.add_argument("--split", default=None, help="split of the training dataset (default: the run's validation)")
   parser.add_argument("--regions-km", default="5,10,25", help="the radii R the rule is told the truth within")
   args = parser.parse_args(argv)
-  config = checkpoints.load_for_inference(args.workdir).config
-  if args.data_dir:
-    config.data.data_dir = args.data_dir
+  config = session.open(args.workdir, data_dir=args.data_dir).config
   info = registry.dataset_info(config, config.data.train)
   if args.split:
     split = args.split
