@@ -40,10 +40,15 @@ EXTRAS = {
     # libtpu: trains on Cloud TPU VMs, and compiles for any TPU topology on a CPU-only machine
     # (translocator-train --compile-only --topology v5e:16x16). jax[tpu] 0.10.2 pins libtpu 0.0.42.1.
     "tpu": ["jax[tpu]>=0.10.2,<0.11"],
+    # translocator-serve: the web page (gradio 6.31 checked with the pins above; gradio_client for its tests and
+    # benchmark). Nothing of it is imported by the library.
+    "serve": ["gradio>=6.31,<6.32", "gradio_client>=2.7.2,<2.8"],
 }
 EXTRAS["dev"] = sorted(set(
-    EXTRAS["data"] + EXTRAS["torch"] + EXTRAS["tensorboard"] + EXTRAS["tpu"]
-    + ["pytest>=8,<10", "chex>=0.1.90,<0.2", "nbclient>=0.10,<1", "nbformat>=5.10,<6", "ipykernel>=6,<8"]
+    EXTRAS["data"] + EXTRAS["torch"] + EXTRAS["tensorboard"] + EXTRAS["tpu"] + EXTRAS["serve"]
+    + ["pytest>=8,<10", "chex>=0.1.90,<0.2", "nbclient>=0.10,<1", "nbformat>=5.10,<6", "ipykernel>=6,<8",
+       # drives the system's Chromium (/usr/bin/chromedriver) in the page's browser test; no browser download
+       "selenium>=4.51,<5"]
 ))
 
 setup(
@@ -61,6 +66,7 @@ setup(
             "translocator-eval=translocator_jax.commands.evaluate:main",
             "translocator-predict=translocator_jax.commands.predict:main",
             "translocator-gallery=translocator_jax.commands.gallery:main",
+            "translocator-serve=translocator_jax.commands.serve:main",
         ],
     },
 )
