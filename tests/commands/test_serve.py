@@ -1,6 +1,7 @@
 """translocator-serve: the real server over the session's tiny Earth-demo model, one process for the whole module,
-asked by Gradio's client (the same answers as Predictor.predict, 20 at once, hostile uploads)."""
+asked by Gradio's client (the same answers as Predictor.predict, 20 at once, hostile uploads) and by Chromium."""
 import csv
+import json
 import os
 import pathlib
 import signal
@@ -9,6 +10,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 import zlib
 
 import numpy as np
@@ -25,6 +27,7 @@ from translocator_jax.infer import prediction_csv, predictor as predictor_lib
 gradio_client = pytest.importorskip("gradio_client", reason="the serve extra (gradio, gradio_client) is not installed")
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
+CHROMIUM, CHROMEDRIVER = pathlib.Path("/usr/bin/chromium"), pathlib.Path("/usr/bin/chromedriver")
 
 
 def _free_port() -> int:
@@ -187,6 +190,59 @@ def test_a_busy_port_is_one_line(predictor, server):
   with pytest.raises(UserError, match=f"cannot serve on 127.0.0.1:{server.port}"):
     with serve.running(predictor, port=server.port):
       pass
+
+
+def _chromium(user_data: pathlib.Path):
+  webdriver = pytest.importorskip("selenium.webdriver", reason="selenium (dev extra) is not installed")
+  from selenium.webdriver.chrome.service import Service  # pylint: disable=g-import-not-at-top
+  options = webdriver.ChromeOptions()
+  options.binary_location = str(CHROMIUM)
+  for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+              "--disable-background-networking", "--disable-component-update", "--disable-sync",
+              "--disable-dev-shm-usage", "--window-size=1400,1560", f"--user-data-dir={user_data}"):
+    options.add_argument(arg)
+  options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+  return webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+
+
+@pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+                    reason="no Chromium: apt-get install chromium chromium-driver (.ci/run does)")
+def test_a_browser_uploads_a_photo_and_sees_the_map_and_the_table(server, predictor, photos, tmp_path):
+  from selenium.webdriver.common.by import By  # pylint: disable=g-import-not-at-top
+  from selenium.webdriver.support.ui import WebDriverWait  # pylint: disable=g-import-not-at-top
+  photo, seg, _ = photos[2]
+  (want,) = predictor.predict([photo], [seg])
+  driver = _chromium(tmp_path / "chromium")
+  try:
+    driver.get(server.url)
+    WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#photo input[type=file]"))
+    driver.find_element(By.CSS_SELECTOR, "#photo input[type=file]").send_keys(photo)
+    driver.find_element(By.CSS_SELECTOR, "#seg input[type=file]").send_keys(seg)
+    WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#photo img"))
+    WebDriverWait(driver, 30).until(
+        lambda d: "patch_2_map" in d.find_element(By.CSS_SELECTOR, "#seg").get_attribute("textContent"))
+    driver.find_element(By.CSS_SELECTOR, "#locate").click()
+    WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#figure img"))
+    WebDriverWait(driver, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#topk [role=row]")) > 1)
+    rows = [r.text.split("\n") for r in driver.find_elements(By.CSS_SELECTOR, "#topk [role=row]")]
+    assert rows[0] == page_lib.TABLE_HEADERS
+    assert [r[2] for r in rows[1:]] == [c.place for c in want.candidates]
+    assert driver.find_element(By.CSS_SELECTOR, "#answer textarea").get_attribute("value").startswith(
+        "patch_2.jpg: within ")
+    figure = driver.find_element(By.CSS_SELECTOR, "#figure img")
+    assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", figure) > 600
+    time.sleep(0.5)  # the last layout settles before the picture
+    out = (REPO / "docs" / "serve_screenshot.png" if os.environ.get("TRANSLOCATOR_WRITE_SCREENSHOT") == "1"
+           else tmp_path / "serve_screenshot.png")
+    assert driver.save_screenshot(str(out))
+    # Offline: the page asked nothing of any machine but the server (fonts, scripts, tiles, analytics).
+    urls = {json.loads(e["message"])["message"].get("params", {}).get("request", {}).get("url", "")
+            for e in driver.get_log("performance")}
+    outside = [u for u in urls if u.split(":")[0] in ("http", "https", "ws", "wss")
+               and not u.split("/")[2].startswith(("127.0.0.1", "localhost"))]
+    assert not outside
+  finally:
+    driver.quit()
 
 
 def test_stopping_the_server_removes_every_upload(server):
