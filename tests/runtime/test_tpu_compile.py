@@ -92,6 +92,28 @@ def test_fsdp_under_remat_gathers_each_weight_where_used_and_moves_no_activation
   gathered_bf16_gib = 2 * sum(leaf.size for leaf in jax.tree.leaves(params)) / 2 ** 30
   extra = sharded["per_chip_gib"]["temporaries"] - replicated["per_chip_gib"]["temporaries"]
   assert extra < 0.5 * gathered_bf16_gib, (extra, gathered_bf16_gib)
+  # Each split weight is gathered twice: for the forward pass and for its rematerialised copy in the backward one.
+  split = [leaf for leaf in jax.tree.leaves(params) if leaf.size >= config_of(True).train.fsdp_min_size]
+  assert len(split) >= 32 and sharded["collectives"]["all-gather"] <= 2 * len(split), (len(split), sharded)
+
+
+def test_collectives_are_counted_once_though_libtpu_copies_them_into_its_async_fusions():
+  hlo = """
+  %fused_computation.1 (param_0.1: bf16[512,512]) -> bf16[512,2048] {
+    %all-gather.1 = bf16[512,2048]{1,0:T(8,128)(2,1)} all-gather(%param_0.1), channel_id=5, dimensions={1}, metadata={op_name="jit(step)/Dense_0/sharding_constraint"}
+  }
+  %async_collective_fusion.2 (param_0.2: bf16[512,512]) -> bf16[512,2048] {
+    %all-gather.2 = bf16[512,2048]{1,0:T(8,128)(2,1)S(1)} all-gather(%param_0.2), channel_id=5, dimensions={1}, metadata={op_name="jit(step)/Dense_0/sharding_constraint"}
+  }
+  %all-gather.3 = bf16[512,2048]{1,0} all-gather(%p), channel_id=5, dimensions={1}, metadata={op_name="jit(step)/Dense_1/sharding_constraint"}
+  %all-reduce.1 = (f32[512,1536]{1,0}, f32[512,1536]{1,0}) all-reduce(%a, %b), channel_id=1, to_apply=%add.22.clone, backend_config={}
+  %all-reduce.2 = (f32[512,1536]{1,0}, f32[512,1536]{1,0}) all-reduce(%c, %d), channel_id=1, to_apply=%add.30.clone, backend_config={}
+  %all-reduce.3 = f32[8]{0} all-reduce(%e), to_apply=%add
+  %all-reduce.4 = f32[8]{0} all-reduce(%f), to_apply=%add
+  %all-gather-start.9 = (bf16[4]{0}, bf16[16]{0}) all-gather-start(%g), channel_id=9, dimensions={0}, metadata={op_name="x"}
+  %all-gather-done.9 = bf16[16]{0} all-gather-done(%all-gather-start.9)
+"""
+  assert tpu.collective_counts(hlo) == {"all-gather": 3, "all-reduce": 4}
 
 
 def test_two_slices_put_data_parallelism_over_dcn():
