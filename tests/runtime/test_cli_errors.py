@@ -23,20 +23,29 @@ MODULES = {TRAIN: "translocator_jax.commands.train", EVAL: "translocator_jax.com
            DEMO: "translocator_jax.commands.demo", CALIBRATION: "translocator_jax.commands.calibrate"}
 USAGE = "usage"  # argparse's own refusal: its usage block, then the one error line
 
-# (command, arguments ({tmp}: a fresh folder, {photo}: a JPEG there, {file}: a plain file), message, usage?)
+# (command, arguments ({tmp}: a fresh folder, {photo}: a JPEG there, {file}: a plain file, {typo_config}: the tiny
+# demo config with a misspelt key), message, usage?)
 CASES = {
     "train: unknown key": (TRAIN, ["--config", TINY, "--set", "model.depht=3"],
                            "no key 'model.depht'; did you mean model.depth?", None),
     "train: value of another type": (TRAIN, ["--config", TINY, "--set", "data.batch_size=abc"],
                                      "expected int (the config has 16), got str", None),
+    "train: unknown key in the config file": (TRAIN, ["--config", "{typo_config}"],
+                                              "config model.depht=3: unknown key; did you mean model.depth?", None),
     "train: unknown variant": (TRAIN, ["--config", TINY, "--set", "model.variant=Q/99"],
-                               "unknown ViT variant 'Q/99'", None),
+                               "config model.variant='Q/99': must be a ViT variant: Ti, S, B, L", None),
     "train: unknown fusion": (TRAIN, ["--config", TINY, "--set", "model.fusion=bogus"],
-                              "config.model.fusion='bogus'; expected one of ('cls_sum', 'late_concat', 'none')", None),
+                              "config model.fusion='bogus': must be one of 'cls_sum', 'late_concat', 'none'", None),
+    "train: unknown seg input": (TRAIN, ["--config", TINY, "--set", "model.seg_input=rgb"],
+                                 "config model.seg_input='rgb': must be one of 'palette', 'classes'", None),
     "train: unknown remat policy": (TRAIN, ["--config", TINY, "--set", "model.remat_policy='bogus'"],
-                                    "config.model.remat_policy='bogus'; expected one of", None),
+                                    "config model.remat_policy='bogus': must be one of 'nothing_saveable'", None),
+    "train: zero width": (TRAIN, ["--config", TINY, "--set", "model.width=0"],
+                          "config model.width=0: must be a whole number > 0", None),
     "train: mesh axis of 0": (TRAIN, ["--config", TINY, "--set", "mesh.data=0"],
-                              "config.mesh={{'data': 0, 'fsdp': 1}}: each axis is a positive size", None),
+                              "config mesh.data=0: must be a whole number > 0, or -1 for the remaining devices", None),
+    "train: fsdp with another mesh": (TRAIN, ["--config", TINY, "--set", "train.fsdp=True", "--set", "mesh.fsdp=2"],
+                                      "config train.fsdp=True: must be False with mesh.data=-1, mesh.fsdp=2", None),
     "train: negative learning rate": (TRAIN, ["--config", TINY, "--set", "optim.learning_rate=-0.1"],
                                       "config optim.learning_rate=-0.1: must be > 0", None),
     "train: label smoothing of 1": (TRAIN, ["--config", TINY, "--set", "loss.label_smoothing=1.0"],
@@ -105,6 +114,13 @@ CASES = {
 }
 
 
+TYPO_CONFIG = ("import runpy\n"
+               "def get_config(arg=None):\n"
+               "  c = runpy.run_path('configs/earth_demo.py')['get_config']('tiny')\n"
+               "  c.model.depht = 3\n"
+               "  return c\n")
+
+
 def _prog(command: str) -> str:
   return f"python -m {command}" if command.startswith("data_prep.") else command
 
@@ -115,7 +131,9 @@ def test_a_mistake_is_one_line_naming_it_and_exit_status_2(case, tmp_path):
   (tmp_path / "photos").mkdir()
   Image.new("RGB", (8, 8)).save(tmp_path / "photos" / "a.jpg")  # a real photo: only what the case names is wrong
   (tmp_path / "file").write_text("a file, not a folder")
-  fill = dict(tmp=str(tmp_path), photo=str(tmp_path / "photos" / "a.jpg"), file=str(tmp_path / "file"))
+  (tmp_path / "typo_config.py").write_text(TYPO_CONFIG)
+  fill = dict(tmp=str(tmp_path), photo=str(tmp_path / "photos" / "a.jpg"), file=str(tmp_path / "file"),
+              typo_config=str(tmp_path / "typo_config.py"))
   env = dict(os.environ, TRANSLOCATOR_SHARED_DATA=str(paths.shared_data_dir()), TFDS_DATA_DIR=str(tmp_path / "tfds"))
   env.pop("TRANSLOCATOR_TRACEBACK", None)
   if command == TRAIN:

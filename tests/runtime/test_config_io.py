@@ -1,5 +1,5 @@
-"""--set overrides are strict: a typo or a value of the wrong type is refused in one line, naming the key (the
-commands' own one-line refusals: test_cli_errors.py)."""
+"""--set overrides are strict: a typo, a value of the wrong type or out of its range is refused in one line, naming
+the key (the schema itself: test_config_schema.py; the commands' own one-line refusals: test_cli_errors.py)."""
 import pytest
 
 from translocator_jax import errors
@@ -61,8 +61,8 @@ def test_a_bad_config_file_or_argument_is_refused_naming_it(tmp_path, text, spec
 
 def test_listed_config_arguments_still_load(tmp_path):
   (tmp_path / "c.py").write_text("CONFIG_ARGS = ('small',)\ndef get_config(arg):\n  return {'arg': arg}\n")
-  assert config_io.load_config(f"{tmp_path / 'c.py'}:small") == {"arg": "small"}
-  assert config_io.load_config(str(tmp_path / "c.py")) == {"arg": None}
+  assert config_io.read_config_file(f"{tmp_path / 'c.py'}:small") == {"arg": "small"}
+  assert config_io.read_config_file(str(tmp_path / "c.py")) == {"arg": None}
 
 
 @pytest.mark.parametrize("override,message", [
@@ -80,44 +80,33 @@ def test_listed_config_arguments_still_load(tmp_path):
     ("train.log_every=-1", "config train.log_every=-1: must be a whole number >= 0"),
     ("train.eval_every=-1", "config train.eval_every=-1: must be a whole number >= 0"),
 ])
-def test_a_training_value_out_of_range_is_refused_naming_key_value_and_range(config, override, message):
-  config_io.apply_overrides(config, [override])  # the type fits: the range is what is wrong
+def test_a_value_out_of_range_is_refused_naming_key_value_and_range(config, override, message):
   with pytest.raises(errors.ConfigError) as e:
-    config_io.check_training_values(config)
+    config_io.apply_overrides(config, [override])  # the type fits: the range is what is wrong
   assert str(e.value) == message
 
 
-def test_a_training_value_a_config_leaves_out_is_checked_when_set(config):
-  # A key the config does not spell out takes an override of any type (OPTIONAL_KEYS): its range still holds.
-  del config.optim["warmup_steps"], config.optim["weight_decay"]
-  for override, message in [("optim.warmup_steps=2.5", "config optim.warmup_steps=2.5: must be a whole number >= 0"),
-                            ("optim.weight_decay='none'", "config optim.weight_decay='none': must be >= 0"),
-                            ("optim.weight_decay=True", "config optim.weight_decay=True: must be >= 0")]:
-    c = config_io.apply_overrides(config.copy_and_resolve_references(), [override])
-    with pytest.raises(ValueError) as e:
-      config_io.check_training_values(c)
-    assert str(e.value) == message
-  config.optim.learning_rate = float("inf")  # a config file can say so; --set cannot
-  with pytest.raises(ValueError, match=r"optim.learning_rate=inf: must be a finite number > 0"):
-    config_io.check_training_values(config)
+def test_a_key_of_the_schema_may_be_set_where_the_file_leaves_it_out():
+  config = config_io.load_config("tests/train/synthetic_config.py")  # no momentum, end_lr_factor, mesh, ...
+  config_io.apply_overrides(config, ["optim.end_lr_factor=0.01", "data.max_bad_records=0", "eval.refine=gallery",
+                                     "data.synthetic.seed=3", "mesh.fsdp=2", "optim.clip_norm=None"])
+  assert config.optim.end_lr_factor == 0.01 and config.data.max_bad_records == 0 and config.eval.refine == "gallery"
+  assert config.data.synthetic.seed == 3 and config.mesh.fsdp == 2 and config.optim.clip_norm is None
 
 
-def test_training_values_at_their_bounds_pass(config):
+def test_values_at_their_bounds_pass(config):
   config_io.apply_overrides(config, ["optim.learning_rate=1e-9", "optim.warmup_steps=0", "optim.weight_decay=0",
                                      "loss.label_smoothing=0.999", "model.dropout=0.0", "train.ckpt_every=0",
                                      "train.eval_every=0", "train.log_every=0", "optim.grad_accum_steps=1",
                                      "data.batch_size=1", "train.total_steps=1"])
-  config_io.check_training_values(config)
-  # A warm-up longer than the run is clamped by the schedule; None where the reader takes None as its default.
+  # A warm-up longer than the run is clamped by the schedule; None stands for the key's default.
   config_io.apply_overrides(config, ["optim.warmup_steps=1000", "loss.label_smoothing=None",
-                                     "optim.grad_accum_steps=None", "train.ckpt_every=None"])
-  config_io.check_training_values(config)
-  del config.loss["label_smoothing"], config.model["dropout"]  # left out: the reader's default, nothing to check
-  config_io.check_training_values(config)
+                                     "optim.grad_accum_steps=None", "train.log_every=None"])
+  assert config.loss.label_smoothing == 0.0 and config.optim.grad_accum_steps == 1 and config.train.log_every == 100
 
 
-def test_every_shipped_config_passes_the_training_checks():
+def test_every_shipped_config_passes_the_checks():
   for spec in ("configs/earth_demo.py", "configs/earth_demo.py:tiny", "configs/translocator_b16_mp16.py",
                "configs/translocator_b16_mp16.py:runlocal", "configs/translocator_b16_mp16.py:authors",
-               "configs/model_tiny.py"):
-    config_io.check_training_values(config_io.load_config(spec))
+               "configs/model_tiny.py", "tests/train/synthetic_config.py"):
+    config_io.load_config(spec)

@@ -16,7 +16,7 @@ SYNTHETIC = __file__.replace("test_init_and_nan.py", "synthetic_config.py")
 def test_init_from_pretrained_vit_npz(tmp_path):
   config = config_io.load_config(SYNTHETIC)
   config.train.update(total_steps=1, ckpt_every=0, tensorboard=False)
-  config.optim.learning_rate = 0.0  # the saved params are the loaded ones
+  config.optim.lr_multipliers = {"weights": 0.0, "biases": 0.0}  # frozen: the saved params are the loaded ones
   # A "pretrained ViT": the RGB stream of a differently seeded model, in the big_vision npz layout.
   model = models.build_model(config.model)
   image, seg = step_lib.dummy_inputs(config.model)

@@ -67,9 +67,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str]) -> int:
   args = parse_args(argv)
+  # Completed and checked (keys, types, ranges, choices) before any dataset is built or anything compiled.
   config = config_io.apply_overrides(config_io.load_config(args.config), args.overrides)
-  config_io.check_training_values(config)  # a learning rate, step count, ... out of range: refused here
-  models.model_kwargs(config.model)  # a bad model setting is refused before any dataset is built
+  models.model_kwargs(config.model)  # the model's own checks (a width its heads do not divide)
   if args.compile_only:
     return tpu.run_compile_only(args, config, lambda c: aot.compile_train_step(c, args.topology, args.slices),
                                 "train step")

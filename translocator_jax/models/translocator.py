@@ -37,6 +37,7 @@ from translocator_jax.models import vit
 
 FUSIONS = ("cls_sum", "late_concat", "none")
 SEG_INPUTS = ("palette", "classes")
+DTYPES = ("float32", "bfloat16")  # the matmuls' (parameters and LayerNorm stay float32)
 
 
 class Projection(nn.Module):

@@ -34,6 +34,7 @@ from orbax.checkpoint import checkpoint_managers as ocm
 from translocator_jax import errors
 from translocator_jax.models import layout
 from translocator_jax.runtime import cli
+from translocator_jax.runtime import config_schema
 from translocator_jax.runtime import metrics_writer
 
 
@@ -58,7 +59,12 @@ def config_to_json(config: ml_collections.ConfigDict) -> str:
 
 
 def config_from_json(text: str) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(json.loads(text))
+  return saved_config(json.loads(text))
+
+
+def saved_config(saved: dict[str, Any]) -> ml_collections.ConfigDict:
+  """A run's saved config as the code reads it: completed, so keys added since it was saved take their defaults."""
+  return config_schema.complete(ml_collections.ConfigDict(saved))
 
 
 def as_path(path: str | os.PathLike) -> epath.Path:
@@ -284,8 +290,8 @@ def best_step(workdir, steps) -> int | None:
   config_path = epath.Path(workdir) / CONFIG_FILE
   if not config_path.exists():
     return None
-  train_cfg = json.loads(config_path.read_text()).get("train", {})
-  key, mode = train_cfg.get("best_metric"), train_cfg.get("best_mode", "max")
+  train_cfg = config_from_json(config_path.read_text()).train
+  key, mode = train_cfg.best_metric, train_cfg.best_mode
   if not key:
     return None
   scores = {r["step"]: float(r[key]) for r in metrics_writer.read_metrics(workdir)
@@ -363,11 +369,13 @@ def load_for_inference(path: str | pathlib.Path, which: str = "latest") -> Infer
         restored = manager.restore(s, args=ocp.args.Composite(
             state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True),
             config=ocp.args.JsonRestore()))
-        return InferenceCheckpoint(ml_collections.ConfigDict(restored["config"]), restored["state"]["params"], s)
       except Exception as e:  # pylint: disable=broad-except
         errors.append(f"step {s}: {_summary(e)}")
         tried_next = "; trying the previous one" if s != steps[-1] else ""
         _warn(f"checkpoint {ckpt_dir / str(s)} could not be restored ({_summary(e)}){tried_next}", e)
+        continue
+      # Outside the try: a config the schema refuses is the person's to fix, not an unreadable checkpoint.
+      return InferenceCheckpoint(saved_config(restored["config"]), restored["state"]["params"], s)
     raise NoReadableCheckpointError(f"no readable checkpoint in {ckpt_dir} ({'; '.join(errors)})")
   finally:
     manager.close()

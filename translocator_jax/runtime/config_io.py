@@ -1,20 +1,25 @@
-"""Loading experiment configs: `configs/X.py[:arg]` files with get_config(arg), plus key=value overrides."""
+"""Loading experiment configs: `configs/X.py[:arg]` files with get_config(arg), plus key=value overrides; both
+return the config completed and checked against the schema (config_schema.py)."""
 from __future__ import annotations
 
 import ast
-import dataclasses
 import difflib
 import importlib.util
-import math
 import pathlib
 
 import ml_collections
 
 from translocator_jax import errors
+from translocator_jax.runtime import config_schema
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
-  """'configs/earth_demo.py:tiny' -> get_config('tiny') of that file.
+  """'configs/earth_demo.py:tiny' -> get_config('tiny') of that file, completed (config_schema.complete)."""
+  return config_schema.complete(read_config_file(spec))
+
+
+def read_config_file(spec: str):
+  """'configs/earth_demo.py:tiny' -> get_config('tiny') of that file, as the file returns it.
 
   A config file that lists its arguments (CONFIG_ARGS = ("tiny",)) refuses any other, naming them: get_config
   would otherwise quietly return its default for a misspelt one.
@@ -47,22 +52,6 @@ def parse_value(text: str):
     return text  # a bare string
 
 
-# Settings the code reads with a default (`config.train.get("fsdp_min_size", ...)`): an override may add them to a
-# config that does not spell them out. Any other key must already be in the config.
-OPTIONAL_KEYS = {
-    "model": {"attention", "depth", "dropout", "dtype", "fusion", "fusion_per_layer", "gelu_approximate",
-              "head_zeroinit", "ln_epsilon", "mlp_dim", "num_heads", "num_seg_classes", "patch_size", "remat",
-              "remat_policy", "scan_layers", "seg_embed_dim", "seg_input", "width"},
-    "data": {"augmentation", "data_dir", "max_bad_records", "partition_files", "partitions_dir", "shuffle_seed", "train_split", "val", "val_split",
-             "worker_count"},
-    "train": {"async_checkpoints", "best_metric", "best_mode", "ckpt_every", "eval_every", "fsdp", "fsdp_min_size",
-              "keep_checkpoints", "log_every", "progress_bar", "tensorboard"},
-    "eval": {"batch_size", "crop_fraction", "datasets", "refine", "tta"},
-    "optim": {"b1", "b2", "clip_norm", "decay_regex", "end_lr_factor", "eps", "grad_accum_steps", "lr_multipliers",
-              "momentum", "nesterov", "warmup_steps", "weight_decay"},
-}
-
-
 def dotted_keys(config, prefix: str = "") -> list[str]:
   """Every leaf key of a config as 'section.key'."""
   out = []
@@ -75,19 +64,20 @@ def dotted_keys(config, prefix: str = "") -> list[str]:
 def _unknown_key(config, key: str, item: str) -> errors.ConfigError:
   leaves = dotted_keys(config)
   known = sorted(set(leaves) | {k.rsplit(".", i)[0] for k in leaves for i in range(1, k.count(".") + 1)})
-  close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-  hint = (f"; did you mean {close[0]}?" if close
-          else f" (its sections: {', '.join(sorted(k for k in config.keys()))})")
+  close = config_schema.closest_key(key, known)
+  hint = f"; did you mean {close}?" if close else f" (its sections: {', '.join(sorted(config.keys()))})"
   return errors.ConfigError(f"--set {item!r}: the config has no key {key!r}{hint}")
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> ml_collections.ConfigDict:
-  """Applies 'train.total_steps=100'-style overrides (values parsed as Python literals).
+  """Applies 'train.total_steps=100'-style overrides (values parsed as Python literals) to the completed config.
 
-  A key the config does not have is refused naming the closest one (unless it is one of OPTIONAL_KEYS); a value
-  of another type than the config's is refused naming the key and both types (ints may become floats, and a key
-  whose value is None takes anything).
+  Any key of the schema may be set, whether or not the config file spells it out; any other key is refused
+  naming the closest one. A value of another type than the key's is refused naming the key and both types (ints
+  may become floats, and a key whose value is None takes anything); the result is checked as a whole
+  (config_schema.complete: ranges, choices, combinations).
   """
+  config = config_schema.complete(config)
   for item in overrides or []:
     key, sep, value = item.partition("=")
     if not sep or not key:
@@ -99,18 +89,15 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
         raise _unknown_key(config, ".".join(parts[:depth + 1]), item)
       node = node[part]
     leaf = parts[-1]
-    new = parse_value(value)
     if leaf not in node:
-      if not (len(parts) == 2 and leaf in OPTIONAL_KEYS.get(parts[0], ())):
-        raise _unknown_key(config, key, item)
-    else:
-      new = _checked(key, node[leaf], new)
-    with config.unlocked() if hasattr(config, "unlocked") else _null():
+      raise _unknown_key(config, key, item)
+    new = _checked(key, node[leaf], parse_value(value))
+    with config.unlocked():
       try:
         node[leaf] = new
       except TypeError as e:  # ConfigDict's own type check
         raise errors.ConfigError(f"--set {item!r}: {e}") from None
-  return config
+  return config_schema.complete(config)
 
 
 def _checked(key: str, old, new):
@@ -130,75 +117,3 @@ def _checked(key: str, old, new):
     raise errors.ConfigError(f"--set {key}={new!r}: expected {type(old).__name__} (the config has {old!r}), "
                              f"got {type(new).__name__}")
   return new
-
-
-@dataclasses.dataclass(frozen=True)
-class Allowed:
-  """The values a numeric setting may take: above `low` (`low_open`: strictly), below `high` (strictly), a whole
-  number when `whole`; None only when `none_ok` (its reader treats None as its default)."""
-  low: float | None = None
-  low_open: bool = False
-  high: float | None = None
-  whole: bool = False
-  none_ok: bool = False
-
-  def describe(self) -> str:
-    if self.low is not None and self.high is not None:
-      bound = f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g})"
-    elif self.low is not None:
-      bound = f"{'>' if self.low_open else '>='} {self.low:g}"
-    else:
-      bound = f"< {self.high:g}"
-    return f"a whole number {bound}" if self.whole else bound
-
-  def allows(self, value) -> bool:
-    if value is None:
-      return self.none_ok
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-      return False
-    if self.whole and value != int(value):
-      return False
-    if self.low is not None and (value <= self.low if self.low_open else value < self.low):
-      return False
-    return self.high is None or value < self.high
-
-
-# The training values a run would otherwise take without a word (a negative learning rate trains; a smoothing of 1
-# or a dropout of 1 learns nothing; a batch of 0 fails deep in the pipeline): checked once, when the trainer has
-# loaded its config and applied the overrides, before any dataset is built. A key the config leaves out keeps its
-# reader's default and is not checked. The warm-up may exceed the run: the schedule clamps it.
-TRAINING_VALUES = {
-    "optim.learning_rate": Allowed(low=0, low_open=True),
-    "optim.warmup_steps": Allowed(low=0, whole=True),
-    "optim.weight_decay": Allowed(low=0),
-    "optim.grad_accum_steps": Allowed(low=1, whole=True, none_ok=True),
-    "loss.label_smoothing": Allowed(low=0, high=1, none_ok=True),
-    "model.dropout": Allowed(low=0, high=1),
-    "data.batch_size": Allowed(low=0, low_open=True, whole=True),
-    "train.total_steps": Allowed(low=0, low_open=True, whole=True),
-    "train.log_every": Allowed(low=0, whole=True),
-    "train.ckpt_every": Allowed(low=0, whole=True, none_ok=True),
-    "train.eval_every": Allowed(low=0, whole=True, none_ok=True),
-}
-
-
-def check_training_values(config) -> None:
-  """errors.ConfigError naming the first of TRAINING_VALUES outside its range: `config KEY=VALUE: must be RANGE`."""
-  for key, allowed in TRAINING_VALUES.items():
-    section, _, leaf = key.partition(".")
-    node = config.get(section) if hasattr(config, "get") else None
-    if not hasattr(node, "get") or leaf not in node:
-      continue
-    value = node[leaf]
-    if not allowed.allows(value):
-      finite = isinstance(value, float) and not math.isfinite(value)
-      must = f"a finite number {allowed.describe()}" if finite else allowed.describe()
-      raise errors.ConfigError(f"config {key}={value!r}: must be {must}")
-
-
-class _null:
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *a):
-    return False

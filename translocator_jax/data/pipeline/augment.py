@@ -138,6 +138,8 @@ def resample(image: np.ndarray, seg: np.ndarray | None, box: Box, size: int,
 
 
 TTA_MODES = ("center", "five_crop", "ten_crop")
+# Training augmentation (config.data.augmentation): ours (paired random resized crops and flips), or the authors'.
+AUGMENTATIONS = ("crop", "authors_ten_crop")
 
 
 def ten_crops(image: np.ndarray, seg: np.ndarray, size: int, crop_fraction: float = 0.875
