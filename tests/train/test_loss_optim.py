@@ -10,7 +10,7 @@ import optax
 from translocator_jax import models
 from translocator_jax.data.pipeline import synthetic
 from translocator_jax.geo import distance
-from translocator_jax.runtime import config_io
+from translocator_jax.runtime import config_io, config_schema
 from translocator_jax.runtime import sharding as sharding_lib
 from translocator_jax.train import loss as loss_lib
 from translocator_jax.train import optimizer as optim_lib
@@ -91,15 +91,15 @@ def test_weight_decay_mask_and_schedule():
   flat = {optim_lib.param_path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(mask)[0]}
   assert {k for k, v in flat.items() if v} == {"Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel",
                                                "embedding/kernel", "head_fine/kernel"}
-  optim = ml_collections.ConfigDict(dict(learning_rate=0.1, warmup_steps=10))
+  optim = config_schema.complete_section("optim", dict(name="sgd", learning_rate=0.1, warmup_steps=10))
   sched = optim_lib.make_schedule(optim, 110)
   np.testing.assert_allclose([float(sched(s)) for s in (0, 5, 10, 60, 110)], [0.0, 0.05, 0.1, 0.05, 0.0],
                              atol=1e-6)
 
 
 def test_decay_applies_to_kernels_only():
-  optim = ml_collections.ConfigDict(dict(name="sgd", learning_rate=1.0, warmup_steps=0, weight_decay=0.5,
-                                         momentum=0.0, clip_norm=0.0))
+  optim = config_schema.complete_section("optim", dict(name="sgd", learning_rate=1.0, warmup_steps=0,
+                                                      weight_decay=0.5, momentum=0.0, clip_norm=0.0))
   tx, _ = optim_lib.make_optimizer(optim, 10)
   params = {"d": {"kernel": jnp.ones(3), "bias": jnp.ones(3)}}
   zeros = jax.tree.map(jnp.zeros_like, params)
@@ -180,9 +180,9 @@ def test_the_authors_schedule_gives_their_rates_per_group():
 
 
 def test_two_groups_update_with_their_own_rates_and_decay():
-  optim = ml_collections.ConfigDict({"name": "sgd", "learning_rate": 0.1, "momentum": 0.9, "weight_decay": 1e-4,
-                                     "decay_regex": ".", "warmup_steps": 0, "end_lr_factor": 0.001,
-                                     "lr_multipliers": {"weights": 0.2, "biases": 0.0048}})
+  optim = config_schema.complete_section("optim", {
+      "name": "sgd", "learning_rate": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "decay_regex": ".",
+      "warmup_steps": 0, "end_lr_factor": 0.001, "lr_multipliers": {"weights": 0.2, "biases": 0.0048}})
   tx, _ = optim_lib.make_optimizer(optim, 100)
   params = {"dense": {"kernel": jnp.full((2, 3), 2.0), "bias": jnp.full((3,), 4.0)}}
   grads = {"dense": {"kernel": jnp.full((2, 3), 1.0), "bias": jnp.full((3,), 1.0)}}

@@ -52,18 +52,11 @@ def maybe_initialize_distributed() -> None:
 
 
 def mesh_axes(config) -> dict[str, int]:
-  """{'data': n, 'fsdp': m} as config.mesh (and train.fsdp) ask, -1 left to resolve against the device count."""
-  train = config.get("train") or {}
-  if bool(train.get("fsdp", False)):
+  """{'data': n, 'fsdp': m} as config.mesh (and train.fsdp) ask, -1 left to resolve against the device count
+  (the sizes are checked when the config is completed: runtime/config_schema.py)."""
+  if config.train.fsdp:
     return {DATA_AXIS: 1, FSDP_AXIS: -1}
-  given = dict(config.get("mesh") or {})
-  unknown = sorted(set(given) - set(MESH_AXES))
-  if unknown:
-    raise errors.ConfigError(f"config.mesh: unknown axis {unknown}; the axes are {list(MESH_AXES)}")
-  axes = {DATA_AXIS: -1, FSDP_AXIS: 1} | {k: int(v) for k, v in given.items()}
-  if list(axes.values()).count(-1) > 1 or any(v == 0 or v < -1 for v in axes.values()):
-    raise errors.ConfigError(f"config.mesh={axes}: each axis is a positive size, or -1 (at most one) for the rest")
-  return axes
+  return {DATA_AXIS: config.mesh.data, FSDP_AXIS: config.mesh.fsdp}
 
 
 def inference_axes(config) -> dict[str, int]:

@@ -205,7 +205,7 @@ def _does_not_fit_line(config, head: dict[str, Any], chip: Chip, needed_gib: flo
   need = (f"needs at least {needed_gib:.1f} GiB a chip" if needed_gib
           else "does not fit (the compiler ran out of HBM)")
   hints = []
-  if str(config.model.get("dtype", "float32")) != "bfloat16":
+  if config.model.dtype != "bfloat16":
     hints.append("--set model.dtype=bfloat16")
   per_device = head["global_batch"] // head["devices"]
   if per_device > 1:
@@ -213,9 +213,9 @@ def _does_not_fit_line(config, head: dict[str, Any], chip: Chip, needed_gib: flo
                  "chip; --max-batch finds the largest that fits)")
   if head["mesh"].get("fsdp", 1) == 1:
     hints.append("--set train.fsdp=True")
-  if not bool(config.model.get("remat", False)):
+  if not config.model.remat:
     hints.append("--set model.remat=True")
-  elif config.model.get("remat_policy", "nothing_saveable") != "nothing_saveable":
+  elif config.model.remat_policy != "nothing_saveable":
     hints.append("--set model.remat_policy=nothing_saveable (recompute all but the layer inputs)")
   return (f"{head['topology']} x{head['slices']} ({chip.name}, {chip.hbm_gib_per_device:g} GiB HBM a chip): the "
           f"{what} at global batch {head['global_batch']} {need}; try {', '.join(hints) or 'more chips'}")

@@ -17,6 +17,7 @@ import numpy as np
 from translocator_jax import errors, models
 from translocator_jax.data.pipeline import inputs
 from translocator_jax.data.records import schema
+from translocator_jax.runtime import config_schema
 from translocator_jax.runtime import sharding as sharding_lib
 from translocator_jax.runtime import tpu
 from translocator_jax.train import optimizer as optim_lib
@@ -24,7 +25,7 @@ from translocator_jax.train import step as step_lib
 
 
 def _check_heads(config: ml_collections.ConfigDict) -> None:
-  unresolved = [h for h, n in config.model.heads.items() if not int(n or 0)]
+  unresolved = [h for h, n in config.model.heads.items() if not n]
   if unresolved:
     example = " ".join(f"--set model.heads.{h}=N" for h in unresolved)
     raise errors.ConfigError(f"config.model.heads {unresolved} have size 0 (taken from the dataset's partitions "
@@ -40,28 +41,29 @@ def abstract_train_state(config: ml_collections.ConfigDict, model, tx, mesh) -> 
     return {"step": jax.numpy.zeros((), jax.numpy.int32), "params": params, "opt_state": tx.init(params)}
 
   shapes = jax.eval_shape(make, jax.random.key(0))
-  shardings = sharding_lib.state_shardings(shapes, mesh, int(config.train.get("fsdp_min_size", 2 ** 14)))
+  shardings = sharding_lib.state_shardings(shapes, mesh, config.train.fsdp_min_size)
   shardings["step"] = sharding_lib.replicated(mesh)
   return step_lib.abstract_state(shardings, shapes), shardings
 
 
 def lower_train_step(config: ml_collections.ConfigDict, devices: list[Any]):
   """(lowered step, mesh) of `config` over `devices` (compile-only TPU devices, or real ones)."""
+  config = config_schema.complete(config)
   _check_heads(config)
   mesh = sharding_lib.make_mesh(sharding_lib.mesh_axes(config), devices)
-  global_batch = int(config.data.batch_size)
+  global_batch = config.data.batch_size
   if global_batch % len(devices):
     raise errors.ConfigError(f"config.data.batch_size={global_batch} must be a multiple of the {len(devices)} "
                              "devices")
   model = models.build_model(config.model, sharding_lib.platform(mesh))
-  tx, schedule = optim_lib.make_optimizer(config.optim, int(config.train.total_steps))
+  tx, schedule = optim_lib.make_optimizer(config.optim, config.train.total_steps)
   state, state_shardings = abstract_train_state(config, model, tx, mesh)
   # Constants of the right shapes: their values change nothing in the compiled program's size or work.
   cell_latlon = None
-  if float(config.loss.get("haversine_tau_km", 0.0) or 0.0) > 0:
-    cell_latlon = {h: np.zeros((int(n), 2), np.float32) for h, n in config.model.heads.items()
+  if config.loss.haversine_tau_km > 0:
+    cell_latlon = {h: np.zeros((n, 2), np.float32) for h, n in config.model.heads.items()
                    if h in schema.PARTITION_NAMES}
-  palette = np.zeros((int(config.model.get("num_seg_classes", 150)), 3), np.uint8)
+  palette = np.zeros((config.model.num_seg_classes, 3), np.uint8)
   train_step = step_lib.make_train_step(model, tx, config, schedule=schedule, mesh=mesh,
                                         state_shardings=state_shardings, cell_latlon=cell_latlon, palette=palette)
   batch_sharding = sharding_lib.batch_sharding(mesh)
@@ -72,4 +74,5 @@ def lower_train_step(config: ml_collections.ConfigDict, devices: list[Any]):
 
 def compile_train_step(config: ml_collections.ConfigDict, topology: str, slices: int = 1) -> dict[str, Any]:
   """The train step of `config` compiled for `topology` (x `slices`): the report (see compile_for_topology)."""
+  config = config_schema.complete(config)
   return tpu.compile_for_topology(lambda devices: lower_train_step(config, devices), config, topology, slices)

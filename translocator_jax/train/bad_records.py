@@ -9,7 +9,7 @@ record met again in a later epoch, or after a resume, is not counted twice):
                               "index": 24731, "step": 1520, "error": "cannot be decoded: ..."}, ...]
 
 (with several hosts, host i > 0 writes bad_records.{i}.json: each lists what its own shard of the data met).
-More than config.data.max_bad_records distinct records (default 100) stop the run: the loop saves the step it
+More than config.data.max_bad_records distinct records stop the run: the loop saves the step it
 is in and raises TooManyBadRecords, one line and exit status 1; rerunning the same command, once the shards are
 rebuilt (python -m data_prep.verify names the damaged ones) or the limit raised, resumes from that checkpoint.
 """
@@ -25,9 +25,10 @@ import numpy as np
 
 from translocator_jax import errors
 from translocator_jax.runtime import checkpoints as ckpt_lib
+from translocator_jax.runtime import config_schema
 
 FILE = "bad_records.json"
-DEFAULT_MAX = 100
+DEFAULT_MAX = config_schema.default("data.max_bad_records")
 AGREE_EVERY = 10  # steps between two all-gathers of the over-the-limit flag when there are several hosts
 
 
@@ -49,9 +50,7 @@ class BadRecords:
   def __init__(self, workdir: Any, limit: int = DEFAULT_MAX,
                locate: Callable[[int], tuple[str | None, int | None]] | None = None,
                agree_every: int = AGREE_EVERY):
-    if int(limit) < 0:
-      raise errors.ConfigError(f"config.data.max_bad_records={limit!r}: must be >= 0")
-    self.limit = int(limit)
+    self.limit = int(limit)  # config.data.max_bad_records, checked >= 0 with the config
     self.locate = locate
     self.agree_every = max(int(agree_every), 1)
     name = FILE if jax.process_index() == 0 else f"bad_records.{jax.process_index()}.json"

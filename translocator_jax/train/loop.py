@@ -20,6 +20,7 @@ from translocator_jax.data.records import schema
 from translocator_jax.infer import inference
 from translocator_jax.models import load as load_lib
 from translocator_jax.runtime import checkpoints as ckpt_lib
+from translocator_jax.runtime import config_schema
 from translocator_jax.runtime import metrics_writer
 from translocator_jax.runtime import sharding as sharding_lib
 from translocator_jax.runtime import workdir_lock
@@ -43,7 +44,7 @@ def _log_line(step: int, total: int, m: dict[str, float], images_per_s: float, e
 
 def build_validation(config: ml_collections.ConfigDict, info: registry.DatasetInfo, model, mesh, partitions):
   """A function params -> validation metrics dict (val_acc_750km, ...), or None when the run has none."""
-  if not int(config.train.get("eval_every", 0) or 0):
+  if not config.train.eval_every:
     return None
   found = registry.validation_set(config, info)
   if found is None:
@@ -51,15 +52,14 @@ def build_validation(config: ml_collections.ConfigDict, info: registry.DatasetIn
   info, split = found
   inputs.check_records(info, split)  # a damaged shard refused now, not at the first validation
   if jax.process_index() == 0:
-    print(f"validation: {info.name}/{split} every {int(config.train.eval_every)} steps", flush=True)
+    print(f"validation: {info.name}/{split} every {config.train.eval_every} steps", flush=True)
   forward = inference.make_forward(model, info.palette)  # compiled once, reused at every validation
 
   def validate(params) -> dict[str, float]:
-    batches, _ = inputs.eval_batches(config, info, split, int(config.eval.batch_size),
-                                     config.eval.get("tta", "center"))
+    batches, _ = inputs.eval_batches(config, info, split, config.eval.batch_size, config.eval.tta)
     preds = inference.predict_dataset(model, params, batches, mesh=mesh, partitions=partitions,
                                       heads=config.model.heads, desc=f"validate {info.name}/{split}",
-                                      forward=forward, progress=bool(config.train.get("progress_bar", True)))
+                                      forward=forward, progress=config.train.progress_bar)
     tables = inference.tables_from_predictions(preds)
     best = tables.get("fstar") or next(iter(tables.values()))
     return {f"val_{k}": float(v) for k, v in best.items() if k != "n"}
@@ -70,9 +70,9 @@ def build_validation(config: ml_collections.ConfigDict, info: registry.DatasetIn
 def resolve_head_sizes(config: ml_collections.ConfigDict, partitions) -> None:
   """Head sizes given as 0 take the partition's number of cells (datasets whose partitions are built on use)."""
   for name, p in zip(schema.PARTITION_NAMES, partitions or []):
-    if name in config.model.heads and not int(config.model.heads[name] or 0):
+    if name in config.model.heads and not config.model.heads[name]:
       config.model.heads[name] = int(p.num_classes)
-  unresolved = [h for h, n in config.model.heads.items() if not int(n or 0)]
+  unresolved = [h for h, n in config.model.heads.items() if not n]
   if unresolved:
     raise errors.ConfigError(f"config.model.heads {unresolved} have size 0 and the training set gives no partition "
                              "for them")
@@ -88,6 +88,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
   periodic checkpoint; once it is written the loop prints `preempted at step N: checkpoint saved` on stderr and
   raises preemption.TrainingPreempted (no summary, no final validation): rerunning resumes from step N.
   """
+  config = config_schema.complete(config)  # a config built in Python: filled and checked as a command's is
   workdir = ckpt_lib.as_path(workdir)  # local or gs://
   if jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)
@@ -96,16 +97,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
 
 
 def _train(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
-  total = int(config.train.total_steps)
-  global_batch = int(config.data.batch_size)
+  total = config.train.total_steps
+  global_batch = config.data.batch_size
   mesh = sharding_lib.make_mesh(sharding_lib.mesh_axes(config))
   sharding_lib.local_batch_size(global_batch)  # validates divisibility
   is_main = jax.process_index() == 0
 
   info = registry.dataset_info(config, config.data.train)
-  inputs.check_records(info, config.data.get("train_split", "train"))  # before the model is built
-  if info.num_seg_classes and config.model.get("seg_input") == "classes":
-    if int(config.model.num_seg_classes) < info.num_seg_classes:
+  inputs.check_records(info, config.data.train_split)  # before the model is built
+  if info.num_seg_classes and config.model.seg_input == "classes":
+    if config.model.num_seg_classes < info.num_seg_classes:
       raise errors.ConfigError(f"config.model.num_seg_classes={config.model.num_seg_classes} < the dataset's "
                                f"{info.num_seg_classes} segmentation classes")
   partitions = registry.load_partitions(info)
@@ -119,10 +120,10 @@ def _train(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
 
   model = models.build_model(config.model, sharding_lib.platform(mesh))
   tx, schedule = optim_lib.make_optimizer(config.optim, total)
-  rng = jax.random.key(int(config.get("seed", 0)))
-  fsdp_min = int(config.train.get("fsdp_min_size", 2 ** 14))
+  rng = jax.random.key(config.seed)
+  fsdp_min = config.train.fsdp_min_size
   params = step_lib.init_params(model, config.model, rng, mesh, fsdp_min)
-  pretrained = config.get("init", {}).get("pretrained") if config.get("init") else None
+  pretrained = config.init.pretrained
   if pretrained:
     shardings = jax.tree.map(lambda x: x.sharding, params)
     host_params, report = load_lib.load_pretrained(jax.device_get(params), pretrained, config.model)
@@ -133,13 +134,11 @@ def _train(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
   del params
 
   checkpointer = ckpt_lib.Checkpointer(
-      workdir, keep=int(config.train.get("keep_checkpoints", 3)),
-      best_metric=config.train.get("best_metric", None), best_mode=config.train.get("best_mode", "max"),
-      async_save=bool(config.train.get("async_checkpoints", True)))
+      workdir, keep=config.train.keep_checkpoints, best_metric=config.train.best_metric,
+      best_mode=config.train.best_mode, async_save=config.train.async_checkpoints)
   iterator = inputs.train_iterator(config, info, global_batch)
   bad_records = bad_records_lib.BadRecords(
-      workdir, int(config.data.get("max_bad_records", bad_records_lib.DEFAULT_MAX)),
-      inputs.record_locator(config, info))
+      workdir, config.data.max_bad_records, inputs.record_locator(config, info))
   start, restored = checkpointer.restore_latest(step_lib.abstract_state(state_shardings, state), iterator)
   if restored is not None:
     state = restored
@@ -152,12 +151,12 @@ def _train(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
                                         state_shardings=state_shardings, cell_latlon=cell_latlon,
                                         palette=info.palette)
   validate = build_validation(config, info, model, mesh, partitions)
-  writer = metrics_writer.MetricWriter(workdir, tensorboard=bool(config.train.get("tensorboard", True)))
-  log_every = max(int(config.train.get("log_every", 100)), 1)
-  ckpt_every = int(config.train.get("ckpt_every", 1000) or 0)
-  eval_every = int(config.train.get("eval_every", 0) or 0)
-  bar = tqdm.tqdm(total=total, initial=start, desc="train", disable=not is_main or not config.train.get(
-      "progress_bar", True), dynamic_ncols=True)
+  writer = metrics_writer.MetricWriter(workdir, tensorboard=config.train.tensorboard)
+  log_every = max(config.train.log_every, 1)
+  ckpt_every = config.train.ckpt_every
+  eval_every = config.train.eval_every
+  bar = tqdm.tqdm(total=total, initial=start, desc="train", disable=not is_main or not config.train.progress_bar,
+                  dynamic_ncols=True)
 
   def checkpoint_hint() -> str:
     if last_saved is None:
@@ -206,7 +205,7 @@ def _train(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
           t_mark, step_mark = time.time(), step
           writer.write(step, {**last_metrics, "images_per_s": ips}, prefix="train/")
           bar.set_postfix(loss=f"{last_metrics['loss']:.4f}", img_s=f"{ips:.1f}")
-          if is_main and not config.train.get("progress_bar", True):
+          if is_main and not config.train.progress_bar:
             print(_log_line(step, total, last_metrics, ips, eta), flush=True)
         val = None
         # Not when stopping: a validation pass can outlast a preemption notice's grace period.

@@ -80,14 +80,14 @@ def multitask_loss(logits: Mapping[str, jax.Array], batch: Mapping[str, jax.Arra
   Args:
     logits: head name -> [B, C] float logits.
     batch: dict with 'cells' [B, 3], 'scene' [B], 'latlon' [B, 2] and optionally 'mask' [B].
-    loss_config: config.loss (weights, label_smoothing, haversine_tau_km).
+    loss_config: config.loss, completed (runtime/config_schema.py: a weight for every head).
     cell_latlon: partition name -> [C, 2] cell mean coordinates (needed for haversine smoothing).
     n_valid: per-head denominators (count_valid over the full batch); default: this batch's own counts.
   Metrics hold, per head, the loss sum ('{h}_loss_sum'), correct top-1 count ('{h}_correct') and count.
   """
   weights = loss_config.weights
-  tau = float(loss_config.get("haversine_tau_km", 0.0) or 0.0)
-  eps = float(loss_config.get("label_smoothing", 0.0) or 0.0)
+  tau = loss_config.haversine_tau_km
+  eps = loss_config.label_smoothing
   if n_valid is None:
     n_valid = count_valid(batch, logits.keys())
   total = jnp.zeros((), jnp.float32)
@@ -107,7 +107,7 @@ def multitask_loss(logits: Mapping[str, jax.Array], batch: Mapping[str, jax.Arra
                            haversine_tau_km=tau if use_hav else 0.0)
     ce = -jnp.sum(targets * jax.nn.log_softmax(head_logits, axis=-1), axis=-1)
     ce_sum = jnp.sum(jnp.where(valid, ce, 0.0))
-    total = total + float(weights.get(head, 1.0)) * ce_sum / n_valid[head]
+    total = total + weights[head] * ce_sum / n_valid[head]
     correct = jnp.sum(jnp.where(valid, jnp.argmax(head_logits, -1) == labels, False))
     metrics[f"{head}_loss_sum"] = ce_sum
     metrics[f"{head}_correct"] = correct.astype(jnp.float32)

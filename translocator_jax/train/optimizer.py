@@ -10,8 +10,9 @@ import optax
 
 from translocator_jax import errors
 from translocator_jax.models import layout
+from translocator_jax.runtime import config_schema
 
-DEFAULT_DECAY_REGEX = r"(^|/)kernel$"
+DEFAULT_DECAY_REGEX = config_schema.DEFAULT_DECAY_REGEX
 
 
 def param_path_str(path) -> str:
@@ -37,17 +38,17 @@ def decay_mask(params: Any, regex: str = DEFAULT_DECAY_REGEX) -> Any:
 
 def make_schedule(optim: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
   """Linear warmup from 0 to the peak rate, then cosine decay to `optim.end_lr_factor` * peak at total_steps."""
-  warmup = int(min(optim.get("warmup_steps", 0), max(total_steps - 1, 0)))
+  warmup = int(min(optim.warmup_steps, max(total_steps - 1, 0)))
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0,
       peak_value=float(optim.learning_rate),
       warmup_steps=warmup,
       decay_steps=max(int(total_steps), warmup + 1),
-      end_value=float(optim.learning_rate) * float(optim.get("end_lr_factor", 0.0)),
+      end_value=float(optim.learning_rate) * float(optim.end_lr_factor),
   )
 
 
-GROUPS = ("weights", "biases")  # parameters with two or more axes, and 1-D ones (biases, norm scales)
+GROUPS = config_schema.LR_GROUPS  # parameters with two or more axes, and 1-D ones (biases, norm scales)
 
 
 def param_groups(params: Any) -> Any:
@@ -61,31 +62,26 @@ def param_groups(params: Any) -> Any:
 def group_schedules(optim: ml_collections.ConfigDict, total_steps: int) -> dict[str, optax.Schedule]:
   """Each parameter group's learning rate: the schedule times optim.lr_multipliers[group] (1 without them)."""
   schedule = make_schedule(optim, total_steps)
-  multipliers = dict(optim.get("lr_multipliers", None) or {})
-  unknown = sorted(set(multipliers) - set(GROUPS))
-  if unknown:
-    raise errors.ConfigError(f"config.optim.lr_multipliers: unknown group(s) {unknown}; the groups are "
-                             f"{list(GROUPS)}")
-  return {g: (lambda m: (lambda step: m * schedule(step)))(float(multipliers.get(g, 1.0))) for g in GROUPS}
+  multipliers = {g: 1.0 for g in GROUPS} | dict(optim.lr_multipliers or {})
+  return {g: (lambda m: (lambda step: m * schedule(step)))(float(multipliers[g])) for g in GROUPS}
 
 
 def _base_optimizer(optim: ml_collections.ConfigDict, learning_rate: optax.Schedule
                     ) -> optax.GradientTransformation:
-  regex = optim.get("decay_regex", DEFAULT_DECAY_REGEX)
-  wd = float(optim.get("weight_decay", 0.0))
+  regex = optim.decay_regex
+  wd = float(optim.weight_decay)
   mask = lambda params: decay_mask(params, regex)
-  name = optim.name.lower()
+  name = optim.name
   if name == "sgd":
     parts = []
     if wd:
       # Coupled L2 decay (as torch SGD's weight_decay), on the parameters decay_regex names (kernels by default).
       parts.append(optax.add_decayed_weights(wd, mask=mask))
-    parts.append(optax.sgd(learning_rate, momentum=float(optim.get("momentum", 0.9)) or None,
-                           nesterov=bool(optim.get("nesterov", False))))
+    parts.append(optax.sgd(learning_rate, momentum=float(optim.momentum) or None, nesterov=optim.nesterov))
     return optax.chain(*parts)
   if name == "adamw":
-    return optax.adamw(learning_rate, b1=float(optim.get("b1", 0.9)), b2=float(optim.get("b2", 0.999)),
-                       eps=float(optim.get("eps", 1e-8)), weight_decay=wd, mask=mask)
+    return optax.adamw(learning_rate, b1=float(optim.b1), b2=float(optim.b2), eps=float(optim.eps), weight_decay=wd,
+                       mask=mask)
   raise errors.ConfigError(f"config.optim.name: unknown optimizer {optim.name!r} (want 'sgd' or 'adamw')")
 
 
@@ -98,9 +94,9 @@ def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int
   """
   schedule = make_schedule(optim, total_steps)
   parts = []
-  if optim.get("clip_norm"):
+  if optim.clip_norm:
     parts.append(optax.clip_by_global_norm(float(optim.clip_norm)))
-  if optim.get("lr_multipliers", None):
+  if optim.lr_multipliers:
     rates = group_schedules(optim, total_steps)
     parts.append(optax.multi_transform({g: _base_optimizer(optim, rates[g]) for g in GROUPS}, param_groups))
   else:

@@ -24,9 +24,9 @@ TrainState = dict  # {'step': int32 [], 'params': pytree, 'opt_state': pytree}
 
 def dummy_inputs(model_config: ml_collections.ConfigDict, batch_size: int = 1) -> tuple[jax.Array, jax.Array]:
   """Zero image and seg inputs of the shapes the model expects (for init / shape inference)."""
-  s = int(model_config.image_size)
+  s = model_config.image_size
   image = jnp.zeros((batch_size, s, s, 3), jnp.float32)
-  if model_config.get("seg_input", "palette") == "classes":
+  if model_config.seg_input == "classes":
     seg = jnp.zeros((batch_size, s, s), jnp.int32)
   else:
     seg = jnp.zeros((batch_size, s, s, 3), jnp.float32)
@@ -89,10 +89,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, config: 
   summed under one optimizer update.
   """
   heads = tuple(config.model.heads.keys())
-  accum = int(config.optim.get("grad_accum_steps", 1) or 1)
-  seed = int(config.get("seed", 0))
+  accum = config.optim.grad_accum_steps
+  seed = config.seed
   cells = {k: jnp.asarray(v, jnp.float32) for k, v in (cell_latlon or {}).items()}
-  finish = device_finish.DeviceFinish(config.model.get("seg_input", "palette"), palette, sharding_lib.platform(mesh))
+  finish = device_finish.DeviceFinish(config.model.seg_input, palette, sharding_lib.platform(mesh))
 
   def loss_fn(params, micro, n_valid, rng):
     image, seg = finish(micro["image"], micro["seg"])
