@@ -136,7 +136,7 @@ def _compile_main(argv: Sequence[str]) -> int:
   models.model_kwargs(config.model)
   if args.batch_size:
     config.eval.batch_size = int(args.batch_size)
-  tta = args.tta or config.eval.get("tta", "center")
+  tta = args.tta or config.eval.tta
 
   def compile_at(trial):
     trial.eval.batch_size = int(trial.data.batch_size) if args.max_batch else int(trial.eval.batch_size)

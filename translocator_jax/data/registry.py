@@ -100,23 +100,18 @@ def dataset_info(config: ml_collections.ConfigDict, name: str, *, need_records: 
   all evaluation and prediction need of the training set.
   """
   if name == "synthetic":
-    return DatasetInfo(name, None, None, None, int(config.model.get("num_seg_classes", 150)))
+    return DatasetInfo(name, None, None, None, config.model.num_seg_classes)
   if name == "earth_patches":
-    opts = dict(config.data.get("earth_patches", {}) or {})
-    info = earth_patches.ensure_built(data_dir=config.data.get("data_dir"), **opts)
+    info = earth_patches.ensure_built(data_dir=config.data.data_dir, **config.data.earth_patches)
     return DatasetInfo(name, str(info.data_dir), tuple(str(p) for p in info.partition_paths),
                        np.asarray(info.palette, np.uint8), int(info.num_seg_classes))
   try:
-    tfds_dir = str(find_tfds_dir(config.data.get("data_dir"), name))
+    tfds_dir = str(find_tfds_dir(config.data.data_dir, name))
   except DatasetMissingError:
     if need_records:
       raise
     tfds_dir = None
-  files = tuple(config.data.get("partition_files", MP16_PARTITION_FILES))
-  if len(files) != len(MP16_PARTITION_FILES):
-    raise errors.ConfigError(f"config.data.partition_files={list(files)}: expected {len(MP16_PARTITION_FILES)} "
-                             "partition CSVs, [coarse, middle, fine]")
-  parts = mp16_partition_paths(config.data.get("partitions_dir"), files)
+  parts = mp16_partition_paths(config.data.partitions_dir, config.data.partition_files)
   has_maps = tfds_dir is None or sources.has_segmentation_maps(tfds_dir)
   info = DatasetInfo(name, tfds_dir, parts, palette_lib.palette(), palette_lib.NUM_CLASSES if has_maps else 0,
                      has_maps)
@@ -127,7 +122,7 @@ def dataset_info(config: ml_collections.ConfigDict, name: str, *, need_records: 
 
 def require_maps(config: ml_collections.ConfigDict, info: DatasetInfo) -> None:
   """Refuses (MapsMissingError) a two-stream model (config.model.fusion other than 'none') on a set without maps."""
-  fusion = config.model.get("fusion", None) or "cls_sum"
+  fusion = config.model.fusion
   if not info.has_maps and fusion != "none":
     raise MapsMissingError(
         f"dataset {info.name!r} ({info.tfds_dir}) has no segmentation maps (built with --no-seg), and "
@@ -146,11 +141,11 @@ def validation_set(config: ml_collections.ConfigDict, info: DatasetInfo
                    ) -> tuple[DatasetInfo, str] | None:
   """(dataset, split) the run validates on: config.data.val ('name' or 'name:split', any registered dataset; a
   benchmark's split defaults to its evaluation split), else config.data.val_split of the training set, else None."""
-  spec = config.data.get("val", None)
+  spec = config.data.val
   if spec:
-    name, _, split = str(spec).partition(":")
+    name, _, split = spec.partition(":")
     if name == info.name:
-      return info, split or config.data.get("val_split", None) or EVAL_SPLIT
+      return info, split or config.data.val_split or EVAL_SPLIT
     return dataset_info(config, name), split or EVAL_SPLIT
-  split = config.data.get("val_split", None)
+  split = config.data.val_split
   return (info, split) if split else None

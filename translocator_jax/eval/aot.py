@@ -13,6 +13,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from translocator_jax import errors, models
 from translocator_jax.data.pipeline import augment
 from translocator_jax.infer import inference, search
+from translocator_jax.runtime import config_schema
 from translocator_jax.runtime import sharding as sharding_lib
 from translocator_jax.runtime import tpu
 
@@ -22,8 +23,8 @@ SEARCH_K = 200         # refinement's largest neighbour count (infer/refine.py G
 
 def _one_example(config) -> tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct]:
   """A finished example's shapes (what model.init needs to know the parameters' shapes)."""
-  s = int(config.model.image_size)
-  classes = config.model.get("seg_input", "palette") == "classes"
+  s = config.model.image_size
+  classes = config.model.seg_input == "classes"
   seg = jax.ShapeDtypeStruct((1, s, s), jnp.int32) if classes else jax.ShapeDtypeStruct((1, s, s, 3), jnp.float32)
   return jax.ShapeDtypeStruct((1, s, s, 3), jnp.float32), seg
 
@@ -38,33 +39,35 @@ def _abstract_params(config, model, mesh):
 
 def lower_forward(config: ml_collections.ConfigDict, devices: list[Any], tta: str):
   """(lowered evaluation forward with embeddings, mesh): uint8 crops as the evaluation loader yields them."""
+  config = config_schema.complete(config)
   mesh = sharding_lib.make_mesh(sharding_lib.inference_axes(config), devices)
   model = models.build_model(config.model, sharding_lib.platform(mesh))
-  batch = int(config.eval.batch_size)
+  batch = config.eval.batch_size
   if batch % len(devices):
     raise errors.ConfigError(f"config.eval.batch_size={batch} must be a multiple of the {len(devices)} devices")
-  s = int(config.model.image_size)
+  s = config.model.image_size
   if tta not in augment.TTA_MODES:
     raise errors.ConfigError(f"config.eval.tta={tta!r}; expected one of {augment.TTA_MODES}")
   crops = {"center": (), "five_crop": (5,), "ten_crop": (10,)}[tta]
   rows = NamedSharding(mesh, P(sharding_lib.BATCH_AXES))
   image = jax.ShapeDtypeStruct((batch,) + crops + (s, s, 3), jnp.uint8, sharding=rows)
   seg = jax.ShapeDtypeStruct((batch,) + crops + (s, s), jnp.uint8, sharding=rows)
-  palette = np.zeros((int(config.model.get("num_seg_classes", 150)), 3), np.uint8)
+  palette = np.zeros((config.model.num_seg_classes, 3), np.uint8)
   forward = inference.make_forward(model, palette, embed=True)
   return forward.lower(_abstract_params(config, model, mesh), image, seg), mesh
 
 
 def lower_search(config: ml_collections.ConfigDict, devices: list[Any], gallery_rows: int):
   """(lowered cell-biased top-k search of an eval batch of queries over `gallery_rows` float32 rows, mesh)."""
+  config = config_schema.complete(config)
   mesh = sharding_lib.make_mesh(sharding_lib.inference_axes(config), devices)
   model = models.build_model(config.model, sharding_lib.platform(mesh))
   image, seg = _one_example(config)
   dim = jax.eval_shape(lambda k, i, s: model.apply(model.init({"params": k}, i, s), i, s, method=model.encode),
                        jax.random.key(0), image, seg).shape[-1]  # the pre-logits: what the gallery holds
   chunk, n_pad = search.gallery_layout(gallery_rows, mesh.shape[search.AXIS])
-  queries = int(config.eval.batch_size)
-  fine = int(config.model.heads.get("fine", 1) or 1)
+  queries = config.eval.batch_size
+  fine = max(config.model.heads["fine"] if "fine" in config.model.heads else 0, 1)  # 0: sized by the data
   struct = lambda shape, dtype, spec: jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, spec))
   args = (struct((queries, dim), jnp.float32, P()), struct((n_pad, dim), jnp.float32, P(search.AXIS, None)),
           struct((n_pad,), jnp.int32, P(search.AXIS)), struct((queries, fine), jnp.float32, P()),
@@ -78,7 +81,8 @@ def compile_eval(config: ml_collections.ConfigDict, topology: str, slices: int =
                  gallery_rows: int = MP16_ROWS) -> dict[str, Any]:
   """Both programs compiled for the topology: the forward's report, with the search's under 'gallery_search'
   and 'fits' true only when the parameters, the gallery and the larger program's working memory fit together."""
-  batch = dict(global_batch=int(config.eval.batch_size), batch_setting="--batch-size")
+  config = config_schema.complete(config)
+  batch = dict(global_batch=config.eval.batch_size, batch_setting="--batch-size")
   forward = tpu.compile_for_topology(lambda d: lower_forward(config, d, tta), config, topology, slices,
                                      what="evaluation forward", **batch)
   searched = tpu.compile_for_topology(lambda d: lower_search(config, d, gallery_rows), config, topology, slices,

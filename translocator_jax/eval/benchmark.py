@@ -194,9 +194,9 @@ def evaluate_checkpoint(path, *, which: str = "latest", datasets: Sequence[str] 
   """
   run = session.open(path, which, data_dir=data_dir)
   config, params = run.config, run.params
-  refine_mode = refine_mode or config.eval.get("refine", "none")
-  datasets = list(datasets or config.eval.get("datasets", registry.EVAL_DATASETS))
-  tta = tta or config.eval.get("tta", "center")
+  refine_mode = refine_mode or config.eval.refine
+  datasets = list(datasets or config.eval.datasets)
+  tta = tta or config.eval.tta
   mesh = run.mesh()
   batch_size = run.batch_size(batch_size)
   model = run.model(mesh)
@@ -205,7 +205,7 @@ def evaluate_checkpoint(path, *, which: str = "latest", datasets: Sequence[str] 
              else checkpoints.workdir_of(run.path) / "predictions")  # local or gs://
   refiner = refine.load_refiner(run.path, run, partitions, refine_mode=refine_mode, gallery_dir=gallery_dir,
                                mesh=mesh)
-  train_latlon = _training_latlon(train_info, config.data.get("train_split", "train"), refiner)
+  train_latlon = _training_latlon(train_info, config.data.train_split, refiner)
   calib = calibration.load(run.path, run, partitions)
   rows, missing, results = [], [], []
   for name in (d.strip() for d in datasets):

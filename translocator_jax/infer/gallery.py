@@ -67,7 +67,7 @@ def identity(config: ml_collections.ConfigDict, step: int, fingerprint: str, dat
              ) -> dict[str, Any]:
   """What a gallery's rows depend on: the checkpoint (step, params), the images (dataset, split, crop)."""
   return {"step": int(step), "params_fingerprint": fingerprint, "dataset": dataset, "split": split,
-          "crop_fraction": inputs.eval_crop_fraction(config), "embedding": EMBEDDING}
+          "crop_fraction": config.eval.crop_fraction, "embedding": EMBEDDING}
 
 
 def check_identity(where, found: Mapping[str, Any], expected: Mapping[str, Any]) -> None:
@@ -104,7 +104,7 @@ def build(path, *, which: str = "latest", split: str | None = None, dataset: str
   run = session.open(path, which, data_dir=data_dir)
   config = run.config
   name = dataset or config.data.train
-  split = split or config.data.get("train_split", "train")
+  split = split or config.data.train_split
   root = gallery_dir(run.path, out_dir)
   info = registry.dataset_info(config, name)
   fingerprint = run.fingerprint

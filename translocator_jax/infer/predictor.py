@@ -31,10 +31,11 @@ import tqdm
 from translocator_jax import errors, models
 from translocator_jax.data.build import images as images_lib
 from translocator_jax.data.build import segmenter as segmenter_lib
-from translocator_jax.data.pipeline import augment, inputs
+from translocator_jax.data.pipeline import augment
 from translocator_jax.data.records import schema
 from translocator_jax.geo import distance, hierarchy, places
 from translocator_jax.infer import calibration, inference, maps, refine as refine_lib, session
+from translocator_jax.runtime import config_schema
 
 DISPLAY_PX = 512  # the longest side of the photo kept for figures
 NO_SEG_MESSAGE = (
@@ -136,7 +137,7 @@ class Predictor:
   def __init__(self, config, params, partitions, palette: np.ndarray | None, *, segmenter=None,
                place_index=None, refiner: refine_lib.Refiner | None = None,
                calib: calibration.Calibration | None = None):
-    self.config = config
+    self.config = config = config_schema.complete(config)
     self.params = jax.device_put(params)
     self.partitions = list(partitions)
     self.palette = palette
@@ -151,9 +152,9 @@ class Predictor:
     self.cell_latlon = np.asarray(finest.latlon_mean, np.float32)
     self.cell_spread_km = finest.cell_spread_km()
     self.calibration = calib or calibration.Calibration.for_partition(finest)
-    self.image_size = int(config.model.image_size)
-    self.needs_seg = config.model.get("fusion", "cls_sum") != "none"
-    self.crop_fraction = inputs.eval_crop_fraction(config)  # the same crop as evaluation
+    self.image_size = config.model.image_size
+    self.needs_seg = config.model.fusion != "none"
+    self.crop_fraction = config.eval.crop_fraction  # the same crop as evaluation
 
   @classmethod
   def from_checkpoint(cls, path, *, which: str = "latest", segmenter_dir=None, data_dir=None,
@@ -171,7 +172,7 @@ class Predictor:
     if segmenter_dir:
       segmenter = segmenter_lib.Segmenter(segmenter_dir)
     refiner = refine_lib.load_refiner(run.path, run, partitions,
-                                      refine_mode=refine or config.eval.get("refine", "none"), gallery_dir=gallery_dir)
+                                      refine_mode=refine or config.eval.refine, gallery_dir=gallery_dir)
     return cls(config, params, partitions, palette, segmenter=segmenter, refiner=refiner,
                calib=calibration.load(run.path, run, partitions))
 
@@ -223,7 +224,7 @@ class Predictor:
         classes = np.zeros(pixels.shape[:2], np.uint8)  # unused by an RGB-only model
     if classes.shape != pixels.shape[:2]:
       classes = np.asarray(Image.fromarray(classes).resize(pixels.shape[1::-1], Image.Resampling.NEAREST))
-    num_seg = int(self.config.model.get("num_seg_classes", 150))
+    num_seg = self.config.model.num_seg_classes
     if classes.max(initial=0) >= num_seg:
       raise errors.InputError(f"{name}: segmentation class {int(classes.max())} >= the model's {num_seg} classes")
     img, sg = augment.eval_crops(np.ascontiguousarray(pixels), classes, self.image_size, "center",

@@ -28,7 +28,7 @@ def split_queries(path, split: str | None = None, *, which: str = "latest", data
   mesh = run.mesh()
   batch_size = run.batch_size(batch_size)
   # The crops evaluation takes (config.eval.tta), so settings and radii are fitted on the queries they serve.
-  batches, _ = inputs.eval_batches(config, info, split, batch_size, config.eval.get("tta", "center"))
+  batches, _ = inputs.eval_batches(config, info, split, batch_size, config.eval.tta)
   hook = lambda probs, emb: {**{f"p_{h}": probs[h] for h in hierarchy.LEVELS}, "embedding": emb}
   preds = inference.predict_dataset(run.model(mesh), run.params, batches, mesh=mesh,
                                     partitions=partitions, heads=config.model.heads, desc=f"queries {split}",

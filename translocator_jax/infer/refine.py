@@ -33,8 +33,9 @@ from translocator_jax import errors
 from translocator_jax.geo import distance, hierarchy as hierarchy_lib, metrics
 from translocator_jax.infer import gallery as gallery_lib, projection as projection_lib, queries, search as search_lib
 from translocator_jax.infer.gallery import Gallery
+from translocator_jax.runtime import config_schema
 
-REFINE_MODES = ("none", "gallery")
+REFINE_MODES = config_schema.REFINE_MODES  # config.eval.refine's choices
 FINE_KM = 1.0
 # The validation grid of `tune`.
 GRID = {"features": ("plain", "projected"), "top_cells": (5, 20), "temperature": (0.02, 0.05, 0.1),
@@ -227,7 +228,7 @@ def load_refiner(path, ckpt, partitions, *, refine_mode: str, gallery_dir=None,
   tuned = {k: v for k, v in gallery.meta.get("refine", {}).items() if k != "tuned_on"}
   if tuned:
     tuned.setdefault("fine_weight", 0.5)  # galleries tuned before the weight was: their rule had it fixed at 0.5
-  settings = RefineSettings.from_mapping(tuned or ckpt.config.eval.get("gallery", None))
+  settings = RefineSettings.from_mapping(tuned or ckpt.config.eval.gallery)
   proj_path = projection_lib.path_in(root)
   proj = projection_lib.Projection.load(proj_path) if proj_path.exists() else None
   return Refiner(gallery, partitions, settings, mesh=mesh, refine=refine_mode == "gallery", projection=proj)

@@ -19,7 +19,7 @@ import ml_collections
 
 from translocator_jax import errors, models
 from translocator_jax.data import registry
-from translocator_jax.runtime import checkpoints, sharding as sharding_lib
+from translocator_jax.runtime import checkpoints, config_schema, sharding as sharding_lib
 
 
 @dataclasses.dataclass
@@ -60,7 +60,7 @@ class Session:
   def batch_size(self, batch_size: int | None = None) -> int:
     """A global batch (default: config.eval.batch_size) rounded down to a multiple of the devices, at least one
     example a device."""
-    batch_size = int(batch_size or self.config.eval.get("batch_size", 256))
+    batch_size = int(batch_size or self.config.eval.batch_size)
     return max(jax.device_count(), batch_size // jax.device_count() * jax.device_count())
 
 
@@ -73,6 +73,7 @@ def open(path: "str | os.PathLike | Session", which: str = "latest", *,  # pylin
   An open Session is returned as it is (which is then ignored), with data_dir applied.
   """
   run = path if isinstance(path, Session) else Session(path, checkpoints.load_for_inference(path, which=which))
+  config_schema.complete(run.config)  # a Session built in Python around a config of its own
   if data_dir:
     run.config.data.data_dir = str(data_dir)
   return run

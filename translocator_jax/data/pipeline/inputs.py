@@ -29,13 +29,12 @@ def train_iterator(config: ml_collections.ConfigDict, info: registry.DatasetInfo
   if info.name == "synthetic":
     return synthetic.SyntheticIterator(config, global_batch, jax.process_index(), jax.process_count())
   registry.require_maps(config, info)
-  source = sources.open_source(info.tfds_dir, config.data.get("train_split", "train"))
+  source = sources.open_source(info.tfds_dir, config.data.train_split)
   loader = training.train_loader(
-      source, batch_size=global_batch // jax.process_count(), image_size=int(config.model.image_size),
-      seg_input=config.model.get("seg_input", "palette"), palette=info.palette,
-      seed=int(config.data.get("shuffle_seed", 0)), shard_index=jax.process_index(),
-      shard_count=jax.process_count(), worker_count=int(config.data.get("worker_count", 0)),
-      augmentation=str(config.data.get("augmentation", "crop")))
+      source, batch_size=global_batch // jax.process_count(), image_size=config.model.image_size,
+      seg_input=config.model.seg_input, palette=info.palette, seed=config.data.shuffle_seed,
+      shard_index=jax.process_index(), shard_count=jax.process_count(), worker_count=config.data.worker_count,
+      augmentation=config.data.augmentation)
   return iter(loader)
 
 
@@ -49,7 +48,7 @@ def record_locator(config: ml_collections.ConfigDict, info: registry.DatasetInfo
     if info.tfds_dir is None:
       return None, None
     if not opened:
-      opened.append(sources.open_source(info.tfds_dir, config.data.get("train_split", "train"), decode=False))
+      opened.append(sources.open_source(info.tfds_dir, config.data.train_split, decode=False))
     return opened[0].locate(index) if hasattr(opened[0], "locate") else (None, None)
 
   return locate
@@ -60,8 +59,8 @@ def train_batch_spec(config: ml_collections.ConfigDict, global_batch: int) -> di
   train step reads: uint8 photo [B, S, S, 3] and class map [B, S, S] (a crop axis of 10 after the size with
   augmentation='authors_ten_crop'), cells int32 [B, 3], scene int32 [B], latlon float32 [B, 2], mask bool [B].
   What an ahead-of-time compile lowers the step with."""
-  s = int(config.model.image_size)
-  crops = (10,) if str(config.data.get("augmentation", "crop")) == "authors_ten_crop" else ()
+  s = config.model.image_size
+  crops = (10,) if config.data.augmentation == "authors_ten_crop" else ()
   b = (int(global_batch),)
   spec = {"image": (b + crops + (s, s, 3), np.uint8), "seg": (b + crops + (s, s), np.uint8),
           "cells": (b + (len(schema.PARTITION_NAMES),), np.int32), "scene": (b, np.int32),
@@ -74,19 +73,14 @@ def eval_batches(config: ml_collections.ConfigDict, info: registry.DatasetInfo, 
   """(padded batch iterable for this process, number of examples in the split); crops of
   config.eval.crop_fraction, as Predictor takes them; image_ids adds each record's id to the batches."""
   if info.name == "synthetic":
-    syn = config.data.get("synthetic", {})
-    ex = synthetic.make_synthetic_examples(config, int(syn.get("num_examples", 32)), int(syn.get("seed", 0)))
+    syn = config.data.synthetic
+    ex = synthetic.make_synthetic_examples(config, syn.num_examples, syn.seed)
     return synthetic.synthetic_eval_batches(ex, batch_size), len(ex["image"])
   registry.require_maps(config, info)  # also for a training set's info read without its records (evaluation)
   source = sources.open_source(info.tfds_dir, split)
   loader = evaluation.eval_loader(
-      source, batch_size=batch_size // jax.process_count(), image_size=int(config.model.image_size),
-      seg_input=config.model.get("seg_input", "palette"), palette=info.palette, tta=tta,
-      crop_fraction=eval_crop_fraction(config), shard_index=jax.process_index(),
+      source, batch_size=batch_size // jax.process_count(), image_size=config.model.image_size,
+      seg_input=config.model.seg_input, palette=info.palette, tta=tta,
+      crop_fraction=config.eval.crop_fraction, shard_index=jax.process_index(),
       shard_count=jax.process_count(), image_ids=image_ids)
   return loader, len(source)
-
-
-def eval_crop_fraction(config: ml_collections.ConfigDict) -> float:
-  """config.eval.crop_fraction: the side of an evaluation crop as a share of the photo's shorter side."""
-  return float(config.get("eval", {}).get("crop_fraction", evaluation.EVAL_CROP_FRACTION))

@@ -22,9 +22,8 @@ class SyntheticIterator:
 
   def __init__(self, config: ml_collections.ConfigDict, global_batch: int, process_index: int = 0,
                process_count: int = 1):
-    syn = config.data.get("synthetic", ml_collections.ConfigDict())
-    self.num_examples = int(syn.get("num_examples", 32))
-    self.seed = int(syn.get("seed", 0))
+    self.num_examples = config.data.synthetic.num_examples
+    self.seed = config.data.synthetic.seed
     self.global_batch = global_batch
     self.local_batch = global_batch // process_count
     self.offset = process_index * self.local_batch
@@ -60,13 +59,14 @@ class SyntheticIterator:
 def make_synthetic_examples(config: ml_collections.ConfigDict, n: int, seed: int) -> dict[str, np.ndarray]:
   """n random examples with random labels for every head of config.model.heads (some scenes unknown, -1)."""
   rng = np.random.default_rng(seed)
-  s = int(config.model.image_size)
-  heads = config.model.heads
-  cells = np.stack([rng.integers(0, heads.get(p, 1), n) for p in schema.PARTITION_NAMES], 1).astype(np.int32)
-  scene = rng.integers(0, heads.get("scene", 3), n).astype(np.int32)
+  s = config.model.image_size
+  # A head the model lacks still gets labels (its loss is never computed): 1 class for a partition, 3 scenes.
+  heads = {**{p: 1 for p in schema.PARTITION_NAMES}, "scene": 3, **config.model.heads}
+  cells = np.stack([rng.integers(0, heads[p], n) for p in schema.PARTITION_NAMES], 1).astype(np.int32)
+  scene = rng.integers(0, heads["scene"], n).astype(np.int32)
   scene[rng.random(n) < 0.125] = schema.UNKNOWN
-  if config.model.get("seg_input", "palette") == "classes":
-    seg = rng.integers(0, int(config.model.num_seg_classes), (n, s, s)).astype(np.int32)
+  if config.model.seg_input == "classes":
+    seg = rng.integers(0, config.model.num_seg_classes, (n, s, s)).astype(np.int32)
   else:
     seg = rng.standard_normal((n, s, s, 3)).astype(np.float32)
   latlon = np.stack([rng.uniform(-60, 70, n), rng.uniform(-180, 180, n)], 1).astype(np.float32)
