@@ -45,8 +45,10 @@ def radii_by_sort(cell_probs, centre, points, temperatures):
 def b16_forward(batch: int = 8):
   """A callable running the two-stream B/16 evaluation forward (MP-16's heads) on one batch, and the batch size."""
   from translocator_jax import models  # pylint: disable=g-import-not-at-top
+  from translocator_jax.runtime import config_schema  # pylint: disable=g-import-not-at-top
   heads = {"coarse": 3298, "middle": 7202, "fine": 12893, "scene": 3}
-  model = models.build_model(dict(variant="B/16", image_size=224, heads=heads, fusion="cls_sum"))
+  model = models.build_model(config_schema.complete_section(
+      "model", dict(variant="B/16", image_size=224, heads=heads, fusion="cls_sum")))
   rng = np.random.default_rng(0)
   image = jnp.asarray(rng.normal(size=(batch, 224, 224, 3)).astype(np.float32))
   seg = jnp.asarray(rng.normal(size=(batch, 224, 224, 3)).astype(np.float32))

@@ -76,10 +76,12 @@ def main(argv=None):
   import optax  # pylint: disable=g-import-not-at-top
   from translocator_jax import models  # pylint: disable=g-import-not-at-top
   from translocator_jax.models import flops as flops_lib  # pylint: disable=g-import-not-at-top
+  from translocator_jax.runtime import config_schema  # pylint: disable=g-import-not-at-top
 
   heads = {k: int(v) for k, v in (kv.split("=") for kv in args.heads.split(","))}
-  cfg = dict(variant=args.variant, image_size=args.image_size, heads=heads, fusion="cls_sum", dtype=args.dtype,
-             remat=args.remat, depth=args.depth, attention=args.attention)
+  cfg = config_schema.complete_section("model", dict(
+      variant=args.variant, image_size=args.image_size, heads=heads, fusion="cls_sum", dtype=args.dtype,
+      remat=args.remat, depth=args.depth, attention=args.attention))
   model = models.build_model(cfg)
   b, s = args.batch, args.image_size
   rng = np.random.default_rng(0)

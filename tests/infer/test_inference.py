@@ -8,7 +8,7 @@ from translocator_jax.data import registry
 from translocator_jax.eval import baselines
 from translocator_jax.geo import cells, metrics
 from translocator_jax.infer import inference
-from translocator_jax.runtime import sharding
+from translocator_jax.runtime import config_schema, sharding
 
 KM_PER_DEG = 6371.0 * np.pi / 180.0
 # Four fine cells: two near Paris (one coarse / middle parent), two in Kansas (another).
@@ -137,8 +137,9 @@ def test_forward_finishes_uint8_batches_like_the_host(tta):
   import jax  # pylint: disable=g-import-not-at-top
   from translocator_jax import models  # pylint: disable=g-import-not-at-top
   from translocator_jax.data.pipeline import augment  # pylint: disable=g-import-not-at-top
-  cfg = dict(variant="Ti/8", width=32, depth=1, mlp_dim=64, num_heads=2, image_size=16,
-             heads={"coarse": 5, "fine": 7}, head_zeroinit=False)
+  cfg = config_schema.complete_section("model", dict(variant="Ti/8", width=32, depth=1, mlp_dim=64, num_heads=2,
+                                                     image_size=16, heads={"coarse": 5, "fine": 7},
+                                                     head_zeroinit=False))
   model = models.build_model(cfg)
   rng = np.random.default_rng(0)
   palette = rng.integers(0, 256, (10, 3)).astype(np.uint8)

@@ -11,7 +11,7 @@ from translocator_jax import models
 from translocator_jax.models import layout
 from translocator_jax.models import load
 from translocator_jax.runtime import checkpoints
-from translocator_jax.runtime import config_io
+from translocator_jax.runtime import config_io, config_schema
 
 SMALL = "head_zeroinit=False,depth=3,image_size=16"   # width 32, 3 layers, 16 px, patch 8: 4 patches
 
@@ -229,9 +229,10 @@ def test_config_keys_and_bad_policy(tiny):
   assert models.model_kwargs(tiny().model)["scan_layers"] is False
   without_policy = tiny().model.to_dict()
   without_policy.pop("remat_policy")  # the default when a config names none
-  assert models.model_kwargs(without_policy)["remat_policy"] == "nothing_saveable"
-  with pytest.raises(ValueError, match=r"config.model.remat_policy='dots'; expected one of .*dots_saveable"):
-    models.model_kwargs(_cfg(tiny, remat_policy="dots"))
+  assert models.model_kwargs(config_schema.complete_section("model", without_policy))["remat_policy"] == \
+      "nothing_saveable"
+  with pytest.raises(ValueError, match=r"config model.remat_policy='dots': must be one of .*'dots_saveable'"):
+    config_schema.complete_section("model", _cfg(tiny, remat_policy="dots"))
 
 
 def test_checkpoints_of_either_layout(tiny, tmp_path):

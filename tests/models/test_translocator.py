@@ -10,6 +10,7 @@ import pytest
 from translocator_jax import models
 from translocator_jax.models import layers as vit_layers
 from translocator_jax.models import vit
+from translocator_jax.runtime import config_schema
 
 HEADS = {"coarse": 3298, "middle": 7202, "fine": 12893, "scene": 3}
 # Encoder (no head) parameter counts of the published ViTs at 224 px: timm / paper tables.
@@ -34,7 +35,7 @@ def _count(tree):
 
 @pytest.mark.parametrize("variant", sorted(ENCODER_PARAMS_224))
 def test_variant_shapes_abstract(variant):
-  cfg = dict(variant=variant, heads=HEADS)
+  cfg = config_schema.complete_section("model", dict(variant=variant, image_size=224, heads=HEADS))
   model = models.build_model(cfg)
   image = jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32)
   variables = jax.eval_shape(model.init, jax.random.key(0), image, image)
@@ -202,7 +203,9 @@ def test_bad_inputs_and_config(tiny):
   with pytest.raises(ValueError, match="needs a segmentation input"):
     models.build_model(tiny().model).init(jax.random.key(0), image, None)
   with pytest.raises(ValueError, match="unknown ViT variant"):
-    models.build_model(dict(variant="XL/16", heads={"a": 2}))
+    vit.decode_variant("XL/16")
+  with pytest.raises(ValueError, match="config model.variant='XL/16': must be a ViT variant"):
+    config_schema.complete_section("model", dict(variant="XL/16", image_size=32, heads={"fine": 2}))
   with pytest.raises(ValueError, match="multiple of the patch size"):
     models.build_model(tiny().model).init(jax.random.key(0), image[:, :30, :30], image[:, :30, :30])
 
@@ -219,7 +222,11 @@ def test_attention_auto_follows_the_target_platform_and_rejects_unknown_names(ti
   assert models.build_model(tiny().model).platform == jax.devices()[0].platform
   with pytest.raises(ValueError, match="platform='mps'"):
     models.build_model(tiny().model, platform="mps")
-  model = models.build_model(tiny("attention=flash").model)
+  with pytest.raises(ValueError, match=r"config model.attention='flash': must be one of 'auto', 'xla', 'cudnn'"):
+    tiny("attention=flash")
+  cfg = tiny().model
+  cfg.attention = "flash"  # past the config's check: the layer refuses it too
+  model = models.build_model(cfg)
   image, seg = _batch(tiny().model)
   with pytest.raises(ValueError, match=r"config.model.attention='flash'"):
     model.init(jax.random.key(0), image, seg)
@@ -254,7 +261,8 @@ def test_matmul_flop_count_matches_xla_cost_analysis(fusion, train):
   # every dot, so the two must agree up to the elementwise work the shape count leaves out.
   import optax  # pylint: disable=g-import-not-at-top
   from translocator_jax.models import flops  # pylint: disable=g-import-not-at-top
-  cfg = dict(variant="S/16", depth=1, image_size=224, fusion=fusion, heads={"coarse": 300, "fine": 900, "scene": 3})
+  cfg = config_schema.complete_section("model", dict(variant="S/16", depth=1, image_size=224, fusion=fusion,
+                                                     heads={"coarse": 300, "fine": 900, "scene": 3}))
   model = models.build_model(cfg)
   image = jnp.zeros((2, 224, 224, 3), jnp.float32)  # 197 tokens: attention is 8% of a layer's matmuls
   params = jax.eval_shape(model.init, jax.random.key(0), image, image)["params"]

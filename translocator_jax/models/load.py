@@ -29,7 +29,6 @@ from flax import traverse_util
 
 from translocator_jax import errors
 from translocator_jax.models import layout
-from translocator_jax.models.translocator import config_get
 
 STREAMS = ("rgb", "seg")
 POSEMB = "Transformer/posembed_input/pos_embedding"
@@ -77,7 +76,7 @@ def load_pretrained(params: Mapping[str, Any], path: str | pathlib.Path,
   report = LoadReport(source=str(path), format=fmt)
   _check_options(model_config, fmt, source_cfg, report)
 
-  seg_classes = config_get(model_config, "seg_input", "palette") == "classes"
+  seg_classes = model_config["seg_input"] == "classes"
   used = set()
   out = {}
   for key, value in flat.items():
@@ -321,8 +320,7 @@ def _check_options(model_config, fmt: str, source_cfg: Mapping[str, Any], report
     eps = float(source_cfg.get("layer_norm_eps", 1e-12))
     act = str(source_cfg.get("hidden_act", "gelu"))
     approx = act in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
-  ours_eps = float(config_get(model_config, "ln_epsilon", 1e-6))
-  ours_approx = bool(config_get(model_config, "gelu_approximate", True))
+  ours_eps, ours_approx = model_config["ln_epsilon"], model_config["gelu_approximate"]
   if not np.isclose(ours_eps, eps, rtol=0, atol=eps * 1e-3):
     report.notes.append(f"config.model.ln_epsilon={ours_eps:g} but the weights were trained with {eps:g}")
   if ours_approx != approx:

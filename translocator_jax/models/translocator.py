@@ -228,60 +228,30 @@ class TransLocator(nn.Module):
     return {name: getattr(self, f"head_{name}")(rep).astype(jnp.float32) for name, _ in self.heads}
 
 
-def config_get(cfg: Mapping[str, Any], key: str, default: Any) -> Any:
-  """cfg[key] of a ConfigDict, dict or object; `default` when missing or None."""
-  value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-  return default if value is None else value
-
-
 def default_platform() -> str:
   """The platform of the devices this process runs on: the target when nothing compiles for other devices."""
   return jax.devices()[0].platform
 
 
 def model_kwargs(model_config: Mapping[str, Any], platform: str | None = None) -> dict[str, Any]:
-  """TransLocator constructor arguments from config.model (missing optional fields take defaults).
+  """TransLocator constructor arguments from config.model, completed (runtime/config_schema.py fills every key
+  and checks its value; complete_section('model', ...) does so for a model config built alone).
 
   platform: the devices the model is compiled for (runtime.sharding.platform(mesh)); None = this process's.
   """
-  shape = vit.decode_variant(
-      model_config["variant"], width=config_get(model_config, "width", None) or None,
-      depth=config_get(model_config, "depth", None) or None, mlp_dim=config_get(model_config, "mlp_dim", None) or None,
-      num_heads=config_get(model_config, "num_heads", None) or None,
-      patch_size=config_get(model_config, "patch_size", None) or None)
-  heads = model_config["heads"]
-  heads = tuple((str(k), int(v)) for k, v in (heads.items() if hasattr(heads, "items") else heads))
+  shape = vit.decode_variant(model_config["variant"], **{k: model_config[k] for k in (
+      "width", "depth", "mlp_dim", "num_heads", "patch_size")})
+  heads = tuple((str(k), int(v)) for k, v in model_config["heads"].items())
   if not heads:
     raise errors.ConfigError("config.model.heads is empty: give at least one head, e.g. {'fine': 12893}")
-  dtype = config_get(model_config, "dtype", "float32")
-  if str(dtype) not in ("float32", "bfloat16"):
-    raise errors.ConfigError(f"config.model.dtype={dtype!r}; expected 'float32' or 'bfloat16'")
-  # Also checked in setup(); here a command refuses a bad value before it builds or compiles anything.
-  fusion, seg_input = config_get(model_config, "fusion", "cls_sum"), config_get(model_config, "seg_input", "palette")
-  if fusion not in FUSIONS:
-    raise errors.ConfigError(f"config.model.fusion={fusion!r}; expected one of {FUSIONS}")
-  if seg_input not in SEG_INPUTS:
-    raise errors.ConfigError(f"config.model.seg_input={seg_input!r}; expected one of {SEG_INPUTS}")
-  policy = str(config_get(model_config, "remat_policy", "nothing_saveable"))
-  vit.checkpoint_policy(policy)
   return dict(
       heads=heads, width=shape.width, depth=shape.depth, mlp_dim=shape.mlp_dim, num_heads=shape.num_heads,
       patch_size=shape.patch_size,
-      fusion=fusion,
-      fusion_per_layer=bool(config_get(model_config, "fusion_per_layer", False)),
-      seg_input=seg_input,
-      num_seg_classes=int(config_get(model_config, "num_seg_classes", 150)),
-      seg_embed_dim=int(config_get(model_config, "seg_embed_dim", 16)),
-      dtype=jnp.dtype(str(dtype)),
-      dropout=float(config_get(model_config, "dropout", 0.0)),
-      ln_epsilon=float(config_get(model_config, "ln_epsilon", 1e-6)),
-      gelu_approximate=bool(config_get(model_config, "gelu_approximate", True)),
-      remat=bool(config_get(model_config, "remat", False)),
-      remat_policy=policy,
-      scan_layers=bool(config_get(model_config, "scan_layers", False)),
-      head_zeroinit=bool(config_get(model_config, "head_zeroinit", True)),
-      attention=str(config_get(model_config, "attention", "auto")),
       platform=vit_layers.check_platform(platform or default_platform()),
+      dtype=jnp.dtype(model_config["dtype"]),
+      **{k: model_config[k] for k in (
+          "fusion", "fusion_per_layer", "seg_input", "num_seg_classes", "seg_embed_dim", "dropout", "ln_epsilon",
+          "gelu_approximate", "remat", "remat_policy", "scan_layers", "head_zeroinit", "attention")},
   )
 
 
