@@ -109,14 +109,30 @@ def radii_km(cell_probs: jax.Array, centre: jax.Array, points: jax.Array, temper
 
   cell_probs: [B, C] probabilities over the cells (any non-negative scores; renormalised); points: cell_points.
   """
-  b, c = cell_probs.shape
-  m = points.shape[1]
-  pts = points.reshape(1, c * m, 2)
-  d = distance.haversine_km(jnp.broadcast_to(centre[:, None, :], (b, c * m, 2)),
-                            jnp.broadcast_to(pts, (b, c * m, 2)))
-  temperatures = jnp.asarray(temperatures, jnp.float32)
-  return jnp.stack([weighted_quantile(d, jnp.repeat(tempered(cell_probs, temperatures[i]), m, axis=1), q)
-                    for i, q in enumerate(quantiles)], axis=1)
+  return _radii(_point_distances(centre, points), cell_probs, points.shape[1],
+                jnp.asarray(temperatures, jnp.float32), quantiles)
+
+
+@functools.partial(jax.jit, static_argnames=("quantiles",))
+def _radii_at_each_temperature(cell_probs, centre, points, temperatures, quantiles):
+  """[T, B, Q]: radii_km with every quantile at temperatures[t], the distances computed once for all T."""
+  d = _point_distances(centre, points)
+  return jax.lax.map(lambda t: _radii(d, cell_probs, points.shape[1], jnp.full((len(quantiles),), t), quantiles),
+                     temperatures)
+
+
+def _point_distances(centre: jax.Array, points: jax.Array) -> jax.Array:
+  """[B, C * M]: from each centre [B, 2] to every cell's points [C, M, 2]."""
+  b = centre.shape[0]
+  pts = points.reshape(1, -1, 2)
+  return distance.haversine_km(jnp.broadcast_to(centre[:, None, :], (b,) + pts.shape[1:]),
+                               jnp.broadcast_to(pts, (b,) + pts.shape[1:]))
+
+
+def _radii(d: jax.Array, cell_probs: jax.Array, points_per_cell: int, temperatures: jax.Array,
+           quantiles: Sequence[float]) -> jax.Array:
+  return jnp.stack([weighted_quantile(d, jnp.repeat(tempered(cell_probs, temperatures[i]), points_per_cell, axis=1),
+                                      q) for i, q in enumerate(quantiles)], axis=1)
 
 
 def coverage(radius_km, pred_latlon, true_latlon) -> float:
@@ -135,13 +151,15 @@ def fit_temperatures(cell_probs: np.ndarray, pred_latlon: np.ndarray, true_latlo
   (validation) photos. Returns (temperatures, one row per grid temperature: the coverage of each radius)."""
   quantiles = tuple(float(q) for q in quantiles)
   err = distance.haversine_km_numpy(np.asarray(pred_latlon), np.asarray(true_latlon))
+  grid = jnp.asarray([float(t) for t in temperatures], jnp.float32)
+  radii = np.concatenate([  # [T, N, Q]
+      np.asarray(_radii_at_each_temperature(jnp.asarray(cell_probs[i:i + batch]),
+                                            jnp.asarray(pred_latlon[i:i + batch], jnp.float32), jnp.asarray(points),
+                                            grid, quantiles))
+      for i in range(0, len(cell_probs), batch)], axis=1)
   rows = []
-  for t in temperatures:
-    radii = np.concatenate([
-        np.asarray(radii_km(jnp.asarray(cell_probs[i:i + batch]), jnp.asarray(pred_latlon[i:i + batch], jnp.float32),
-                            jnp.asarray(points), (float(t),) * len(quantiles), quantiles))
-        for i in range(0, len(cell_probs), batch)])
-    cov = (err[:, None] <= radii).mean(0)
+  for t, at_t in zip(temperatures, radii):
+    cov = (err[:, None] <= at_t).mean(0)
     rows.append({"temperature": float(t), **{f"coverage_{q:g}": float(c) for q, c in zip(quantiles, cov)}})
   best = tuple(min(rows, key=lambda r, q=q: abs(r[f"coverage_{q:g}"] - q))["temperature"] for q in quantiles)
   return best, rows
