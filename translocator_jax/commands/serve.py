@@ -117,7 +117,7 @@ def running(predictor: Predictor, *, host: str = "127.0.0.1", port: int = 7860, 
       page = page_lib.Page(predictor, top_k=top_k)
       examples = page_lib.earth_examples(predictor, root / "examples")
       config = predictor.config
-      description = (f"Model: {config.model.get('variant', '')} trained on `{config.data.train}`; "
+      description = (f"Model: {config.model.variant} trained on `{config.data.train}`; "
                      f"radii {'calibrated' if predictor.calibration.calibrated else 'not calibrated'}"
                      + ("; refined with its gallery" if page.refine else "") + ".")
       blocks = build_page(page, examples, work, description=description)

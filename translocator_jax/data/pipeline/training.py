@@ -248,8 +248,8 @@ def train_loader(source: Any, *, batch_size: int, image_size: int, seg_input: st
     augmentation: 'crop' (paired random resized crops and flips, ours) or 'authors_ten_crop' (the authors'
       rotation, flip, 256/224 resize and ten crops: a crop axis after the batch axis).
   """
-  if augmentation not in ("crop", "authors_ten_crop"):
-    raise errors.ConfigError(f"config.data.augmentation={augmentation!r}; expected 'crop' or 'authors_ten_crop'")
+  if augmentation not in augment.AUGMENTATIONS:
+    raise errors.ConfigError(f"config.data.augmentation={augmentation!r}; expected one of {augment.AUGMENTATIONS}")
   fields_lib.check_seg_input(seg_input, palette)
   shard_index, shard_count = fields_lib.process_shard(shard_index, shard_count)
   shard_len = len(source) // shard_count
