@@ -52,8 +52,8 @@ def get_config(arg: str | None = None):
   c.model.remat_policy = "dots_with_no_batch_dims_saveable"
   # One nn.scan over the layers of both streams: the B/16 bfloat16 step for a v5e-16 compiles in 52 s instead of
   # 141 (this 2-core host, libtpu 0.0.42.1), paid at every start and restart of a pod run, for 9.5 GiB a chip
-  # instead of 7.8 (docs/tpu.md). False: one traced block a layer.
-  c.model.scan_layers = True
+  # instead of 7.8 (docs/tpu.md). False (and in runlocal, a small model on a CPU): one traced block a layer.
+  c.model.scan_layers = not runlocal
   c.model.attention = "auto"          # "auto": cuDNN fused attention on a GPU in 16-bit, else "xla"
   c.model.dropout = 0.0
   c.model.seg_embed_dim = 16          # seg_input='classes': channels of the learned class-embedding table

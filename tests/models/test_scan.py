@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from translocator_jax import models
-from translocator_jax.models import layout
 from translocator_jax.models import load
 from translocator_jax.runtime import checkpoints
 from translocator_jax.runtime import config_io, config_schema
@@ -244,7 +243,8 @@ def test_checkpoints_of_either_layout(tiny, tmp_path):
   ckpt.save(1, {"step": np.int32(1), "params": models.scan_params(params)}, None, config)
   ckpt.wait()
   # Inference builds the model from the checkpoint's own config, so a scanned checkpoint just runs.
-  restored_config, restored = checkpoints.restore_for_inference(tmp_path)
+  loaded = checkpoints.load_for_inference(tmp_path)
+  restored_config, restored = loaded.config, loaded.params
   assert restored_config.model.scan_layers is True
   got = _apply({"params": restored}, models.build_model(restored_config.model), image, seg)["fine"]
   np.testing.assert_allclose(got, _apply({"params": params}, models.build_model(cfg), image, seg)["fine"],

@@ -25,7 +25,7 @@ def test_init_from_pretrained_vit_npz(tmp_path):
   np.savez(tmp_path / "vit.npz", **{k: np.asarray(v) for k, v in flat.items()})
   config.init.pretrained = str(tmp_path / "vit.npz")
   loop.train(config, tmp_path / "w")
-  _, params = checkpoints.restore_for_inference(tmp_path / "w")
+  params = checkpoints.load_for_inference(tmp_path / "w").params
   for stream in ("rgb", "seg"):  # both streams start from the checkpoint
     got = traverse_util.flatten_dict(params[stream], sep="/")
     for k, v in flat.items():

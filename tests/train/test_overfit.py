@@ -17,7 +17,8 @@ def test_tiny_model_overfits_few_examples(tmp_path):
   assert summary["final_loss"] < 0.02, summary["losses"][-10:]
   assert summary["losses"][0] > 20 * summary["final_loss"]
   # Every training example's every labelled head is predicted right by the saved parameters.
-  restored_config, params = checkpoints.restore_for_inference(tmp_path)
+  restored = checkpoints.load_for_inference(tmp_path)
+  restored_config, params = restored.config, restored.params
   assert checkpoints.params_fingerprint(params) == summary["params_fingerprint"]
   model = models.build_model(restored_config.model)
   ex = synthetic.make_synthetic_examples(config, 24, 0)

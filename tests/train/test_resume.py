@@ -23,10 +23,12 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(run_train, tmp_path):
   assert second["params_fingerprint"] == first["params_fingerprint"]
   assert (workdir / checkpoints.CORRUPT_DIR).is_dir()
   # The restored inference params match too, and the config travels with the checkpoint.
-  config, params = checkpoints.restore_for_inference(workdir)
+  restored = checkpoints.load_for_inference(workdir)
+  config, params = restored.config, restored.params
   assert checkpoints.params_fingerprint(params) == second["params_fingerprint"]
   assert config.model.width == 32 and json.loads((workdir / "config.json").read_text())["model"]["width"] == 32
-  config2, params2 = checkpoints.restore_for_inference(workdir / "checkpoints" / "8")
+  restored = checkpoints.load_for_inference(workdir / "checkpoints" / "8")
+  config2, params2 = restored.config, restored.params
   assert checkpoints.params_fingerprint(params2) != second["params_fingerprint"]
   assert config2.train.total_steps == 12
 

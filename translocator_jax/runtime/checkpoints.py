@@ -318,20 +318,9 @@ def workdir_of(path: str | os.PathLike) -> epath.Path:
   return ckpt_dir.parent
 
 
-def restore_for_inference(path: str | pathlib.Path, which: str = "latest"
-                          ) -> tuple[ml_collections.ConfigDict, Any]:
-  """(config, params) from a workdir or one checkpoint step directory, parameters as host numpy arrays.
-
-  `which`: 'latest' or 'best' (the best on validation, when the run recorded one). Falls back to older
-  checkpoints when the newest one is unreadable.
-  """
-  restored = load_for_inference(path, which)
-  return restored.config, restored.params
-
-
 @dataclasses.dataclass
 class InferenceCheckpoint:
-  """What restore_for_inference restores, with the step it came from."""
+  """A checkpoint restored for inference: its config, parameters (host numpy arrays) and step."""
   config: ml_collections.ConfigDict
   params: Any
   step: int
@@ -343,7 +332,13 @@ class InferenceCheckpoint:
 
 
 def load_for_inference(path: str | pathlib.Path, which: str = "latest") -> InferenceCheckpoint:
-  """restore_for_inference, also naming the step (galleries record which checkpoint embedded them)."""
+  """The checkpoint of a workdir or of one step directory, for inference (infer.session.open opens it for the
+  library and the commands): config, parameters as host numpy arrays, and the step (galleries record which
+  checkpoint embedded them).
+
+  `which`: 'latest' or 'best' (the best on validation, when the run recorded one). Falls back to older
+  checkpoints when the newest one is unreadable.
+  """
   path = as_path(path)
   ckpt_dir, step = _find_checkpoint(path)
   options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)  # as read_only sets it
