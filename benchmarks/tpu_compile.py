@@ -1,7 +1,7 @@
 """The train step compiled for Cloud TPU topologies from this CPU-only host (deviceless AOT, libtpu).
 
   python benchmarks/tpu_compile.py                       # the table of docs/tpu.md (about an hour on 2 cores)
-  python benchmarks/tpu_compile.py --cases b16_bf16@v5e:4x4 l16_bf16_remat_fsdp@v5e:4x4
+  python benchmarks/tpu_compile.py --cases b16_bf16@v5e:4x4 l16_bf16_fsdp@v5e:4x4
   python benchmarks/tpu_compile.py --list
 
 Each case is NAME@TOPOLOGY[/SLICES]; NAME picks a config (configs/translocator_b16_mp16.py with --set overrides,
@@ -28,21 +28,22 @@ BF16 = ("model.dtype=bfloat16",)
 NO_REMAT = ("model.remat=False",)
 L16 = ("model.variant=L/16",)
 SCAN = ("model.scan_layers=True",)
+PER_LAYER = ("model.scan_layers=False",)  # the paper config scans; a case without _scan traces each layer
 FSDP = ("train.fsdp=True",)
 CASES = {  # the paper config rematerialises selectively (model.remat_policy) unless NO_REMAT
-    "b16_f32": (),
-    "b16_bf16": BF16,
-    "b16_bf16_noremat": BF16 + NO_REMAT,
+    "b16_f32": PER_LAYER,
+    "b16_bf16": BF16 + PER_LAYER,
+    "b16_bf16_noremat": BF16 + NO_REMAT + PER_LAYER,
     "b16_bf16_scan": BF16 + SCAN,
-    "b16_bf16_fsdp": BF16 + FSDP,
-    "b16_bf16_noremat_fsdp": BF16 + NO_REMAT + FSDP,
-    "l16_bf16_noremat": BF16 + L16 + NO_REMAT,
-    "l16_bf16": BF16 + L16,
+    "b16_bf16_fsdp": BF16 + FSDP + PER_LAYER,
+    "b16_bf16_noremat_fsdp": BF16 + NO_REMAT + FSDP + PER_LAYER,
+    "l16_bf16_noremat": BF16 + L16 + NO_REMAT + PER_LAYER,
+    "l16_bf16": BF16 + L16 + PER_LAYER,
     "l16_bf16_scan": BF16 + L16 + SCAN,
-    "l16_bf16_fsdp": BF16 + L16 + FSDP,
+    "l16_bf16_fsdp": BF16 + L16 + FSDP + PER_LAYER,
     "l16_bf16_fsdp_scan": BF16 + L16 + FSDP + SCAN,
-    "l16_bf16_fsdp_fullremat": BF16 + L16 + FSDP + ("model.remat_policy=nothing_saveable",),
-    "l16_bf16_fullremat": BF16 + L16 + ("model.remat_policy=nothing_saveable",),
+    "l16_bf16_fsdp_fullremat": BF16 + L16 + FSDP + ("model.remat_policy=nothing_saveable",) + PER_LAYER,
+    "l16_bf16_fullremat": BF16 + L16 + ("model.remat_policy=nothing_saveable",) + PER_LAYER,
 }
 # The table of docs/tpu.md: the paper's B/16 on the pods people rent, at its batch (1024) and the largest that fits,
 # L/16 with and without FSDP, and compile time unscanned against scanned.
