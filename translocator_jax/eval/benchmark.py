@@ -2,12 +2,8 @@
 unseen-place and near-duplicate subsets, per-image CSVs and maps; translocator-eval (commands/evaluate.py) is its
 command line.
 
-For each dataset the model runs over the test split (centre crop of config.eval.crop_fraction, or five-crop TTA
-averaging the softmaxes), predicts by the hierarchical f* rule over the three partitions and, for comparison, by
-each partition alone, and gives the paper's table (accuracy within 1 / 25 / 200 / 750 / 2500 km, median km,
-GeoScore) with the paper's TransLocator row beside the real benchmarks, plus two references: always predicting the
-most common training cell ('chance') and, for earth_patches, a nearest-neighbour search over raw 8x8 colour
-thumbnails of the training patches ('knn'). Per-image predictions go to DIR/predictions/<dataset>.csv.
+Each dataset's test split is predicted by f* and by each partition alone, beside chance and (Earth patches) a kNN
+over colour thumbnails; translocator-eval's --help says it for a user.
 """
 from __future__ import annotations
 
